@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: set everything up (packages, model, build, a Python
+# venv with the official openai client), then run every test, the real-model
+# ones included.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$root/scripts/setup.sh"
+
+venv="${SPROUT_VENV:-$HOME/.cache/sprout/venv}"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import openai" 2>/dev/null; then
+    echo "test: creating $venv with the openai client"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "openai>=1.40"
+fi
+export SPROUT_PYTHON="$venv/bin/python"
+export SPROUT_REQUIRE_MODEL=1
+
+cd "$root"
+# Release profile: the real-model tests need optimized kernels, and it reuses
+# the build setup.sh just made.
+cargo test --release --locked -- --test-threads="${SPROUT_TEST_THREADS:-2}"

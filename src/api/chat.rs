@@ -1,0 +1,159 @@
+//! `POST /v1/chat/completions`: a synchronous job. The request is queued
+//! durably like any job, then this handler follows it: for `stream: true`
+//! it relays token deltas as SSE chunks ending with `data: [DONE]`, else it
+//! answers with the whole `chat.completion` once the job ends.
+//!
+//! A client that goes away mid-answer cancels its job, so no energy is spent
+//! on an answer nobody reads.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::stream::{self, Stream};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+use super::openai::{self, parse_request};
+use super::{body_bytes, ensure_serving, AppState};
+use crate::job::{Job, JobState, Origin};
+use crate::service::{JobEvent, Service};
+
+/// Cancels the job if dropped before the job ended (the client disconnected).
+struct CancelOnDrop {
+    svc: Arc<Service>,
+    id: String,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            self.svc.unlisten(&self.id);
+            let (svc, id) = (self.svc.clone(), std::mem::take(&mut self.id));
+            tokio::spawn(async move {
+                match svc.cancel(&id).await {
+                    Ok(_) => tracing::info!(job = %id, "client went away; job cancelled"),
+                    Err(e) => tracing::debug!(job = %id, error = %e, "client went away after the job ended"),
+                }
+            });
+        }
+    }
+}
+
+pub async fn completions(State(svc): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let body = body_bytes(body, svc.config.max_body_bytes)?;
+    let parsed = parse_request(&body, &svc.config, &svc.directives)?;
+    ensure_serving(&svc)?;
+    let (job, rx) = svc.submit(Origin::Chat, parsed.priority, parsed.request, true).await?;
+    let rx = rx.expect("listening was requested");
+    let guard = CancelOnDrop { svc: svc.clone(), id: job.id.clone(), armed: true };
+    if parsed.stream {
+        Ok(Sse::new(sse_stream(job, rx, guard, parsed.include_usage)).into_response())
+    } else {
+        wait_and_answer(rx, guard).await
+    }
+}
+
+async fn wait_and_answer(mut rx: mpsc::UnboundedReceiver<JobEvent>, mut guard: CancelOnDrop) -> Result<Response, ApiError> {
+    loop {
+        match rx.recv().await {
+            Some(JobEvent::Delta(_)) => continue,
+            Some(JobEvent::Finished(job)) => {
+                guard.armed = false;
+                return match openai::completion(&job) {
+                    Some(body) => Ok((StatusCode::OK, Json(body)).into_response()),
+                    None => Err(job_error(&job)),
+                };
+            }
+            None => {
+                guard.armed = false;
+                return Err(ApiError::unavailable("sproutd stopped before the answer was ready; retry"));
+            }
+        }
+    }
+}
+
+fn job_error(job: &Job) -> ApiError {
+    let msg = job.error.clone().unwrap_or_else(|| format!("job {} ended {}", job.id, job.state.as_str()));
+    match job.state {
+        JobState::Cancelled => ApiError::new(StatusCode::CONFLICT, "job_cancelled", msg),
+        _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "generation_failed", msg),
+    }
+}
+
+enum Phase {
+    Start,
+    Tokens,
+    Usage(Box<Job>),
+    Done,
+    End,
+}
+
+struct StreamState {
+    job: Job,
+    rx: mpsc::UnboundedReceiver<JobEvent>,
+    guard: CancelOnDrop,
+    include_usage: bool,
+    phase: Phase,
+}
+
+fn data(v: serde_json::Value) -> Event {
+    Event::default().data(v.to_string())
+}
+
+fn sse_stream(
+    job: Job,
+    rx: mpsc::UnboundedReceiver<JobEvent>,
+    guard: CancelOnDrop,
+    include_usage: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let st = StreamState { job, rx, guard, include_usage, phase: Phase::Start };
+    stream::unfold(st, |mut st| async move {
+        let event = match std::mem::replace(&mut st.phase, Phase::Tokens) {
+            Phase::Start => data(openai::chunk(&st.job, json!({"role": "assistant", "content": ""}), None, None)),
+            Phase::Tokens => match st.rx.recv().await {
+                Some(JobEvent::Delta(piece)) => data(openai::chunk(&st.job, json!({"content": piece}), None, None)),
+                Some(JobEvent::Finished(done)) => {
+                    st.guard.armed = false;
+                    match done.result.as_ref() {
+                        Some(r) => {
+                            // The receipt rides on the last chunk always; with
+                            // include_usage it also comes as OpenAI's usage-only chunk.
+                            let usage = openai::usage(&done);
+                            let ev = data(openai::chunk(&st.job, json!({}), Some(r.finish_reason.as_str()), usage));
+                            st.phase = if st.include_usage { Phase::Usage(Box::new(done)) } else { Phase::Done };
+                            ev
+                        }
+                        None => {
+                            st.phase = Phase::Done;
+                            data(job_error(&done).body())
+                        }
+                    }
+                }
+                None => {
+                    st.guard.armed = false;
+                    st.phase = Phase::Done;
+                    data(ApiError::unavailable("sproutd stopped before the answer was complete").body())
+                }
+            },
+            Phase::Usage(done) => {
+                st.phase = Phase::Done;
+                data(openai::usage_chunk(&done))
+            }
+            Phase::Done => {
+                st.phase = Phase::End;
+                Event::default().data("[DONE]")
+            }
+            Phase::End => return None,
+        };
+        Some((Ok(event), st))
+    })
+}

@@ -1,0 +1,94 @@
+//! The asynchronous job API: `POST /v1/jobs` queues a chat request and
+//! answers at once (after the job is on disk); the others read and cancel.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::openai::{job_view, parse_request};
+use super::{body_bytes, AppState};
+use crate::job::{JobState, Origin};
+
+/// The longest `?wait=` honoured, seconds.
+const MAX_WAIT_S: f64 = 300.0;
+
+pub async fn submit(State(svc): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<impl IntoResponse, ApiError> {
+    let body = body_bytes(body, svc.config.max_body_bytes)?;
+    let parsed = parse_request(&body, &svc.config, &svc.directives)?;
+    if parsed.stream {
+        return Err(ApiError::invalid("stream", "jobs are not streamed; use /v1/chat/completions to stream"));
+    }
+    if svc.is_shutting_down() {
+        return Err(ApiError::unavailable("sproutd is shutting down"));
+    }
+    // Queued even while the model loads: the worker starts once it is ready.
+    let (job, _) = svc.submit(Origin::Job, parsed.priority, parsed.request, false).await?;
+    Ok((StatusCode::ACCEPTED, Json(job_view(&job))))
+}
+
+#[derive(Deserialize)]
+pub struct GetParams {
+    wait: Option<f64>,
+}
+
+pub async fn get(
+    State(svc): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<GetParams>,
+) -> Result<Json<Value>, ApiError> {
+    let mut changes = svc.subscribe_changes();
+    let mut job = svc.store.get(&id)?;
+    if let Some(wait) = params.wait {
+        if !(wait.is_finite() && wait >= 0.0) {
+            return Err(ApiError::invalid("wait", "wait must be a non-negative number of seconds"));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait.min(MAX_WAIT_S));
+        while !job.state.is_terminal() {
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => job = svc.store.get(&id)?,
+                _ => break,
+            }
+        }
+    }
+    Ok(Json(job_view(&job)))
+}
+
+#[derive(Deserialize)]
+pub struct ListParams {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list(State(svc): State<AppState>, Query(params): Query<ListParams>) -> Result<Json<Value>, ApiError> {
+    let state = match params.state.as_deref() {
+        None => None,
+        Some(s) => Some(parse_state(s).ok_or_else(|| {
+            ApiError::invalid("state", format!("unknown state {s:?}: expected queued, running, succeeded, failed or cancelled"))
+        })?),
+    };
+    let limit = params.limit.unwrap_or(100).clamp(1, 10_000);
+    let jobs = svc.store.list(state, limit)?;
+    Ok(Json(json!({
+        "object": "list",
+        "data": jobs.iter().map(job_view).collect::<Vec<_>>(),
+    })))
+}
+
+fn parse_state(s: &str) -> Option<JobState> {
+    [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+}
+
+pub async fn cancel(State(svc): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let job = svc.cancel(&id).await?;
+    Ok(Json(job_view(&job)))
+}

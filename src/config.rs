@@ -1,0 +1,412 @@
+//! Configuration in two stages: [`RawConfig`] mirrors `config.toml` as typed;
+//! [`Config::from_raw`] validates it, resolves paths against the config file's
+//! folder, and reports *every* problem at once, each with its key's path.
+//!
+//! `config.toml` at the repository root is the annotated default and is parsed
+//! by a unit test here, so the documentation cannot drift from the code.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The default config, compiled in so that `sproutd` runs without a file.
+pub const DEFAULT_CONFIG: &str = include_str!("../config.toml");
+
+/// Every validation problem found, each as `key.path: what is wrong`.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} error(s) in config: {}", self.0.len(), self.0.join("; "))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    Invalid(#[from] ConfigErrors),
+}
+
+// ---------------------------------------------------------------------------
+// Raw: what the file says.
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub storage: RawStorage,
+    pub model: RawModel,
+    #[serde(default)]
+    pub generation: RawGeneration,
+    pub directives: RawDirectives,
+    #[serde(default)]
+    pub accounting: RawAccounting,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: String,
+    pub max_body_bytes: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:7878".into(), max_body_bytes: 1 << 20 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStorage {
+    pub data_dir: PathBuf,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        Self { data_dir: PathBuf::from("data") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    /// `gguf` (a local file), `hf` (a Hugging Face model id) or `echo` (the test engine).
+    pub kind: String,
+    /// The name clients use in `"model"`; defaults to the file stem or the HF id.
+    pub name: Option<String>,
+    pub path: Option<PathBuf>,
+    pub hf_id: Option<String>,
+    pub isq: Option<String>,
+    #[serde(default)]
+    pub cpu: bool,
+    #[serde(default = "default_max_seqs")]
+    pub max_seqs: usize,
+    /// Echo engine only: delay per generated token, in milliseconds.
+    #[serde(default)]
+    pub echo_token_delay_ms: u64,
+    /// Echo engine only: how long "loading" takes, in milliseconds.
+    #[serde(default)]
+    pub echo_load_delay_ms: u64,
+}
+
+fn default_max_seqs() -> usize {
+    4
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGeneration {
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: usize,
+    pub repetition_penalty: f32,
+    pub default_max_tokens: usize,
+    pub max_tokens_cap: usize,
+}
+
+impl Default for RawGeneration {
+    fn default() -> Self {
+        Self {
+            temperature: 0.7,
+            top_p: 0.9,
+            top_k: 40,
+            repetition_penalty: 1.05,
+            default_max_tokens: 512,
+            max_tokens_cap: 2048,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDirectives {
+    pub levels: Vec<RawLevel>,
+    /// Share of requests per level when the request pins none.
+    pub mix: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLevel {
+    pub name: String,
+    #[serde(default)]
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAccounting {
+    pub power_w: f64,
+    pub intensity_gco2_per_kwh: f64,
+    pub embodied_kgco2: f64,
+    pub lifetime_years: f64,
+}
+
+impl Default for RawAccounting {
+    fn default() -> Self {
+        Self { power_w: 65.0, intensity_gco2_per_kwh: 400.0, embodied_kgco2: 1000.0, lifetime_years: 5.0 }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Validated.
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub data_dir: PathBuf,
+    pub model: ModelConfig,
+    pub generation: RawGeneration,
+    pub directives: DirectiveConfig,
+    pub accounting: RawAccounting,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub source: ModelSource,
+    /// The id served in `/v1/models` and accepted in `"model"`.
+    pub name: String,
+    pub max_seqs: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    Gguf { path: PathBuf, cpu: bool },
+    HuggingFace { id: String, isq: Option<String>, cpu: bool },
+    Echo { token_delay_ms: u64, load_delay_ms: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct DirectiveConfig {
+    /// Levels in order, L0 first; `text` empty means no directive.
+    pub levels: Vec<(String, String)>,
+    /// Same order as `levels`; sums to 1.
+    pub mix: Vec<f64>,
+    pub seed: u64,
+}
+
+impl Config {
+    /// Reads and validates a config file; relative paths resolve against its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, path, &base)
+    }
+
+    /// The compiled-in default, with paths relative to the working directory.
+    pub fn default_config() -> Config {
+        Self::parse(DEFAULT_CONFIG, Path::new("config.toml"), Path::new(""))
+            .expect("the shipped config.toml is valid")
+    }
+
+    pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        Ok(Self::from_raw(raw, base)?)
+    }
+
+    pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
+        let mut errs = Vec::new();
+        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+
+        let listen = match raw.server.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errs.push(format!("server.listen: {:?} is not an ADDR:PORT socket address", raw.server.listen));
+                None
+            }
+        };
+        if raw.server.max_body_bytes < 1024 {
+            errs.push("server.max_body_bytes: must be at least 1024".into());
+        }
+
+        let m = &raw.model;
+        let source = match m.kind.as_str() {
+            "gguf" => match &m.path {
+                Some(p) => Some(ModelSource::Gguf { path: resolve(p), cpu: m.cpu }),
+                None => {
+                    errs.push("model.path: required when model.kind = \"gguf\"".into());
+                    None
+                }
+            },
+            "hf" => {
+                if let Some(isq) = &m.isq {
+                    if let Err(e) = mistralrs::parse_isq_value(isq, None) {
+                        errs.push(format!("model.isq: {e}"));
+                    }
+                }
+                match &m.hf_id {
+                    Some(id) if !id.is_empty() => {
+                        Some(ModelSource::HuggingFace { id: id.clone(), isq: m.isq.clone(), cpu: m.cpu })
+                    }
+                    _ => {
+                        errs.push("model.hf_id: required when model.kind = \"hf\"".into());
+                        None
+                    }
+                }
+            }
+            "echo" => Some(ModelSource::Echo { token_delay_ms: m.echo_token_delay_ms, load_delay_ms: m.echo_load_delay_ms }),
+            other => {
+                errs.push(format!("model.kind: {other:?} is not one of \"gguf\", \"hf\", \"echo\""));
+                None
+            }
+        };
+        if m.max_seqs == 0 || m.max_seqs > 256 {
+            errs.push("model.max_seqs: must be between 1 and 256".into());
+        }
+        let name = m.name.clone().unwrap_or_else(|| match &source {
+            Some(ModelSource::Gguf { path, .. }) => {
+                path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+            }
+            Some(ModelSource::HuggingFace { id, .. }) => id.clone(),
+            _ => "echo".into(),
+        });
+        if name.is_empty() {
+            errs.push("model.name: must not be empty".into());
+        }
+
+        let g = &raw.generation;
+        if !(0.0..=2.0).contains(&g.temperature) {
+            errs.push("generation.temperature: must be within [0, 2]".into());
+        }
+        if !(g.top_p > 0.0 && g.top_p <= 1.0) {
+            errs.push("generation.top_p: must be within (0, 1]".into());
+        }
+        if !(g.repetition_penalty > 0.0) {
+            errs.push("generation.repetition_penalty: must be positive".into());
+        }
+        if g.max_tokens_cap == 0 {
+            errs.push("generation.max_tokens_cap: must be at least 1".into());
+        }
+        if g.default_max_tokens == 0 || g.default_max_tokens > g.max_tokens_cap {
+            errs.push("generation.default_max_tokens: must be between 1 and generation.max_tokens_cap".into());
+        }
+
+        let d = &raw.directives;
+        let mut levels = Vec::new();
+        for (i, l) in d.levels.iter().enumerate() {
+            if l.name.is_empty() || !l.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                errs.push(format!("directives.levels[{i}].name: {:?} must be non-empty letters, digits, '_' or '-'", l.name));
+            }
+            if levels.iter().any(|(n, _): &(String, String)| n == &l.name) {
+                errs.push(format!("directives.levels[{i}].name: {:?} is defined twice", l.name));
+            }
+            levels.push((l.name.clone(), l.text.trim().to_string()));
+        }
+        if levels.is_empty() {
+            errs.push("directives.levels: at least one level is required".into());
+        } else if !levels[0].1.is_empty() {
+            errs.push("directives.levels[0].text: the first level is the baseline and must have no directive".into());
+        }
+        for name in d.mix.keys() {
+            if !levels.iter().any(|(n, _)| n == name) {
+                errs.push(format!("directives.mix.{name}: no such level in directives.levels"));
+            }
+        }
+        let mix: Vec<f64> = levels.iter().map(|(n, _)| d.mix.get(n).copied().unwrap_or(0.0)).collect();
+        if mix.iter().any(|w| !(w.is_finite() && *w >= 0.0)) {
+            errs.push("directives.mix: shares must be finite and non-negative".into());
+        } else if (mix.iter().sum::<f64>() - 1.0).abs() > 1e-6 {
+            errs.push(format!("directives.mix: shares must sum to 1 (they sum to {})", mix.iter().sum::<f64>()));
+        }
+
+        let a = &raw.accounting;
+        for (key, v) in [
+            ("accounting.power_w", a.power_w),
+            ("accounting.intensity_gco2_per_kwh", a.intensity_gco2_per_kwh),
+            ("accounting.embodied_kgco2", a.embodied_kgco2),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                errs.push(format!("{key}: must be a non-negative number"));
+            }
+        }
+        if !(a.lifetime_years.is_finite() && a.lifetime_years > 0.0) {
+            errs.push("accounting.lifetime_years: must be positive".into());
+        }
+
+        if !errs.is_empty() {
+            return Err(ConfigErrors(errs));
+        }
+        Ok(Config {
+            listen: listen.expect("checked"),
+            max_body_bytes: raw.server.max_body_bytes,
+            data_dir: resolve(&raw.storage.data_dir),
+            model: ModelConfig { source: source.expect("checked"), name, max_seqs: m.max_seqs },
+            generation: raw.generation,
+            directives: DirectiveConfig { levels, mix, seed: d.seed },
+            accounting: raw.accounting,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_is_valid_and_serves_the_default_model() {
+        let c = Config::default_config();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7878");
+        assert!(matches!(c.model.source, ModelSource::Gguf { .. }));
+        let names: Vec<_> = c.directives.levels.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["L0", "L1", "L2"]);
+        assert!(c.directives.levels[0].1.is_empty());
+        assert!((c.directives.mix.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_key() {
+        let text = DEFAULT_CONFIG
+            .replace("listen = \"127.0.0.1:7878\"", "listen = \"nowhere\"")
+            .replace("temperature = 0.7", "temperature = 9.0")
+            .replace("kind = \"gguf\"", "kind = \"onnx\"");
+        let err = Config::parse(&text, Path::new("x.toml"), Path::new("")).unwrap_err();
+        let ConfigError::Invalid(ConfigErrors(errs)) = err else { panic!("expected validation errors") };
+        assert!(errs.iter().any(|e| e.starts_with("server.listen:")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("generation.temperature:")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("model.kind:")), "{errs:?}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_mix_are_rejected() {
+        let text = DEFAULT_CONFIG.replace("[generation]", "[generation]\ntemprature = 1.0");
+        assert!(matches!(Config::parse(&text, Path::new("x"), Path::new("")), Err(ConfigError::Parse { .. })));
+        let text = DEFAULT_CONFIG.replace("mix = {", "mix = { L9 = 0.5,");
+        let ConfigError::Invalid(ConfigErrors(errs)) =
+            Config::parse(&text, Path::new("x"), Path::new("")).unwrap_err()
+        else {
+            panic!()
+        };
+        assert!(errs.iter().any(|e| e.starts_with("directives.mix.L9:")), "{errs:?}");
+        let text = DEFAULT_CONFIG.replace("mix = { L0 = 0.4,", "mix = { L0 = 0.9,");
+        let ConfigError::Invalid(ConfigErrors(errs)) =
+            Config::parse(&text, Path::new("x"), Path::new("")).unwrap_err()
+        else {
+            panic!()
+        };
+        assert!(errs.iter().any(|e| e.starts_with("directives.mix:") && e.contains("sum to 1")), "{errs:?}");
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let c = Config::parse(DEFAULT_CONFIG, Path::new("/etc/sproutd/config.toml"), Path::new("/etc/sproutd")).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/etc/sproutd/data"));
+        let ModelSource::Gguf { path, .. } = c.model.source else { panic!() };
+        assert!(path.starts_with("/etc/sproutd/models"));
+    }
+}

@@ -1,0 +1,165 @@
+//! Generation directives: choosing a level for a job and applying it to the
+//! conversation. Pure functions, no IO.
+//!
+//! A directive is a system instruction ("Always answer briefly.") that makes
+//! the model answer in fewer tokens. It is *added*: when the client sent its
+//! own system message the directive is appended to it, so the client's
+//! instructions are never lost.
+
+use crate::config::DirectiveConfig;
+use crate::job::{Message, Role};
+
+/// The levels and the mix used when a request pins none.
+#[derive(Debug, Clone)]
+pub struct Directives {
+    levels: Vec<(String, String)>,
+    mix: Vec<f64>,
+    seed: u64,
+}
+
+impl Directives {
+    pub fn new(cfg: &DirectiveConfig) -> Self {
+        Self { levels: cfg.levels.clone(), mix: cfg.mix.clone(), seed: cfg.seed }
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.levels.iter().map(|(n, _)| n.as_str())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.levels.iter().any(|(n, _)| n == name)
+    }
+
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.levels.iter().find(|(n, _)| n == name).map(|(_, t)| t.as_str())
+    }
+
+    /// The level for job `seq`: the pinned one, else a draw from the mix that
+    /// depends only on the configured seed and `seq` (so it is reproducible).
+    pub fn choose(&self, pinned: Option<&str>, seq: u64) -> String {
+        if let Some(p) = pinned {
+            return p.to_string();
+        }
+        let u = unit_interval(splitmix64(self.seed ^ splitmix64(seq)));
+        let mut acc = 0.0;
+        for ((name, _), w) in self.levels.iter().zip(&self.mix) {
+            acc += w;
+            if u < acc {
+                return name.clone();
+            }
+        }
+        // Rounding left u at or above the last boundary: the last level with weight.
+        self.levels
+            .iter()
+            .zip(&self.mix)
+            .rev()
+            .find(|(_, w)| **w > 0.0)
+            .map(|((n, _), _)| n.clone())
+            .unwrap_or_else(|| self.levels[0].0.clone())
+    }
+
+    /// The conversation the engine sees for `level`.
+    pub fn apply(&self, level: &str, messages: &[Message]) -> Vec<Message> {
+        let text = self.text(level).unwrap_or("");
+        apply_directive(text, messages)
+    }
+}
+
+/// Adds `directive` as a system message, appending it to the client's first
+/// system message when there is one.
+pub fn apply_directive(directive: &str, messages: &[Message]) -> Vec<Message> {
+    let mut out = messages.to_vec();
+    if directive.is_empty() {
+        return out;
+    }
+    match out.iter_mut().find(|m| m.role == Role::System) {
+        Some(sys) => {
+            let sep = if sys.content.trim_end().is_empty() { "" } else { "\n\n" };
+            sys.content = format!("{}{sep}{directive}", sys.content.trim_end());
+        }
+        None => out.insert(0, Message { role: Role::System, content: directive.to_string() }),
+    }
+    out
+}
+
+/// A well-mixed 64-bit hash (SplitMix64's finalizer).
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn unit_interval(x: u64) -> f64 {
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(mix: &[f64]) -> Directives {
+        Directives::new(&DirectiveConfig {
+            levels: vec![
+                ("L0".into(), "".into()),
+                ("L1".into(), "Always answer briefly.".into()),
+                ("L2".into(), "Always answer very briefly.".into()),
+            ],
+            mix: mix.to_vec(),
+            seed: 7,
+        })
+    }
+
+    fn user(t: &str) -> Message {
+        Message { role: Role::User, content: t.into() }
+    }
+
+    #[test]
+    fn directive_becomes_a_system_message() {
+        let d = cfg(&[1.0, 0.0, 0.0]);
+        let out = d.apply("L2", &[user("hi")]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0], Message { role: Role::System, content: "Always answer very briefly.".into() });
+        assert_eq!(out[1], user("hi"));
+    }
+
+    #[test]
+    fn directive_is_appended_to_the_clients_system_message() {
+        let d = cfg(&[1.0, 0.0, 0.0]);
+        let msgs = [Message { role: Role::System, content: "You are a pirate. ".into() }, user("hi")];
+        let out = d.apply("L1", &msgs);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].content, "You are a pirate.\n\nAlways answer briefly.");
+    }
+
+    #[test]
+    fn l0_leaves_the_conversation_alone() {
+        let d = cfg(&[1.0, 0.0, 0.0]);
+        let msgs = [user("hi")];
+        assert_eq!(d.apply("L0", &msgs), msgs.to_vec());
+    }
+
+    #[test]
+    fn pinned_level_wins_and_draws_follow_the_mix() {
+        let d = cfg(&[0.5, 0.3, 0.2]);
+        assert_eq!(d.choose(Some("L1"), 3), "L1");
+        let n = 20_000;
+        let mut counts = [0usize; 3];
+        for seq in 0..n {
+            let l = d.choose(None, seq);
+            counts[l[1..].parse::<usize>().unwrap()] += 1;
+        }
+        for (c, w) in counts.iter().zip([0.5, 0.3, 0.2]) {
+            let share = *c as f64 / n as f64;
+            assert!((share - w).abs() < 0.02, "share {share} vs {w}");
+        }
+        // Reproducible per job.
+        assert_eq!(d.choose(None, 1234), d.choose(None, 1234));
+    }
+
+    #[test]
+    fn a_level_with_zero_weight_is_never_drawn() {
+        let d = cfg(&[0.0, 0.0, 1.0]);
+        assert!((0..1000).all(|s| d.choose(None, s) == "L2"));
+    }
+}

@@ -1,0 +1,84 @@
+//! A model-free engine for tests and queue benchmarks: it answers with the
+//! words of the last user message, one "token" per word, optionally pausing
+//! between tokens. A message containing `[[engine-error]]` makes it fail, so
+//! tests can drive the failure path through a real process.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::{Engine, EngineError, GenOutput, GenRequest};
+use crate::job::{FinishReason, Role};
+
+pub struct EchoEngine {
+    token_delay: Duration,
+}
+
+impl EchoEngine {
+    pub fn new(token_delay_ms: u64) -> Self {
+        Self { token_delay: Duration::from_millis(token_delay_ms) }
+    }
+}
+
+#[async_trait]
+impl Engine for EchoEngine {
+    async fn generate(
+        &self,
+        req: GenRequest,
+        deltas: mpsc::UnboundedSender<String>,
+    ) -> Result<GenOutput, EngineError> {
+        let prompt_tokens = req.messages.iter().map(|m| m.content.split_whitespace().count() + 1).sum();
+        let last = req.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.as_str()).unwrap_or("");
+        if last.contains("[[engine-error]]") {
+            return Err(EngineError::Internal("echo engine: failure requested by the prompt".into()));
+        }
+        let words: Vec<&str> = last.split_whitespace().collect();
+        let mut text = String::new();
+        let mut n = 0;
+        for (i, w) in words.iter().enumerate() {
+            if n == req.max_tokens {
+                break;
+            }
+            if !self.token_delay.is_zero() {
+                tokio::time::sleep(self.token_delay).await;
+            }
+            let piece = if i == 0 { w.to_string() } else { format!(" {w}") };
+            text.push_str(&piece);
+            let _ = deltas.send(piece);
+            n += 1;
+        }
+        let finish_reason = if n < words.len() { FinishReason::Length } else { FinishReason::Stop };
+        Ok(GenOutput { text, finish_reason, prompt_tokens, completion_tokens: n })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Sampling;
+    use crate::job::Message;
+
+    fn req(text: &str, max_tokens: usize) -> GenRequest {
+        GenRequest {
+            messages: vec![Message { role: Role::User, content: text.into() }],
+            max_tokens,
+            sampling: Sampling { temperature: 0.0, top_p: 1.0, top_k: 0, repetition_penalty: 1.0, seed: 0 },
+            stop: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn echoes_and_truncates() {
+        let e = EchoEngine::new(0);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let out = e.generate(req("a b c", 2), tx).await.unwrap();
+        assert_eq!(out.text, "a b");
+        assert_eq!(out.finish_reason, FinishReason::Length);
+        assert_eq!(out.completion_tokens, 2);
+        assert_eq!(rx.recv().await.unwrap(), "a");
+        assert_eq!(rx.recv().await.unwrap(), " b");
+        let (tx, _) = mpsc::unbounded_channel();
+        assert!(e.generate(req("x [[engine-error]]", 2), tx).await.is_err());
+    }
+}

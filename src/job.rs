@@ -1,0 +1,147 @@
+//! The data that flows along a request's path: a validated chat request, the
+//! job that carries it through the queue, and the result with its receipt.
+//!
+//! These types are what the store persists (as JSON inside sled) and what the
+//! job API returns, so a change here is a change to the store format: see
+//! `queue::SCHEMA_VERSION`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    pub content: String,
+}
+
+/// A chat request after validation: everything the worker needs, no HTTP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<Message>,
+    pub max_tokens: usize,
+    /// `None`: the configured default.
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    /// `None`: a seed is drawn per job (and recorded), so every answer can be replayed.
+    pub seed: Option<u64>,
+    #[serde(default)]
+    pub stop: Vec<String>,
+    /// The level the client pinned, if any.
+    pub directive: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// How the job came in: a synchronous chat completion (the client waits on the
+/// connection) or an asynchronous job (`POST /v1/jobs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    Chat,
+    Job,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    /// Monotonic sequence number: FIFO order and the directive draw's input.
+    pub seq: u64,
+    pub origin: Origin,
+    pub state: JobState,
+    /// Lower runs first (vLLM's meaning); FIFO within a priority.
+    pub priority: i32,
+    pub request: ChatRequest,
+    /// The directive level chosen at submission (pinned or drawn).
+    pub directive: String,
+    /// The sampling seed used (the request's, or one drawn for this job).
+    pub seed: u64,
+    pub created_ms: u64,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub attempts: u32,
+    pub result: Option<JobResult>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub receipt: Receipt,
+}
+
+/// The carbon receipt of one answer (`usage.sprout` in the API).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub directive: String,
+    pub job_id: String,
+    /// Energy attributed to this request, joules.
+    pub energy_j: f64,
+    /// Operational plus embodied carbon, grams CO2e.
+    pub carbon_g: f64,
+    pub operational_g: f64,
+    pub embodied_g: f64,
+    /// Grid carbon intensity used, gCO2e/kWh.
+    pub intensity_gco2_per_kwh: f64,
+    /// Wall time from the engine's start to its last token, seconds.
+    pub duration_s: f64,
+    /// True when energy or intensity is an estimate rather than a measurement.
+    pub estimated: bool,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,33 @@
+//! Sprout: carbon-aware LLM inference.
+//!
+//! # Layout, in the order a request travels
+//!
+//! ```text
+//!  HTTP ─► api (router, OpenAI shapes, errors)
+//!           │ parse + validate → ChatRequest
+//!           ▼
+//!         service::submit ─► queue (sled; flushed before the ack)
+//!           │ directive chosen (directive), seed drawn
+//!           ▼
+//!         worker ─► claim ─► directive applied ─► engine (mistral.rs | echo)
+//!           │                                        │ token deltas ─► service listeners ─► SSE
+//!           ▼                                        ▼
+//!         accounting (energy share, receipt) ─► queue::finish (flushed) ─► api answer
+//! ```
+//!
+//! `daemon::run` wires these together; `client` and `cli` are the other side
+//! of the wire (`sproutctl`). Pure logic (`directive`, `accounting`,
+//! `api::openai`, `engine::sampler`, `config` validation) does no IO.
+
+pub mod config;
+pub mod job;
+pub mod api;
+pub mod service;
+pub mod queue;
+pub mod directive;
+pub mod worker;
+pub mod engine;
+pub mod accounting;
+pub mod daemon;
+pub mod client;
+pub mod cli;

@@ -1,0 +1,182 @@
+//! The daemon's shared core, between the HTTP API and the worker: submitting
+//! jobs (durably), following them while they run, cancelling them, and the
+//! engine's loading status.
+//!
+//! What lives here in memory is only what a restart may lose without losing
+//! a job: who is listening to a job's tokens, which running jobs can be
+//! aborted, and a counter that wakes waiters whenever any job changes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::directive::{splitmix64, Directives};
+use crate::engine::Engine;
+use crate::job::{ChatRequest, Job, Origin};
+use crate::queue::{job_id, CancelOutcome, NewJob, Store, StoreError};
+
+/// Where the model is in its life.
+#[derive(Clone)]
+pub enum EngineStatus {
+    Loading,
+    Ready(Arc<dyn Engine>),
+    Failed(String),
+}
+
+/// What a listener of one job receives.
+#[derive(Debug)]
+pub enum JobEvent {
+    Delta(String),
+    Finished(Job),
+}
+
+pub struct Service {
+    pub config: Config,
+    pub store: Store,
+    pub directives: Directives,
+    engine: watch::Receiver<EngineStatus>,
+    /// Wakes the worker when a job is queued.
+    pub work: Notify,
+    /// Bumped on every job state change; `GET /v1/jobs/{id}?wait=` waits on it.
+    changed: watch::Sender<u64>,
+    listeners: Mutex<HashMap<String, mpsc::UnboundedSender<JobEvent>>>,
+    running: Mutex<HashMap<String, CancellationToken>>,
+    shutting_down: AtomicBool,
+}
+
+impl Service {
+    pub fn new(config: Config, store: Store, engine: watch::Receiver<EngineStatus>) -> Self {
+        Self {
+            directives: Directives::new(&config.directives),
+            config,
+            store,
+            engine,
+            work: Notify::new(),
+            changed: watch::channel(0).0,
+            listeners: Mutex::new(HashMap::new()),
+            running: Mutex::new(HashMap::new()),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    pub fn engine_status(&self) -> EngineStatus {
+        self.engine.borrow().clone()
+    }
+
+    pub fn engine_watch(&self) -> watch::Receiver<EngineStatus> {
+        self.engine.clone()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Persists a job (flushed before returning) and wakes the worker. With
+    /// `listen`, token deltas and the end of the job are sent to the returned
+    /// receiver; it is registered before the job can start, so nothing is missed.
+    pub async fn submit(
+        &self,
+        origin: Origin,
+        priority: i32,
+        request: ChatRequest,
+        listen: bool,
+    ) -> Result<(Job, Option<mpsc::UnboundedReceiver<JobEvent>>), StoreError> {
+        let seq = self.store.next_seq()?;
+        let directive = self.directives.choose(request.directive.as_deref(), seq);
+        let seed = request.seed.unwrap_or_else(|| splitmix64(self.config.directives.seed.wrapping_add(seq)) >> 1);
+        // Register the listener before the job exists, so the worker cannot
+        // start it and send tokens before anyone listens.
+        let id = job_id(seq);
+        let rx = listen.then(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.listeners.lock().expect("poisoned").insert(id.clone(), tx);
+            rx
+        });
+        let job = match self.store.submit(seq, NewJob { origin, priority, request }, directive, seed).await {
+            Ok(job) => job,
+            Err(e) => {
+                self.unlisten(&id);
+                return Err(e);
+            }
+        };
+        self.bump();
+        self.work.notify_one();
+        Ok((job, rx))
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Drops every listener: their HTTP requests end (used at shutdown).
+    pub fn close_listeners(&self) {
+        self.listeners.lock().expect("poisoned").clear();
+    }
+
+    /// Stops listening to a job (the client went away).
+    pub fn unlisten(&self, id: &str) {
+        self.listeners.lock().expect("poisoned").remove(id);
+    }
+
+    pub fn send_delta(&self, id: &str, piece: String) {
+        if let Some(tx) = self.listeners.lock().expect("poisoned").get(id) {
+            let _ = tx.send(JobEvent::Delta(piece));
+        }
+    }
+
+    /// Called by the worker once a job's final state is on disk.
+    pub fn finished(&self, job: Job) {
+        self.running.lock().expect("poisoned").remove(&job.id);
+        if let Some(tx) = self.listeners.lock().expect("poisoned").remove(&job.id) {
+            let _ = tx.send(JobEvent::Finished(job));
+        }
+        self.bump();
+    }
+
+    /// Called by the worker when it starts a job; the token aborts it.
+    pub fn started(&self, id: &str) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.running.lock().expect("poisoned").insert(id.to_string(), token.clone());
+        self.bump();
+        token
+    }
+
+    /// Cancels a job: queued ones at once; running ones are aborted by the
+    /// worker, and this waits until their cancellation is on disk.
+    pub async fn cancel(&self, id: &str) -> Result<Job, StoreError> {
+        match self.store.cancel(id).await? {
+            CancelOutcome::Cancelled(job) => {
+                self.finished(job.clone());
+                Ok(job)
+            }
+            CancelOutcome::Running(_) => {
+                let mut changes = self.subscribe_changes();
+                let token = self.running.lock().expect("poisoned").get(id).cloned();
+                if let Some(t) = token {
+                    t.cancel();
+                }
+                loop {
+                    let job = self.store.get(id)?;
+                    if job.state.is_terminal() {
+                        return Ok(job);
+                    }
+                    if changes.changed().await.is_err() {
+                        return Ok(job);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The worker: claims queued jobs and feeds them to the engine, up to
+//! `model.max_seqs` at once so the engine can batch them; streams their
+//! tokens to listeners; writes each result with its receipt; and aborts a
+//! running job when it is cancelled.
+//!
+//! Path of one job: `Store::claim` → directive applied → `Engine::generate`
+//! (deltas → `Service::send_delta`) → energy share → receipt →
+//! `Store::finish` (flushed) → `Service::finished` (wakes waiters).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::accounting::{self, EnergyShare};
+use crate::engine::{Engine, GenRequest, Sampling};
+use crate::job::{Job, JobResult, JobState};
+use crate::service::{EngineStatus, Service};
+
+/// Runs until `shutdown` fires. Jobs still running then are left `running`
+/// on disk; the daemon requeues them before it exits.
+pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
+    let Some(engine) = wait_for_engine(&svc, &shutdown).await else { return };
+    let energy = Arc::new(Mutex::new(EnergyShare::new(Instant::now())));
+    let slots = Arc::new(Semaphore::new(svc.config.model.max_seqs));
+    let mut tasks = JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = shutdown.cancelled() => break,
+        };
+        let job = loop {
+            // Register for a wake-up before looking, so a submit in between is not missed.
+            let notified = svc.work.notified();
+            match svc.store.claim() {
+                Ok(Some(job)) => break Some(job),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "claiming a job failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = shutdown.cancelled() => break None,
+            }
+        };
+        let Some(job) = job else { break };
+        let (svc, engine, energy, shutdown) = (svc.clone(), engine.clone(), energy.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            run_job(&svc, engine, &energy, job, &shutdown).await;
+            drop(permit);
+        });
+        // Reap finished tasks so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+    }
+    // Let the running tasks see the shutdown and return.
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn wait_for_engine(svc: &Service, shutdown: &CancellationToken) -> Option<Arc<dyn Engine>> {
+    let mut status = svc.engine_watch();
+    loop {
+        if let EngineStatus::Ready(e) = &*status.borrow_and_update() {
+            return Some(e.clone());
+        }
+        tokio::select! {
+            r = status.changed() => if r.is_err() { return None },
+            _ = shutdown.cancelled() => return None,
+        }
+    }
+}
+
+/// The engine request for a job: its directive applied, sampling resolved.
+pub fn gen_request(svc: &Service, job: &Job) -> GenRequest {
+    let g = &svc.config.generation;
+    GenRequest {
+        messages: svc.directives.apply(&job.directive, &job.request.messages),
+        max_tokens: job.request.max_tokens,
+        sampling: Sampling {
+            temperature: job.request.temperature.unwrap_or(g.temperature),
+            top_p: job.request.top_p.unwrap_or(g.top_p),
+            top_k: g.top_k,
+            repetition_penalty: g.repetition_penalty,
+            seed: job.seed,
+        },
+        stop: job.request.stop.clone(),
+    }
+}
+
+async fn run_job(
+    svc: &Service,
+    engine: Arc<dyn Engine>,
+    energy: &Mutex<EnergyShare>,
+    job: Job,
+    shutdown: &CancellationToken,
+) {
+    let cancel = svc.started(&job.id);
+    let req = gen_request(svc, &job);
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let t0 = Instant::now();
+    energy.lock().expect("poisoned").start(&job.id, t0);
+    tracing::debug!(job = %job.id, directive = %job.directive, attempt = job.attempts, "running");
+
+    let generate = engine.generate(req, tx);
+    tokio::pin!(generate);
+    let outcome = loop {
+        tokio::select! {
+            out = &mut generate => {
+                // Forward what the engine sent before it returned.
+                while let Ok(piece) = rx.try_recv() {
+                    svc.send_delta(&job.id, piece);
+                }
+                break Some(out);
+            }
+            Some(piece) = rx.recv() => svc.send_delta(&job.id, piece),
+            _ = cancel.cancelled() => break None,
+            _ = shutdown.cancelled() => {
+                energy.lock().expect("poisoned").finish(&job.id, Instant::now());
+                tracing::info!(job = %job.id, "interrupted by shutdown; it will be requeued");
+                return;
+            }
+        }
+    };
+    let end = Instant::now();
+    let machine_s = energy.lock().expect("poisoned").finish(&job.id, end);
+    let duration_s = end.duration_since(t0).as_secs_f64();
+
+    let (state, result, error) = match outcome {
+        Some(Ok(out)) => {
+            let receipt = accounting::receipt(&svc.config.accounting, &job.directive, &job.id, machine_s, duration_s);
+            let result = JobResult {
+                text: out.text,
+                finish_reason: out.finish_reason,
+                prompt_tokens: out.prompt_tokens,
+                completion_tokens: out.completion_tokens,
+                receipt,
+            };
+            (JobState::Succeeded, Some(result), None)
+        }
+        Some(Err(e)) => {
+            tracing::warn!(job = %job.id, error = %e, "job failed");
+            (JobState::Failed, None, Some(e.to_string()))
+        }
+        None => (JobState::Cancelled, None, Some("cancelled by request while running".to_string())),
+    };
+    match svc.store.finish(&job.id, state, result, error).await {
+        Ok(done) => {
+            tracing::info!(
+                job = %done.id,
+                state = done.state.as_str(),
+                directive = %done.directive,
+                tokens = done.result.as_ref().map(|r| r.completion_tokens).unwrap_or(0),
+                secs = format!("{duration_s:.2}"),
+                "finished"
+            );
+            svc.finished(done);
+        }
+        Err(e) => tracing::error!(job = %job.id, error = %e, "recording the job's end failed"),
+    }
+}
