@@ -142,7 +142,10 @@ async fn main() {
         println!("level {l}: {:?}", directives.text(l).unwrap_or(""));
     }
     let engine = MistralEngine::load(&config.model).await.expect("load the model (scripts/fetch-model.sh)");
-    let sets = datasets(n);
+    // SPROUT_BENCH_SETS=gsm8k runs only those datasets.
+    let only_sets: Option<Vec<String>> = std::env::var("SPROUT_BENCH_SETS").ok().map(|s| s.split(',').map(str::to_string).collect());
+    let sets: Vec<_> =
+        datasets(n).into_iter().filter(|(name, _)| only_sets.as_ref().is_none_or(|o| o.iter().any(|x| x == name))).collect();
     println!("\n{:<8} {:<5} {:>12} {:>10} {:>8}", "dataset", "level", "mean_tokens", "accuracy", "secs");
     let mut totals = vec![0usize; levels.len()];
     for (name, items) in &sets {

@@ -38,6 +38,9 @@ pub enum Command {
         /// Lower runs first.
         #[arg(long, allow_hyphen_values = true)]
         priority: Option<i32>,
+        /// Submitting again with the same key returns the first job instead of a new one.
+        #[arg(long)]
+        idempotency_key: Option<String>,
         /// Wait for the answer and print it with its receipt.
         #[arg(long)]
         wait: bool,
@@ -89,7 +92,7 @@ pub enum CliError {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     let client = Client::new(&cli.url, std::env::var("SPROUT_TOKEN").ok().filter(|t| !t.is_empty()));
     match cli.command {
-        Command::Submit { prompt, system, directive, max_tokens, seed, priority, wait, json } => {
+        Command::Submit { prompt, system, directive, max_tokens, seed, priority, idempotency_key, wait, json } => {
             let prompt = read_prompt(prompt)?;
             let mut messages = Vec::new();
             if let Some(s) = system {
@@ -109,13 +112,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             if let Some(p) = priority {
                 body["priority"] = json!(p);
             }
-            let job = client.submit_job(&body).await?;
+            let job = client.submit_job(&body, idempotency_key.as_deref()).await?;
             let id = job["id"].as_str().ok_or_else(|| ClientError::Protocol("job without id".into()))?.to_string();
             if !wait {
                 if json {
                     print_json(&job);
                 } else {
-                    println!("{id} {} (directive {})", job["state"].as_str().unwrap_or("?"), job["directive"].as_str().unwrap_or("?"));
+                    println!("{id} {}", state_text(&job));
                 }
                 return Ok(());
             }
@@ -142,15 +145,20 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 return Ok(());
             }
             let jobs = list["data"].as_array().cloned().unwrap_or_default();
-            println!("{:<22} {:<10} {:<5} {:>8} {:>10}  prompt", "ID", "STATE", "LEVEL", "TOKENS", "gCO2");
+            println!("{:<22} {:<12} {:>4} {:<5} {:>8} {:>10}  prompt", "ID", "STATE", "PRIO", "LEVEL", "TOKENS", "gCO2e");
             for j in &jobs {
                 let usage = &j["result"]["usage"];
                 let tokens = usage["completion_tokens"].as_u64().map(|t| t.to_string()).unwrap_or_else(|| "-".into());
                 let carbon = usage["sprout"]["carbon_g"].as_f64().map(|c| format!("{c:.4}")).unwrap_or_else(|| "-".into());
+                let state = match j["position"].as_u64() {
+                    Some(p) => format!("queued #{}", p + 1),
+                    None => j["state"].as_str().unwrap_or("?").to_string(),
+                };
                 println!(
-                    "{:<22} {:<10} {:<5} {:>8} {:>10}  {}",
+                    "{:<22} {:<12} {:>4} {:<5} {:>8} {:>10}  {}",
                     j["id"].as_str().unwrap_or("?"),
-                    j["state"].as_str().unwrap_or("?"),
+                    state,
+                    j["priority"],
                     j["directive"].as_str().unwrap_or("?"),
                     tokens,
                     carbon,
@@ -262,10 +270,18 @@ fn print_answer(job: &Value) -> Result<(), CliError> {
     }
 }
 
+/// "queued (position 3, directive L1)" and the like.
+fn state_text(job: &Value) -> String {
+    let state = job["state"].as_str().unwrap_or("?");
+    match job["position"].as_u64() {
+        Some(p) => format!("{state} (position {}, directive {})", p + 1, job["directive"].as_str().unwrap_or("?")),
+        None => format!("{state} (directive {})", job["directive"].as_str().unwrap_or("?")),
+    }
+}
+
 fn print_status(job: &Value) {
     println!("id:        {}", job["id"].as_str().unwrap_or("?"));
-    println!("state:     {}", job["state"].as_str().unwrap_or("?"));
-    println!("directive: {}", job["directive"].as_str().unwrap_or("?"));
+    println!("state:     {}", state_text(job));
     println!("priority:  {}", job["priority"]);
     println!("attempts:  {}", job["attempts"]);
     println!("prompt:    {}", prompt_preview(job, 70));

@@ -43,8 +43,21 @@ impl Client {
     }
 
     async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+        self.send_with(method, path, body, None).await
+    }
+
+    async fn send_with(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -83,8 +96,9 @@ impl Client {
         self.send(reqwest::Method::POST, "/v1/chat/completions", Some(body)).await
     }
 
-    pub async fn submit_job(&self, body: &Value) -> Result<Value, ClientError> {
-        self.send(reqwest::Method::POST, "/v1/jobs", Some(body)).await
+    /// Queues a job; a repeated `idempotency_key` returns the earlier job.
+    pub async fn submit_job(&self, body: &Value, idempotency_key: Option<&str>) -> Result<Value, ClientError> {
+        self.send_with(reqwest::Method::POST, "/v1/jobs", Some(body), idempotency_key).await
     }
 
     /// A job; with `wait`, the server holds the answer until the job ends or `wait` seconds pass.

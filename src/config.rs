@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -51,6 +52,38 @@ pub struct RawConfig {
     pub directives: RawDirectives,
     #[serde(default)]
     pub accounting: RawAccounting,
+    #[serde(default)]
+    pub queue: RawQueue,
+    #[serde(default)]
+    pub auth: RawAuth,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQueue {
+    pub max_queued: usize,
+    pub max_attempts: u32,
+    pub max_prompt_chars: usize,
+    pub result_retention: String,
+    pub shutdown_grace: String,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        Self {
+            max_queued: 100_000,
+            max_attempts: 3,
+            max_prompt_chars: 200_000,
+            result_retention: "7d".into(),
+            shutdown_grace: "30s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,6 +206,42 @@ pub struct Config {
     pub generation: RawGeneration,
     pub directives: DirectiveConfig,
     pub accounting: RawAccounting,
+    pub queue: QueueConfig,
+    /// The API token file (`auth.token_file`); its content is read at start.
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// More queued jobs than this: 429 with Retry-After.
+    pub max_queued: usize,
+    /// A job interrupted this many times (crashes) fails instead of running again.
+    pub max_attempts: u32,
+    /// Total characters of a request's messages; longer: 400.
+    pub max_prompt_chars: usize,
+    /// Finished jobs' results are collected after this long (ledger records stay).
+    pub result_retention: Duration,
+    /// On SIGTERM, how long running jobs may take to finish before they are requeued.
+    pub shutdown_grace: Duration,
+}
+
+/// Parses `90s`, `15m`, `6h`, `7d` (or a bare number of seconds).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], s[i..].trim()),
+        None => (s, "s"),
+    };
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "sec" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
 #[derive(Debug, Clone)]
@@ -339,6 +408,33 @@ impl Config {
             errs.push("accounting.lifetime_years: must be positive".into());
         }
 
+        let q = &raw.queue;
+        let mut duration = |key: &str, v: &str| {
+            parse_duration(v).unwrap_or_else(|| {
+                errs.push(format!("{key}: {v:?} is not a duration like \"30s\", \"15m\", \"6h\" or \"7d\""));
+                Duration::ZERO
+            })
+        };
+        let result_retention = duration("queue.result_retention", &q.result_retention);
+        let shutdown_grace = duration("queue.shutdown_grace", &q.shutdown_grace);
+        if q.max_queued == 0 {
+            errs.push("queue.max_queued: must be at least 1".into());
+        }
+        if q.max_attempts == 0 {
+            errs.push("queue.max_attempts: must be at least 1".into());
+        }
+        if q.max_prompt_chars == 0 {
+            errs.push("queue.max_prompt_chars: must be at least 1".into());
+        }
+        let token_file = raw.auth.token_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(resolve);
+        if let Some(l) = listen {
+            if !l.ip().is_loopback() && token_file.is_none() {
+                errs.push(format!(
+                    "auth.token_file: required when server.listen ({l}) is not a loopback address; without it anyone on the network could use the API"
+                ));
+            }
+        }
+
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
@@ -350,6 +446,14 @@ impl Config {
             generation: raw.generation,
             directives: DirectiveConfig { levels, mix, seed: d.seed },
             accounting: raw.accounting,
+            queue: QueueConfig {
+                max_queued: q.max_queued,
+                max_attempts: q.max_attempts,
+                max_prompt_chars: q.max_prompt_chars,
+                result_retention,
+                shutdown_grace,
+            },
+            token_file,
         })
     }
 }
@@ -400,6 +504,30 @@ mod tests {
             panic!()
         };
         assert!(errs.iter().any(|e| e.starts_with("directives.mix:") && e.contains("sum to 1")), "{errs:?}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("6h"), Some(Duration::from_secs(21600)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604800)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("42"), Some(Duration::from_secs(42)));
+        assert_eq!(parse_duration("6 h"), Some(Duration::from_secs(21600)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("5y"), None);
+    }
+
+    #[test]
+    fn a_network_listener_needs_a_token() {
+        let text = DEFAULT_CONFIG.replace("listen = \"127.0.0.1:7878\"", "listen = \"0.0.0.0:7878\"");
+        let ConfigError::Invalid(ConfigErrors(errs)) = Config::parse(&text, Path::new("x"), Path::new("")).unwrap_err() else {
+            panic!()
+        };
+        assert!(errs.iter().any(|e| e.starts_with("auth.token_file:")), "{errs:?}");
+        let text = text.replace("[auth]", "[auth]\ntoken_file = \"/etc/sproutd/token\"");
+        assert!(Config::parse(&text, Path::new("x"), Path::new("")).is_ok());
     }
 
     #[test]

@@ -1,18 +1,21 @@
 //! `run`: the daemon's life, from opening the store to the last flush.
 //!
-//! Start-up: open the store (recovering jobs a crash left running) → start
-//! serving on the given listener at once (`/healthz` says 503 "loading") →
-//! load the model in the background → the worker starts claiming jobs.
+//! Start-up: open the store and recover jobs a crash left running → serve on
+//! the given listener at once (`/healthz` answers 503 "loading") → load the
+//! model in the background → the worker starts claiming jobs, and systemd
+//! hears `READY=1` (store open, port bound, model loaded).
 //!
-//! Shutdown fans out from one [`CancellationToken`]: the caller's `shutdown`
-//! future (SIGTERM/SIGINT in `sproutd`, a oneshot in tests) or a failed model
-//! load cancels it; new requests then get 503, the worker stops taking jobs
-//! and interrupts running ones, listeners are closed so open HTTP requests
-//! end, and once the server has drained, interrupted jobs go back to the
-//! queue and the store is flushed.
+//! Shutdown, from the caller's `shutdown` future (SIGTERM/SIGINT in
+//! `sproutd`, a oneshot in tests) or a failed model load:
+//! 1. `STOPPING=1`; new work gets 503 (the server keeps answering);
+//! 2. the worker stops claiming; running jobs get `queue.shutdown_grace` to
+//!    finish, then are interrupted;
+//! 3. listeners are closed so open HTTP requests end; the server drains;
+//! 4. interrupted jobs go back to the queue, the store is flushed, exit 0.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -21,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api;
 use crate::config::Config;
 use crate::engine;
+use crate::job::now_ms;
 use crate::queue::{Store, StoreError};
 use crate::service::{EngineStatus, Service};
 use crate::worker;
@@ -35,6 +39,28 @@ pub enum DaemonError {
     Serve(std::io::Error),
     #[error("{0}")]
     Engine(String),
+    #[error("reading the API token from {path}: {reason}")]
+    Token { path: String, reason: String },
+    #[error("refusing to listen on {0} without an API token: set auth.token_file (only loopback addresses may go without)")]
+    NoToken(std::net::SocketAddr),
+}
+
+/// Reads the token file named by the config, if any.
+pub fn read_token(config: &Config) -> Result<Option<String>, DaemonError> {
+    let Some(path) = &config.token_file else { return Ok(None) };
+    let err = |reason: String| DaemonError::Token { path: path.display().to_string(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let token = text.trim().to_string();
+    if token.len() < 16 {
+        return Err(err("the token must be at least 16 characters".into()));
+    }
+    Ok(Some(token))
+}
+
+fn notify(state: sd_notify::NotifyState) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
 }
 
 pub async fn run(
@@ -42,19 +68,31 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
+    let addr = listener.local_addr().map_err(DaemonError::Serve)?;
+    let token = read_token(&config)?;
+    if token.is_none() && !addr.ip().is_loopback() {
+        return Err(DaemonError::NoToken(addr));
+    }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| DaemonError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    let t0 = std::time::Instant::now();
     let store = Store::open(&config.data_dir)?;
+    store.recover(config.queue.max_attempts)?;
     let (engine_tx, engine_rx) = watch::channel(EngineStatus::Loading);
     let svc = Arc::new(Service::new(config, store, engine_rx));
-    let stop = CancellationToken::new();
     tracing::info!(
-        addr = %listener.local_addr().map_err(DaemonError::Serve)?,
+        %addr,
         data_dir = %svc.config.data_dir.display(),
         queued = svc.store.queued_len(),
+        store_open_ms = t0.elapsed().as_millis() as u64,
+        auth = token.is_some(),
         "sproutd listening"
     );
 
+    let stop = CancellationToken::new();
+    let interrupt = CancellationToken::new();
+
+    // The model loads while the API already answers (503 for generation).
     let model_cfg = svc.config.model.clone();
     let load_stop = stop.clone();
     tokio::spawn(async move {
@@ -64,6 +102,7 @@ pub async fn run(
             Ok(e) => {
                 tracing::info!(model = %model_cfg.name, secs = format!("{:.1}", t0.elapsed().as_secs_f64()), "model ready");
                 let _ = engine_tx.send(EngineStatus::Ready(e));
+                notify(sd_notify::NotifyState::Ready);
             }
             Err(e) => {
                 tracing::error!(error = %e, "model failed to load; shutting down");
@@ -73,34 +112,77 @@ pub async fn run(
         }
     });
 
-    let worker = tokio::spawn(worker::run(svc.clone(), stop.clone()));
-    // Once stopping: wait for the worker, then close the listeners so HTTP
-    // requests still waiting on a job answer (503) and the server can drain.
-    let closer = {
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        // Pings come from the runtime that serves requests, so a wedged
+        // runtime stops them and systemd restarts the service.
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period / 2);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => notify(sd_notify::NotifyState::Watchdog),
+                    _ = stop.cancelled() => break,
+                }
+            }
+        });
+    }
+
+    // Finished jobs' results are collected after queue.result_retention.
+    {
         let (svc, stop) = (svc.clone(), stop.clone());
         tokio::spawn(async move {
-            stop.cancelled().await;
-            let _ = worker.await;
-            svc.close_listeners();
-        })
-    };
-    let trigger = {
-        let (svc, stop) = (svc.clone(), stop.clone());
-        async move {
+            let retention = svc.config.queue.result_retention;
+            let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => break,
+                }
+                let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
+                let svc2 = svc.clone();
+                match tokio::task::spawn_blocking(move || svc2.store.collect_finished(cutoff)).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::info!(jobs = n, "collected finished jobs past their retention"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "collecting finished jobs failed"),
+                    Err(e) => tracing::error!(error = %e, "the collector panicked"),
+                }
+            }
+        });
+    }
+
+    let worker = tokio::spawn(worker::run(svc.clone(), stop.clone(), interrupt.clone()));
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    // The shutdown sequence, while the server keeps answering (503).
+    {
+        let (svc, stop, interrupt) = (svc.clone(), stop.clone(), interrupt.clone());
+        tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown => tracing::info!("shutdown requested"),
                 _ = stop.cancelled() => {}
             }
+            notify(sd_notify::NotifyState::Stopping);
             svc.begin_shutdown();
             stop.cancel();
-        }
-    };
-    axum::serve(listener, api::router(svc.clone()))
-        .with_graceful_shutdown(trigger)
+            let grace = svc.config.queue.shutdown_grace;
+            let mut worker = worker;
+            if tokio::time::timeout(grace, &mut worker).await.is_err() {
+                tracing::warn!(grace_s = grace.as_secs_f64(), "shutdown grace over; interrupting running jobs");
+                interrupt.cancel();
+                let _ = worker.await;
+            }
+            svc.close_listeners();
+            let _ = drained_tx.send(());
+        });
+    }
+    axum::serve(listener, api::router(svc.clone(), token))
+        .with_graceful_shutdown(async move {
+            let _ = drained_rx.await;
+        })
         .await
         .map_err(DaemonError::Serve)?;
-    let _ = closer.await;
     let requeued = svc.store.requeue_running()?;
+    svc.store.flush()?;
     tracing::info!(requeued, "sproutd stopped");
     if let EngineStatus::Failed(e) = svc.engine_status() {
         return Err(DaemonError::Engine(e));

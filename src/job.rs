@@ -93,6 +93,9 @@ pub struct Job {
     pub attempts: u32,
     pub result: Option<JobResult>,
     pub error: Option<String>,
+    /// The client's `Idempotency-Key`, if it sent one.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -136,6 +139,26 @@ pub struct Receipt {
     /// Wall time from the engine's start to its last token, seconds.
     pub duration_s: f64,
     /// True when energy or intensity is an estimate rather than a measurement.
+    pub estimated: bool,
+}
+
+/// One accounting record per job that reached the engine, kept after the
+/// job's result is collected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    pub job_id: String,
+    pub origin: Origin,
+    pub state: JobState,
+    pub finished_ms: u64,
+    pub directive: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub duration_s: f64,
+    pub energy_j: f64,
+    pub intensity_gco2_per_kwh: f64,
+    pub operational_g: f64,
+    pub embodied_g: f64,
+    pub carbon_g: f64,
     pub estimated: bool,
 }
 

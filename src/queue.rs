@@ -1,25 +1,44 @@
 //! The durable job queue, on sled.
 //!
 //! Trees:
-//! - `jobs`:  job id → `Job` (JSON). Ids are `job-` + the zero-padded hex
+//! - `jobs`:    job id → `Job` (JSON). Ids are `job-` + the zero-padded hex
 //!   sequence number, so key order is submission order.
-//! - `queue`: priority (sign-flipped, big-endian) ‖ seq (big-endian) → job id,
+//! - `queue`:   priority (sign-flipped, big-endian) ‖ seq (big-endian) → job id,
 //!   one entry per *queued* job: the first key is the next job to run.
-//! - `meta`:  `schema_version`.
+//! - `running`: job id → (), one entry per *running* job, so recovery after a
+//!   crash reads only those, however many jobs the store holds.
+//! - `idem`:    Idempotency-Key → job id.
+//! - `ledger`:  finished time (ms, big-endian) ‖ seq → `LedgerEntry` (JSON),
+//!   one per job that reached the engine; kept when results are collected.
+//! - `meta`:    `schema_version`.
 //!
-//! Invariant: a job is in `queue` exactly when its state is `Queued`; both
-//! trees change in one sled transaction. Every write that a client is told
-//! about (a submission, a cancel, a finished result) is flushed before the
-//! call returns, so an acknowledged job survives a crash.
+//! Invariants: a job is in `queue` exactly when its state is `Queued`, and in
+//! `running` exactly when it is `Running`; every change to a job and its
+//! indexes is one sled transaction. Every write that a client is told about
+//! (a submission, a cancel, a result) is flushed before the call returns, so
+//! an acknowledged job survives a crash.
+//!
+//! Writes and flushes are serialized by one mutex, and flushes are *group
+//! commits*: a write takes a ticket; whoever needs durability either finds its
+//! ticket already covered or runs the next flush, which covers every write
+//! made before it. One fsync acknowledges a whole burst of submits. (The
+//! serialization also matters for correctness: in sled 0.34, a transaction
+//! waiting for its lock while concurrent flushes wait on each other deadlocks;
+//! sled's own background flusher is off for the same reason.)
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
-use crate::job::{now_ms, ChatRequest, Job, JobResult, JobState, Origin};
+use crate::job::{now_ms, ChatRequest, Job, JobResult, JobState, LedgerEntry, Origin};
 
-/// Bumped whenever the persisted layout or the `Job` JSON changes incompatibly.
+/// Bumped whenever the persisted layout or the JSON of `Job`/`LedgerEntry`
+/// changes incompatibly; `tests/fixtures/store-v1` must still open.
 pub const SCHEMA_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,17 +66,40 @@ impl From<TransactionError<StoreError>> for StoreError {
     }
 }
 
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
 pub struct Store {
     db: sled::Db,
     jobs: sled::Tree,
     queue: sled::Tree,
+    running: sled::Tree,
+    idem: sled::Tree,
+    ledger: sled::Tree,
+    /// `queue.len()` walks the tree; this is kept in step with it.
+    queued: AtomicUsize,
+    /// Held by every write and every flush (see the module doc).
+    write: Arc<Mutex<()>>,
+    /// Tickets: writes made so far, and writes known to be on disk.
+    written: AtomicU64,
+    durable: AtomicU64,
+    flushing: AtomicBool,
+    flushed: Notify,
 }
 
-/// What a new job needs besides what the store assigns (id, seq, timestamps).
+/// What a new job needs besides what the store assigns.
 pub struct NewJob {
     pub origin: Origin,
     pub priority: i32,
     pub request: ChatRequest,
+    pub idempotency_key: Option<String>,
+}
+
+/// Returned by [`Store::submit`].
+#[derive(Debug)]
+pub struct Submitted {
+    pub job: Job,
+    /// False when the idempotency key named an existing job, returned instead.
+    pub created: bool,
 }
 
 /// Returned by [`Store::cancel`].
@@ -69,6 +111,13 @@ pub enum CancelOutcome {
     Running(Job),
 }
 
+/// What recovery did at open.
+#[derive(Debug, Default, PartialEq)]
+pub struct Recovery {
+    pub requeued: usize,
+    pub failed: usize,
+}
+
 fn queue_key(priority: i32, seq: u64) -> [u8; 12] {
     let mut k = [0u8; 12];
     k[..4].copy_from_slice(&((priority as u32) ^ 0x8000_0000).to_be_bytes());
@@ -76,28 +125,40 @@ fn queue_key(priority: i32, seq: u64) -> [u8; 12] {
     k
 }
 
+fn ledger_key(finished_ms: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&finished_ms.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
 pub fn job_id(seq: u64) -> String {
     format!("job-{seq:016x}")
 }
 
-fn decode(key: &[u8], bytes: &[u8]) -> Result<Job, StoreError> {
+fn decode<T: serde::de::DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         message: e.to_string(),
     })
 }
 
-fn encode(job: &Job) -> Vec<u8> {
-    serde_json::to_vec(job).expect("a Job always serializes")
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store records always serialize")
+}
+
+fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
 }
 
 impl Store {
-    /// Opens (or creates) the store, checks its schema version, and recovers
-    /// jobs a previous process left running: they go back to the queue.
+    /// Opens (or creates) the store and checks its schema version. Call
+    /// [`Store::recover`] before serving.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.display().to_string();
         let db = sled::Config::new()
             .path(dir)
+            .flush_every_ms(None)
             .open()
             .map_err(|source| StoreError::Open { path: path.clone(), source })?;
         let meta = db.open_tree("meta")?;
@@ -112,26 +173,107 @@ impl Store {
                 meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
             }
         }
-        let store = Store { jobs: db.open_tree("jobs")?, queue: db.open_tree("queue")?, db };
-        store.recover()?;
-        store.db.flush()?;
-        Ok(store)
+        let queue = db.open_tree("queue")?;
+        let queued = AtomicUsize::new(queue.len());
+        Ok(Store {
+            jobs: db.open_tree("jobs")?,
+            running: db.open_tree("running")?,
+            idem: db.open_tree("idem")?,
+            ledger: db.open_tree("ledger")?,
+            queue,
+            queued,
+            db,
+            write: Arc::new(Mutex::new(())),
+            written: AtomicU64::new(0),
+            durable: AtomicU64::new(0),
+            flushing: AtomicBool::new(false),
+            flushed: Notify::new(),
+        })
     }
 
-    fn recover(&self) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for item in self.jobs.iter() {
-            let (k, v) = item?;
-            let job = decode(&k, &v)?;
-            if job.state == JobState::Running {
+    /// Runs a write under the write lock; returns its result and its ticket.
+    fn write<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<(T, u64), StoreError> {
+        let _g = self.write.lock().expect("poisoned");
+        let out = f()?;
+        Ok((out, self.written.fetch_add(1, Ordering::SeqCst) + 1))
+    }
+
+    /// Returns once the write with `ticket` is on disk (group commit).
+    async fn durable(&self, ticket: u64) -> Result<(), StoreError> {
+        loop {
+            if self.durable.load(Ordering::SeqCst) >= ticket {
+                return Ok(());
+            }
+            if self.flushing.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                let (db, lock) = (self.db.clone(), self.write.clone());
+                let written = &self.written;
+                let target = written.load(Ordering::SeqCst);
+                // Every write with a ticket <= target happened before we take
+                // the lock; the flush under the lock covers them all.
+                let res = tokio::task::spawn_blocking(move || {
+                    let _g = lock.lock().expect("poisoned");
+                    db.flush()
+                })
+                .await
+                .expect("flush task");
+                if res.is_ok() {
+                    self.durable.fetch_max(target, Ordering::SeqCst);
+                }
+                self.flushing.store(false, Ordering::SeqCst);
+                self.flushed.notify_waiters();
+                res?;
+                continue;
+            }
+            let notified = self.flushed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.durable.load(Ordering::SeqCst) >= ticket || !self.flushing.load(Ordering::SeqCst) {
+                continue;
+            }
+            notified.await;
+        }
+    }
+
+    /// Jobs a previous process left running go back to the queue with the
+    /// interrupted attempt counted, or fail once `max_attempts` is reached.
+    pub fn recover(&self, max_attempts: u32) -> Result<Recovery, StoreError> {
+        let mut rec = Recovery::default();
+        for item in self.running.iter() {
+            let (id, _) = item?;
+            let mut job: Job = match self.jobs.get(&id)? {
+                Some(v) => decode(&id, &v)?,
+                None => {
+                    self.running.remove(&id)?;
+                    continue;
+                }
+            };
+            if job.attempts >= max_attempts {
+                job.state = JobState::Failed;
+                job.finished_ms = Some(now_ms());
+                job.error = Some(format!(
+                    "interrupted {} times (sproutd stopped or crashed while it ran); giving up after queue.max_attempts = {max_attempts}",
+                    job.attempts
+                ));
+                let bytes = encode(&job);
+                self.write(|| {
+                    (&self.jobs, &self.running).transaction(|(jobs, running)| {
+                        jobs.insert(job.id.as_bytes(), bytes.as_slice())?;
+                        running.remove(job.id.as_bytes())?;
+                        Ok::<_, ConflictableTransactionError<StoreError>>(())
+                    })?;
+                    Ok(())
+                })?;
+                rec.failed += 1;
+            } else {
                 self.requeue(job)?;
-                n += 1;
+                rec.requeued += 1;
             }
         }
-        if n > 0 {
-            tracing::warn!(jobs = n, "requeued jobs left running by a previous process");
+        self.flush()?;
+        if rec != Recovery::default() {
+            tracing::warn!(requeued = rec.requeued, failed = rec.failed, "recovered jobs left running by a previous process");
         }
-        Ok(n)
+        Ok(rec)
     }
 
     fn requeue(&self, mut job: Job) -> Result<(), StoreError> {
@@ -139,23 +281,55 @@ impl Store {
         job.started_ms = None;
         let key = queue_key(job.priority, job.seq);
         let bytes = encode(&job);
-        (&self.jobs, &self.queue).transaction(|(jobs, queue)| {
-            jobs.insert(job.id.as_bytes(), bytes.as_slice())?;
-            queue.insert(&key, job.id.as_bytes())?;
-            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        self.write(|| {
+            (&self.jobs, &self.queue, &self.running).transaction(|(jobs, queue, running)| {
+                jobs.insert(job.id.as_bytes(), bytes.as_slice())?;
+                queue.insert(&key, job.id.as_bytes())?;
+                running.remove(job.id.as_bytes())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })?;
+            Ok(())
         })?;
+        self.queued.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
     /// Allocates the next sequence number (monotonic across restarts).
     pub fn next_seq(&self) -> Result<u64, StoreError> {
+        let _g = self.write.lock().expect("poisoned");
         Ok(self.db.generate_id()?)
     }
 
-    /// Persists a new queued job and flushes it to disk before returning.
-    /// `seq` comes from [`Store::next_seq`]; `directive` and `seed` are the
-    /// caller's choice for this job.
-    pub async fn submit(&self, seq: u64, new: NewJob, directive: String, seed: u64) -> Result<Job, StoreError> {
+    /// Persists a new queued job and flushes it before returning. With an
+    /// idempotency key already used, returns that job instead (`created: false`).
+    pub async fn submit(
+        &self,
+        seq: u64,
+        new: NewJob,
+        directive: String,
+        seed: u64,
+    ) -> Result<Submitted, StoreError> {
+        let (submitted, ticket) = self.submit_unflushed_ticket(seq, new, directive, seed)?;
+        if submitted.created {
+            self.durable(ticket).await?;
+        }
+        Ok(submitted)
+    }
+
+    /// [`Store::submit`] without the flush: for bulk loads that flush once at
+    /// the end (benchmarks, imports). Nothing written so may be acknowledged
+    /// before a [`Store::flush`].
+    pub fn submit_unflushed(&self, seq: u64, new: NewJob, directive: String, seed: u64) -> Result<Submitted, StoreError> {
+        Ok(self.submit_unflushed_ticket(seq, new, directive, seed)?.0)
+    }
+
+    fn submit_unflushed_ticket(
+        &self,
+        seq: u64,
+        new: NewJob,
+        directive: String,
+        seed: u64,
+    ) -> Result<(Submitted, u64), StoreError> {
         let job = Job {
             id: job_id(seq),
             seq,
@@ -171,12 +345,29 @@ impl Store {
             attempts: 0,
             result: None,
             error: None,
+            idempotency_key: new.idempotency_key,
         };
-        self.requeue(job.clone())?;
-        // Several concurrent submits share one flush when they overlap (sled
-        // coalesces them), and each is acknowledged only after its own returns.
-        self.db.flush_async().await?;
-        Ok(job)
+        let key = queue_key(job.priority, job.seq);
+        let bytes = encode(&job);
+        let (existing, ticket) = self.write(|| {
+            Ok((&self.jobs, &self.queue, &self.idem).transaction(|(jobs, queue, idem)| {
+                if let Some(k) = &job.idempotency_key {
+                    if let Some(id) = idem.get(k.as_bytes())? {
+                        return Ok(Some(id));
+                    }
+                    idem.insert(k.as_bytes(), job.id.as_bytes())?;
+                }
+                jobs.insert(job.id.as_bytes(), bytes.as_slice())?;
+                queue.insert(&key, job.id.as_bytes())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(None)
+            })?)
+        })?;
+        if let Some(id) = existing {
+            let id = String::from_utf8_lossy(&id).into_owned();
+            return Ok((Submitted { job: self.get(&id)?, created: false }, ticket));
+        }
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        Ok((Submitted { job, created: true }, ticket))
     }
 
     pub fn get(&self, id: &str) -> Result<Job, StoreError> {
@@ -186,47 +377,67 @@ impl Store {
         }
     }
 
+    /// How many queued jobs run before this one (0 = next); `None` unless queued.
+    pub fn position(&self, job: &Job) -> Option<usize> {
+        (job.state == JobState::Queued).then(|| self.queue.range(..queue_key(job.priority, job.seq).to_vec()).count())
+    }
+
     /// Takes the next queued job (lowest priority value, then oldest) and marks it running.
     pub fn claim(&self) -> Result<Option<Job>, StoreError> {
         loop {
             let Some((key, id)) = self.queue.first()? else { return Ok(None) };
-            let claimed = (&self.jobs, &self.queue).transaction(|(jobs, queue)| {
+            let (claimed, _) = self.write(|| Ok((&self.jobs, &self.queue, &self.running).transaction(|(jobs, queue, running)| {
                 if queue.remove(&key)?.is_none() {
                     return Ok(None); // taken meanwhile; look again
                 }
                 let Some(bytes) = jobs.get(&id)? else { return Ok(None) };
-                let mut job = decode(&id, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                let mut job: Job = decode(&id, &bytes).map_err(ConflictableTransactionError::Abort)?;
                 job.state = JobState::Running;
                 job.started_ms = Some(now_ms());
                 job.attempts += 1;
                 jobs.insert(&id, encode(&job))?;
+                running.insert(&id, &[])?;
                 Ok(Some(job))
-            })?;
+            })?))?;
             if let Some(job) = claimed {
+                self.queued.fetch_sub(1, Ordering::SeqCst);
                 return Ok(Some(job));
             }
         }
     }
 
-    /// Records the end of a running job (succeeded, failed or cancelled) and flushes.
+    /// Records the end of a running job (succeeded, failed or cancelled) and
+    /// its ledger entry, in one transaction, and flushes.
     pub async fn finish(
         &self,
         id: &str,
         state: JobState,
         result: Option<JobResult>,
         error: Option<String>,
+        ledger: Option<LedgerEntry>,
     ) -> Result<Job, StoreError> {
         debug_assert!(state.is_terminal());
-        let mut job = self.get(id)?;
-        if job.state.is_terminal() {
-            return Err(StoreError::Conflict { id: id.into(), state: job.state.as_str() });
-        }
-        job.state = state;
-        job.finished_ms = Some(now_ms());
-        job.result = result;
-        job.error = error;
-        self.jobs.insert(id.as_bytes(), encode(&job))?;
-        self.db.flush_async().await?;
+        let finished_ms = now_ms();
+        let (job, ticket) = self.write(|| Ok((&self.jobs, &self.running, &self.ledger).transaction(|(jobs, running, ledger_tree)| {
+            let Some(bytes) = jobs.get(id.as_bytes())? else { return abort(StoreError::NotFound(id.into())) };
+            let mut job: Job = decode(id.as_bytes(), &bytes).map_err(ConflictableTransactionError::Abort)?;
+            if job.state != JobState::Running {
+                return abort(StoreError::Conflict { id: id.into(), state: job.state.as_str() });
+            }
+            job.state = state;
+            job.finished_ms = Some(finished_ms);
+            job.result = result.clone();
+            job.error = error.clone();
+            jobs.insert(id.as_bytes(), encode(&job))?;
+            running.remove(id.as_bytes())?;
+            if let Some(mut entry) = ledger.clone() {
+                entry.finished_ms = finished_ms;
+                entry.state = state;
+                ledger_tree.insert(&ledger_key(finished_ms, job.seq), encode(&entry))?;
+            }
+            Ok(job)
+        })?))?;
+        self.durable(ticket).await?;
         Ok(job)
     }
 
@@ -236,24 +447,23 @@ impl Store {
         match job.state {
             JobState::Queued => {
                 let key = queue_key(job.priority, job.seq);
-                let done = (&self.jobs, &self.queue).transaction(|(jobs, queue)| {
-                    let Some(bytes) = jobs.get(id.as_bytes())? else {
-                        return Err(ConflictableTransactionError::Abort(StoreError::NotFound(id.into())));
-                    };
-                    let mut job = decode(id.as_bytes(), &bytes).map_err(ConflictableTransactionError::Abort)?;
+                let (done, ticket) = self.write(|| Ok((&self.jobs, &self.queue).transaction(|(jobs, queue)| {
+                    let Some(bytes) = jobs.get(id.as_bytes())? else { return abort(StoreError::NotFound(id.into())) };
+                    let mut job: Job = decode(id.as_bytes(), &bytes).map_err(ConflictableTransactionError::Abort)?;
                     if job.state != JobState::Queued {
                         return Ok(Err(job)); // claimed meanwhile
                     }
                     queue.remove(&key)?;
                     job.state = JobState::Cancelled;
                     job.finished_ms = Some(now_ms());
-                    job.error = Some("cancelled by request".into());
+                    job.error = Some("cancelled by request before it ran".into());
                     jobs.insert(id.as_bytes(), encode(&job))?;
                     Ok(Ok(job))
-                })?;
+                })?))?;
                 match done {
                     Ok(job) => {
-                        self.db.flush_async().await?;
+                        self.queued.fetch_sub(1, Ordering::SeqCst);
+                        self.durable(ticket).await?;
                         Ok(CancelOutcome::Cancelled(job))
                     }
                     Err(job) if job.state == JobState::Running => Ok(CancelOutcome::Running(job)),
@@ -267,10 +477,19 @@ impl Store {
 
     /// Jobs newest first, optionally only those in `state`.
     pub fn list(&self, state: Option<JobState>, limit: usize) -> Result<Vec<Job>, StoreError> {
+        if state == Some(JobState::Queued) {
+            // In run order, from the index.
+            let mut out = Vec::new();
+            for item in self.queue.iter().take(limit) {
+                let (_, id) = item?;
+                out.push(self.get(&String::from_utf8_lossy(&id))?);
+            }
+            return Ok(out);
+        }
         let mut out = Vec::new();
         for item in self.jobs.iter().rev() {
             let (k, v) = item?;
-            let job = decode(&k, &v)?;
+            let job: Job = decode(&k, &v)?;
             if state.is_none_or(|s| s == job.state) {
                 out.push(job);
                 if out.len() >= limit {
@@ -283,14 +502,75 @@ impl Store {
 
     /// Number of queued jobs.
     pub fn queued_len(&self) -> usize {
-        self.queue.len()
+        self.queued.load(Ordering::SeqCst)
     }
 
-    /// Puts every running job back in the queue (graceful shutdown), and flushes.
-    pub fn requeue_running(&self) -> Result<usize, StoreError> {
-        let n = self.recover()?;
-        self.db.flush()?;
+    /// Number of running jobs.
+    pub fn running_len(&self) -> usize {
+        self.running.len()
+    }
+
+    /// Deletes finished jobs that ended before `cutoff_ms` (and their
+    /// idempotency keys). Ledger entries stay. Returns how many went.
+    pub fn collect_finished(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self.jobs.iter() {
+            let (k, v) = item?;
+            let job: Job = decode(&k, &v)?;
+            if job.state.is_terminal() && job.finished_ms.is_some_and(|f| f < cutoff_ms) {
+                self.write(|| {
+                    (&self.jobs, &self.idem).transaction(|(jobs, idem)| {
+                        jobs.remove(&k)?;
+                        if let Some(key) = &job.idempotency_key {
+                            idem.remove(key.as_bytes())?;
+                        }
+                        Ok::<_, ConflictableTransactionError<StoreError>>(())
+                    })?;
+                    Ok(())
+                })?;
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.flush()?;
+        }
         Ok(n)
+    }
+
+    /// Ledger entries that finished at or after `since_ms`, oldest first.
+    pub fn ledger(&self, since_ms: u64) -> Result<Vec<LedgerEntry>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.ledger.range(ledger_key(since_ms, 0).to_vec()..) {
+            let (k, v) = item?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Puts every running job back in the queue (graceful shutdown), and
+    /// flushes. A graceful interruption does not count as an attempt.
+    pub fn requeue_running(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self.running.iter() {
+            let (id, _) = item?;
+            if let Some(v) = self.jobs.get(&id)? {
+                let mut job: Job = decode(&id, &v)?;
+                job.attempts = job.attempts.saturating_sub(1);
+                self.requeue(job)?;
+                n += 1;
+            }
+        }
+        self.flush()?;
+        Ok(n)
+    }
+
+    /// Flushes everything written so far (blocking).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let _g = self.write.lock().expect("poisoned");
+        let target = self.written.load(Ordering::SeqCst);
+        self.db.flush()?;
+        self.durable.fetch_max(target, Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -299,7 +579,7 @@ mod tests {
     use super::*;
     use crate::job::{FinishReason, Message, Receipt, Role};
 
-    fn req(text: &str) -> ChatRequest {
+    pub(crate) fn req(text: &str) -> ChatRequest {
         ChatRequest {
             model: "m".into(),
             messages: vec![Message { role: Role::User, content: text.into() }],
@@ -312,9 +592,20 @@ mod tests {
         }
     }
 
-    async fn submit(s: &Store, text: &str, priority: i32) -> Job {
+    async fn submit_key(s: &Store, text: &str, priority: i32, key: Option<&str>) -> Submitted {
         let seq = s.next_seq().unwrap();
-        s.submit(seq, NewJob { origin: Origin::Job, priority, request: req(text) }, "L0".into(), seq).await.unwrap()
+        let new = NewJob { origin: Origin::Job, priority, request: req(text), idempotency_key: key.map(str::to_string) };
+        s.submit(seq, new, "L0".into(), seq).await.unwrap()
+    }
+
+    async fn submit(s: &Store, text: &str, priority: i32) -> Job {
+        submit_key(s, text, priority, None).await.job
+    }
+
+    fn open(dir: &Path) -> Store {
+        let s = Store::open(dir).unwrap();
+        s.recover(3).unwrap();
+        s
     }
 
     fn result(id: &str) -> JobResult {
@@ -337,45 +628,117 @@ mod tests {
         }
     }
 
+    fn entry(id: &str) -> LedgerEntry {
+        LedgerEntry {
+            job_id: id.into(),
+            origin: Origin::Job,
+            state: JobState::Succeeded,
+            finished_ms: 0,
+            directive: "L0".into(),
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            duration_s: 0.1,
+            energy_j: 1.0,
+            intensity_gco2_per_kwh: 400.0,
+            operational_g: 0.1,
+            embodied_g: 0.0,
+            carbon_g: 0.1,
+            estimated: true,
+        }
+    }
+
     #[tokio::test]
-    async fn claims_by_priority_then_fifo() {
+    async fn claims_by_priority_then_fifo_with_positions() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = open(dir.path());
         let a = submit(&s, "a", 0).await;
         let b = submit(&s, "b", -5).await;
         let c = submit(&s, "c", 0).await;
         let d = submit(&s, "d", 10).await;
+        assert_eq!(s.position(&b), Some(0));
+        assert_eq!(s.position(&a), Some(1));
+        assert_eq!(s.position(&c), Some(2));
+        assert_eq!(s.position(&d), Some(3));
+        let queued: Vec<_> = s.list(Some(JobState::Queued), 10).unwrap().into_iter().map(|j| j.id).collect();
+        assert_eq!(queued, [b.id.clone(), a.id.clone(), c.id.clone(), d.id.clone()]);
+        assert_eq!(s.queued_len(), 4);
         let order: Vec<_> = std::iter::from_fn(|| s.claim().unwrap()).map(|j| j.id).collect();
         assert_eq!(order, [b.id, a.id, c.id, d.id]);
         assert_eq!(s.queued_len(), 0);
+        assert_eq!(s.running_len(), 4);
     }
 
     #[tokio::test]
     async fn running_jobs_are_requeued_on_reopen_and_results_survive() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = {
-            let s = Store::open(dir.path()).unwrap();
+            let s = open(dir.path());
             let a = submit(&s, "a", 0).await;
             let b = submit(&s, "b", 0).await;
             let ca = s.claim().unwrap().unwrap();
-            s.finish(&ca.id, JobState::Succeeded, Some(result(&ca.id)), None).await.unwrap();
+            s.finish(&ca.id, JobState::Succeeded, Some(result(&ca.id)), None, Some(entry(&ca.id))).await.unwrap();
             let cb = s.claim().unwrap().unwrap();
             assert_eq!(cb.state, JobState::Running);
             (a, b)
         };
         let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.recover(3).unwrap(), Recovery { requeued: 1, failed: 0 });
         let a = s.get(&a.id).unwrap();
         assert_eq!(a.state, JobState::Succeeded);
         assert_eq!(a.result.unwrap().text, "ok");
+        assert_eq!(s.queued_len(), 1);
         let b2 = s.claim().unwrap().unwrap();
         assert_eq!(b2.id, b.id);
         assert_eq!(b2.attempts, 2, "the interrupted attempt counts");
+        // Finishing twice is refused: a job completes once.
+        s.finish(&b2.id, JobState::Succeeded, Some(result(&b2.id)), None, Some(entry(&b2.id))).await.unwrap();
+        assert!(matches!(
+            s.finish(&b2.id, JobState::Succeeded, None, None, None).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(s.ledger(0).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_job_interrupted_max_attempts_times_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let s = open(dir.path());
+            submit(&s, "a", 0).await.id
+        };
+        for round in 1..=3 {
+            let s = Store::open(dir.path()).unwrap();
+            let rec = s.recover(2).unwrap();
+            if round == 3 {
+                assert_eq!(rec, Recovery { requeued: 0, failed: 1 });
+                let j = s.get(&id).unwrap();
+                assert_eq!(j.state, JobState::Failed);
+                assert!(j.error.unwrap().contains("interrupted 2 times"));
+                assert!(s.claim().unwrap().is_none());
+            } else {
+                let j = s.claim().unwrap().unwrap(); // then "crash"
+                assert_eq!(j.attempts, round);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn idempotency_key_returns_the_same_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let first = submit_key(&s, "a", 0, Some("k1")).await;
+        let again = submit_key(&s, "different body", 0, Some("k1")).await;
+        let other = submit_key(&s, "a", 0, Some("k2")).await;
+        assert!(first.created && !again.created && other.created);
+        assert_eq!(first.job.id, again.job.id);
+        assert_ne!(first.job.id, other.job.id);
+        assert_eq!(s.queued_len(), 2);
     }
 
     #[tokio::test]
     async fn cancel_queued_running_and_finished() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = open(dir.path());
         let a = submit(&s, "a", 0).await;
         let b = submit(&s, "b", 0).await;
         let CancelOutcome::Cancelled(j) = s.cancel(&b.id).await.unwrap() else { panic!() };
@@ -387,6 +750,23 @@ mod tests {
         assert!(matches!(s.cancel(&b.id).await, Err(StoreError::Conflict { .. })));
         assert!(matches!(s.cancel("job-nope").await, Err(StoreError::NotFound(_))));
         assert!(s.claim().unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn retention_collects_results_but_keeps_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let a = submit_key(&s, "a", 0, Some("key")).await.job;
+        let j = s.claim().unwrap().unwrap();
+        s.finish(&j.id, JobState::Succeeded, Some(result(&j.id)), None, Some(entry(&j.id))).await.unwrap();
+        let queued = submit(&s, "b", 0).await;
+        assert_eq!(s.collect_finished(now_ms() - 60_000).unwrap(), 0, "too recent");
+        assert_eq!(s.collect_finished(now_ms() + 1).unwrap(), 1);
+        assert!(matches!(s.get(&a.id), Err(StoreError::NotFound(_))));
+        assert_eq!(s.get(&queued.id).unwrap().state, JobState::Queued, "unfinished jobs stay");
+        assert_eq!(s.ledger(0).unwrap().len(), 1);
+        // The key is free again.
+        assert!(submit_key(&s, "a", 0, Some("key")).await.created);
     }
 
     #[tokio::test]

@@ -27,6 +27,27 @@ pub enum EngineStatus {
     Failed(String),
 }
 
+/// Returned by [`Service::submit`].
+pub struct Submission {
+    pub job: Job,
+    /// False when an idempotency key matched an earlier job (returned instead).
+    pub created: bool,
+    /// The job's events, when listening was asked for and the job is new.
+    pub events: Option<mpsc::UnboundedReceiver<JobEvent>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("sproutd is shutting down")]
+    ShuttingDown,
+    #[error("the prompt has {chars} characters; the limit is {max} (queue.max_prompt_chars)")]
+    TooLong { chars: usize, max: usize },
+    #[error("the queue is full ({queued} jobs queued; queue.max_queued)")]
+    Full { queued: usize },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// What a listener of one job receives.
 #[derive(Debug)]
 pub enum JobEvent {
@@ -46,6 +67,8 @@ pub struct Service {
     listeners: Mutex<HashMap<String, mpsc::UnboundedSender<JobEvent>>>,
     running: Mutex<HashMap<String, CancellationToken>>,
     shutting_down: AtomicBool,
+    /// The worker has stopped: no job will change state any more.
+    stopped: AtomicBool,
 }
 
 impl Service {
@@ -60,6 +83,7 @@ impl Service {
             listeners: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -81,35 +105,66 @@ impl Service {
 
     /// Persists a job (flushed before returning) and wakes the worker. With
     /// `listen`, token deltas and the end of the job are sent to the returned
-    /// receiver; it is registered before the job can start, so nothing is missed.
+    /// receiver; it is registered before the job can start, so nothing is
+    /// missed. A repeated idempotency key returns the existing job instead.
     pub async fn submit(
         &self,
         origin: Origin,
         priority: i32,
         request: ChatRequest,
+        idempotency_key: Option<String>,
         listen: bool,
-    ) -> Result<(Job, Option<mpsc::UnboundedReceiver<JobEvent>>), StoreError> {
+    ) -> Result<Submission, SubmitError> {
+        if self.is_shutting_down() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let chars: usize = request.messages.iter().map(|m| m.content.chars().count()).sum();
+        let max = self.config.queue.max_prompt_chars;
+        if chars > max {
+            return Err(SubmitError::TooLong { chars, max });
+        }
+        let queued = self.store.queued_len();
+        if queued >= self.config.queue.max_queued {
+            return Err(SubmitError::Full { queued });
+        }
         let seq = self.store.next_seq()?;
         let directive = self.directives.choose(request.directive.as_deref(), seq);
         let seed = request.seed.unwrap_or_else(|| splitmix64(self.config.directives.seed.wrapping_add(seq)) >> 1);
         // Register the listener before the job exists, so the worker cannot
         // start it and send tokens before anyone listens.
         let id = job_id(seq);
-        let rx = listen.then(|| {
+        let mut rx = listen.then(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             self.listeners.lock().expect("poisoned").insert(id.clone(), tx);
             rx
         });
-        let job = match self.store.submit(seq, NewJob { origin, priority, request }, directive, seed).await {
-            Ok(job) => job,
+        let new = NewJob { origin, priority, request, idempotency_key };
+        let submitted = match self.store.submit(seq, new, directive, seed).await {
+            Ok(s) => s,
             Err(e) => {
                 self.unlisten(&id);
-                return Err(e);
+                return Err(e.into());
             }
         };
-        self.bump();
-        self.work.notify_one();
-        Ok((job, rx))
+        if !submitted.created {
+            self.unlisten(&id);
+            rx = None;
+        } else {
+            self.bump();
+            self.work.notify_one();
+        }
+        Ok(Submission { job: submitted.job, created: submitted.created, events: rx })
+    }
+
+    /// Waits until job `id` has ended (or sproutd stops), and returns it.
+    pub async fn wait_finished(&self, id: &str) -> Result<Job, StoreError> {
+        let mut changes = self.subscribe_changes();
+        loop {
+            let job = self.store.get(id)?;
+            if job.state.is_terminal() || self.stopped.load(Ordering::SeqCst) || changes.changed().await.is_err() {
+                return Ok(job);
+            }
+        }
     }
 
     fn bump(&self) {
@@ -120,9 +175,12 @@ impl Service {
         self.changed.subscribe()
     }
 
-    /// Drops every listener: their HTTP requests end (used at shutdown).
+    /// Called once the worker has stopped: drops every listener, so their
+    /// HTTP requests end, and wakes everyone waiting for a job to end.
     pub fn close_listeners(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
         self.listeners.lock().expect("poisoned").clear();
+        self.bump();
     }
 
     /// Stops listening to a job (the client went away).
@@ -145,10 +203,10 @@ impl Service {
         self.bump();
     }
 
-    /// Called by the worker when it starts a job; the token aborts it.
+    /// Called by the worker when it starts a job; the token aborts it (it may
+    /// already be cancelled, when the cancel came between claim and start).
     pub fn started(&self, id: &str) -> CancellationToken {
-        let token = CancellationToken::new();
-        self.running.lock().expect("poisoned").insert(id.to_string(), token.clone());
+        let token = self.running.lock().expect("poisoned").entry(id.to_string()).or_default().clone();
         self.bump();
         token
     }
@@ -162,20 +220,12 @@ impl Service {
                 Ok(job)
             }
             CancelOutcome::Running(_) => {
-                let mut changes = self.subscribe_changes();
-                let token = self.running.lock().expect("poisoned").get(id).cloned();
-                if let Some(t) = token {
-                    t.cancel();
+                self.running.lock().expect("poisoned").entry(id.to_string()).or_default().cancel();
+                let job = self.wait_finished(id).await;
+                if job.as_ref().is_ok_and(|j| j.state.is_terminal()) {
+                    self.running.lock().expect("poisoned").remove(id);
                 }
-                loop {
-                    let job = self.store.get(id)?;
-                    if job.state.is_terminal() {
-                        return Ok(job);
-                    }
-                    if changes.changed().await.is_err() {
-                        return Ok(job);
-                    }
-                }
+                job
             }
         }
     }

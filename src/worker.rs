@@ -16,20 +16,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounting::{self, EnergyShare};
 use crate::engine::{Engine, GenRequest, Sampling};
-use crate::job::{Job, JobResult, JobState};
+use crate::job::{Job, JobResult, JobState, LedgerEntry};
 use crate::service::{EngineStatus, Service};
 
-/// Runs until `shutdown` fires. Jobs still running then are left `running`
-/// on disk; the daemon requeues them before it exits.
-pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
-    let Some(engine) = wait_for_engine(&svc, &shutdown).await else { return };
+/// Claims jobs until `stop` fires, then waits for the running ones. Those
+/// still running when `interrupt` fires are abandoned as `running` on disk;
+/// the daemon requeues them before it exits.
+pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: CancellationToken) {
+    let Some(engine) = wait_for_engine(&svc, &stop).await else { return };
     let energy = Arc::new(Mutex::new(EnergyShare::new(Instant::now())));
     let slots = Arc::new(Semaphore::new(svc.config.model.max_seqs));
     let mut tasks = JoinSet::new();
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = shutdown.cancelled() => break,
+            _ = stop.cancelled() => break,
         };
         let job = loop {
             // Register for a wake-up before looking, so a submit in between is not missed.
@@ -45,19 +46,22 @@ pub async fn run(svc: Arc<Service>, shutdown: CancellationToken) {
             }
             tokio::select! {
                 _ = notified => {}
-                _ = shutdown.cancelled() => break None,
+                _ = stop.cancelled() => break None,
             }
         };
         let Some(job) = job else { break };
-        let (svc, engine, energy, shutdown) = (svc.clone(), engine.clone(), energy.clone(), shutdown.clone());
+        let (svc, engine, energy, interrupt) = (svc.clone(), engine.clone(), energy.clone(), interrupt.clone());
         tasks.spawn(async move {
-            run_job(&svc, engine, &energy, job, &shutdown).await;
+            run_job(&svc, engine, &energy, job, &interrupt).await;
             drop(permit);
         });
         // Reap finished tasks so the set does not grow.
         while tasks.try_join_next().is_some() {}
     }
-    // Let the running tasks see the shutdown and return.
+    // Drain: running jobs finish, or are interrupted when the grace runs out.
+    if !tasks.is_empty() {
+        tracing::info!(running = tasks.len(), "waiting for running jobs to finish");
+    }
     while tasks.join_next().await.is_some() {}
 }
 
@@ -96,7 +100,7 @@ async fn run_job(
     engine: Arc<dyn Engine>,
     energy: &Mutex<EnergyShare>,
     job: Job,
-    shutdown: &CancellationToken,
+    interrupt: &CancellationToken,
 ) {
     let cancel = svc.started(&job.id);
     let req = gen_request(svc, &job);
@@ -118,9 +122,9 @@ async fn run_job(
             }
             Some(piece) = rx.recv() => svc.send_delta(&job.id, piece),
             _ = cancel.cancelled() => break None,
-            _ = shutdown.cancelled() => {
+            _ = interrupt.cancelled() => {
                 energy.lock().expect("poisoned").finish(&job.id, Instant::now());
-                tracing::info!(job = %job.id, "interrupted by shutdown; it will be requeued");
+                tracing::info!(job = %job.id, "shutdown grace over: interrupted; it will be requeued");
                 return;
             }
         }
@@ -129,9 +133,27 @@ async fn run_job(
     let machine_s = energy.lock().expect("poisoned").finish(&job.id, end);
     let duration_s = end.duration_since(t0).as_secs_f64();
 
+    let receipt = accounting::receipt(&svc.config.accounting, &job.directive, &job.id, machine_s, duration_s);
+    let mut ledger = LedgerEntry {
+        job_id: job.id.clone(),
+        origin: job.origin,
+        state: JobState::Running, // set by the store
+        finished_ms: 0,           // set by the store
+        directive: job.directive.clone(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        duration_s,
+        energy_j: receipt.energy_j,
+        intensity_gco2_per_kwh: receipt.intensity_gco2_per_kwh,
+        operational_g: receipt.operational_g,
+        embodied_g: receipt.embodied_g,
+        carbon_g: receipt.carbon_g,
+        estimated: receipt.estimated,
+    };
     let (state, result, error) = match outcome {
         Some(Ok(out)) => {
-            let receipt = accounting::receipt(&svc.config.accounting, &job.directive, &job.id, machine_s, duration_s);
+            ledger.prompt_tokens = out.prompt_tokens;
+            ledger.completion_tokens = out.completion_tokens;
             let result = JobResult {
                 text: out.text,
                 finish_reason: out.finish_reason,
@@ -147,7 +169,7 @@ async fn run_job(
         }
         None => (JobState::Cancelled, None, Some("cancelled by request while running".to_string())),
     };
-    match svc.store.finish(&job.id, state, result, error).await {
+    match svc.store.finish(&job.id, state, result, error, Some(ledger)).await {
         Ok(done) => {
             tracing::info!(
                 job = %done.id,
@@ -159,6 +181,9 @@ async fn run_job(
             );
             svc.finished(done);
         }
-        Err(e) => tracing::error!(job = %job.id, error = %e, "recording the job's end failed"),
+        Err(e) => {
+            tracing::error!(job = %job.id, error = %e, "recording the job's end failed");
+            svc.unlisten(&job.id);
+        }
     }
 }

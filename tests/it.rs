@@ -339,21 +339,30 @@ fn real_model_streams_and_batches_concurrent_requests() {
     let last = chunks.last().unwrap();
     assert!(last["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
     assert_eq!(last["usage"]["sprout"]["directive"], "L1");
-    // Four requests at once all complete (the engine batches them).
+    // Requests sent at once get exactly the answers they get alone (greedy):
+    // concurrency through the queue must never mix one answer into another.
+    let questions = [
+        "when was the last time anyone was on the moon",
+        "who wrote he ain't heavy he's my brother lyrics",
+        "how many seasons of the bastard executioner are there",
+        "when did the eagles win last super bowl",
+        "who won last year's ncaa women's basketball",
+        "when did the isle of wight become an island",
+    ];
+    let body = |q: &str| json!({"messages": user(q), "max_tokens": 24, "temperature": 0, "directive": "L2"}).to_string();
+    let alone: Vec<Value> = questions.iter().map(|q| chat(&d, serde_json::from_str(&body(q)).unwrap())).collect();
     let url = d.url.clone();
-    let handles: Vec<_> = (0..4)
-        .map(|i| {
-            let url = url.clone();
-            std::thread::spawn(move || {
-                let body = json!({"messages": user(&format!("Say the number {i}.")), "max_tokens": 12, "seed": i});
-                http("POST", &format!("{url}/v1/chat/completions"), Some(&body.to_string()))
-            })
+    let handles: Vec<_> = questions
+        .iter()
+        .map(|q| {
+            let (url, b) = (url.clone(), body(q));
+            std::thread::spawn(move || http("POST", &format!("{url}/v1/chat/completions"), Some(&b)))
         })
         .collect();
-    for h in handles {
+    for (h, a) in handles.into_iter().zip(&alone) {
         let (s, b) = h.join().unwrap();
         assert_eq!(s, 200, "{b}");
-        assert!(b["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+        assert_eq!(b["choices"][0]["message"]["content"], a["choices"][0]["message"]["content"]);
     }
 }
 
@@ -379,4 +388,431 @@ fn real_model_official_openai_python_client() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("models ok") && stdout.contains("chat ok") && stdout.contains("stream ok"), "{stdout}");
+}
+
+// ---------------------------------------------------------------------------
+// Durable queue and lifecycle (issue 3).
+
+fn post_job(url: &str, body: &Value, key: Option<&str>) -> (u16, Value, Option<String>) {
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+    let mut req = client.post(format!("{url}/v1/jobs")).json(body);
+    if let Some(k) = key {
+        req = req.header("Idempotency-Key", k);
+    }
+    let resp = req.send().unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    (status, resp.json().unwrap(), retry)
+}
+
+fn ledger(url: &str) -> Vec<Value> {
+    let (s, b) = http("GET", &format!("{url}/v1/ledger"), None);
+    assert_eq!(s, 200, "{b}");
+    b["data"].as_array().unwrap().clone()
+}
+
+#[test]
+fn hundreds_of_concurrent_submits_survive_sigkill_and_complete_exactly_once() {
+    let cfg = echo_config(3, 4, &[]);
+    let d = Daemon::start(&cfg);
+    let url = d.url.clone();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let (url, acked) = (url.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+                for i in 0..50 {
+                    let text = format!("thread {t} job {i} alpha beta gamma");
+                    let body = json!({"messages": user(&text)});
+                    match client.post(format!("{url}/v1/jobs")).json(&body).send() {
+                        Ok(r) if r.status() == 202 => {
+                            let j: Value = r.json().unwrap();
+                            acked.lock().unwrap().push((j["id"].as_str().unwrap().to_string(), text));
+                        }
+                        Ok(r) => panic!("unexpected status {}", r.status()),
+                        Err(_) => return, // the daemon is gone: this one was never acknowledged
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kill it mid-stream, once a good share has been acknowledged.
+    let t0 = std::time::Instant::now();
+    while acked.lock().unwrap().len() < 150 {
+        assert!(t0.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let reuse = d.kill();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 150);
+    let d = Daemon::spawn(&cfg, Some(reuse));
+    d.wait_ready(Duration::from_secs(30));
+    for (id, text) in &acked {
+        let (s, j) = http("GET", &format!("{}/v1/jobs/{id}?wait=120", d.url), None);
+        assert_eq!(s, 200, "acknowledged job {id} lost: {j}");
+        assert_eq!(j["state"], "succeeded", "{j}");
+        assert_eq!(j["result"]["choices"][0]["message"]["content"], text.as_str());
+    }
+    // Exactly once: one ledger record per job, each succeeded.
+    let entries = ledger(&d.url);
+    let mut per_job = std::collections::HashMap::<String, usize>::new();
+    for e in &entries {
+        assert_eq!(e["state"], "succeeded", "{e}");
+        *per_job.entry(e["job_id"].as_str().unwrap().to_string()).or_default() += 1;
+    }
+    for (id, _) in &acked {
+        assert_eq!(per_job.get(id), Some(&1), "job {id} completed {:?} times", per_job.get(id));
+    }
+}
+
+#[test]
+fn priorities_order_execution_and_positions_are_reported() {
+    let d = Daemon::start(&echo_config(100, 1, &[]));
+    // A blocker holds the single slot while the rest queue up.
+    let (_, blocker, _) = post_job(&d.url, &json!({"messages": user("w w w w w w w w")}), None);
+    let t0 = std::time::Instant::now();
+    while http("GET", &format!("{}/v1/jobs/{}", d.url, blocker["id"].as_str().unwrap()), None).1["state"] != "running" {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut ids = Vec::new();
+    for (name, prio) in [("p5", 5), ("m1a", -1), ("z0", 0), ("m1b", -1)] {
+        let (s, j, _) = post_job(&d.url, &json!({"messages": user(name), "priority": prio}), None);
+        assert_eq!(s, 202);
+        ids.push((name, j["id"].as_str().unwrap().to_string()));
+    }
+    let pos = |id: &str| http("GET", &format!("{}/v1/jobs/{id}", d.url), None).1["position"].as_u64();
+    assert_eq!(pos(&ids[1].1), Some(0));
+    assert_eq!(pos(&ids[3].1), Some(1));
+    assert_eq!(pos(&ids[2].1), Some(2));
+    assert_eq!(pos(&ids[0].1), Some(3));
+    let (code, out, _) = sproutctl(&d.url, &["status", &ids[0].1]);
+    assert_eq!(code, 0);
+    assert!(out.contains("queued (position 4"), "{out}");
+    let mut started = Vec::new();
+    for (name, id) in &ids {
+        let (_, j) = http("GET", &format!("{}/v1/jobs/{id}?wait=60", d.url), None);
+        assert_eq!(j["state"], "succeeded");
+        assert_eq!(j["position"], Value::Null);
+        started.push((j["started_at"].as_f64().unwrap(), *name));
+    }
+    started.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let order: Vec<_> = started.iter().map(|(_, n)| *n).collect();
+    assert_eq!(order, ["m1a", "m1b", "z0", "p5"]);
+}
+
+#[test]
+fn idempotent_repeats_return_the_same_job() {
+    let d = Daemon::start(&echo_config(0, 2, &[]));
+    let body = json!({"messages": user("only once")});
+    let (s1, a, _) = post_job(&d.url, &body, Some("order-42"));
+    let (s2, b, _) = post_job(&d.url, &body, Some("order-42"));
+    let (s3, c, _) = post_job(&d.url, &body, Some("order-43"));
+    assert_eq!((s1, s2, s3), (202, 200, 202));
+    assert_eq!(a["id"], b["id"]);
+    assert_ne!(a["id"], c["id"]);
+    // The chat route honours the key too, answering with the first job's result.
+    let client = reqwest::blocking::Client::new();
+    let chat = |key: &str| -> Value {
+        client
+            .post(format!("{}/v1/chat/completions", d.url))
+            .header("Idempotency-Key", key)
+            .json(&json!({"messages": user("chat once")}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    };
+    let x = chat("chat-1");
+    let y = chat("chat-1");
+    assert_eq!(x["id"], y["id"]);
+    assert_eq!(x["usage"]["sprout"]["job_id"], y["usage"]["sprout"]["job_id"]);
+    // sproutctl --idempotency-key.
+    let (_, o1, _) = sproutctl(&d.url, &["submit", "--json", "--idempotency-key", "cli-1", "hello"]);
+    let (_, o2, _) = sproutctl(&d.url, &["submit", "--json", "--idempotency-key", "cli-1", "hello"]);
+    let (j1, j2): (Value, Value) = (serde_json::from_str(&o1).unwrap(), serde_json::from_str(&o2).unwrap());
+    assert_eq!(j1["id"], j2["id"]);
+    let (s, b, _) = post_job(&d.url, &body, Some("bad key with spaces"));
+    assert_error(s, &b, 400, Some("Idempotency-Key"));
+}
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after_and_long_prompts_400() {
+    let d = Daemon::start(&echo_config(
+        500,
+        1,
+        &[("max_queued = 100000", "max_queued = 3"), ("max_prompt_chars = 200000", "max_prompt_chars = 1000")],
+    ));
+    let body = json!({"messages": user("a b c d e f g h i j")});
+    let mut accepted = 0;
+    let mut rejected = None;
+    for _ in 0..6 {
+        let (s, b, retry) = post_job(&d.url, &body, None);
+        match s {
+            202 => accepted += 1,
+            429 => {
+                rejected = Some((b, retry));
+                break;
+            }
+            other => panic!("unexpected {other}: {b}"),
+        }
+    }
+    // One running plus three queued fit; the next is refused.
+    assert_eq!(accepted, 4);
+    let (b, retry) = rejected.expect("a 429");
+    assert_error(429, &b, 429, None);
+    assert_eq!(b["error"]["code"], "queue_full");
+    assert!(retry.unwrap().parse::<u64>().unwrap() > 0);
+    let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user(&"x".repeat(2000))}).to_string()));
+    assert_error(s, &b, 400, Some("messages"));
+    assert_eq!(b["error"]["code"], "context_length_exceeded");
+    // Accepted work was not lost to the rejections.
+    let (_, list) = http("GET", &format!("{}/v1/jobs", d.url), None);
+    assert_eq!(list["data"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn an_api_token_guards_every_route_but_healthz() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("token");
+    std::fs::write(&token_path, "s3cret-token-0123456789\n").unwrap();
+    let cfg = echo_config(0, 1, &[]).replace(
+        "# token_file = \"/etc/sproutd/token\"",
+        &format!("token_file = {:?}", token_path.display().to_string()),
+    );
+    let d = Daemon::start(&cfg);
+    let client = reqwest::blocking::Client::new();
+    let get = |path: &str, auth: Option<&str>| {
+        let mut r = client.get(format!("{}{path}", d.url));
+        if let Some(a) = auth {
+            r = r.header("Authorization", a);
+        }
+        let resp = r.send().unwrap();
+        (resp.status().as_u16(), resp.json::<Value>().unwrap())
+    };
+    for path in ["/v1/models", "/v1/jobs", "/v1/ledger", "/v1/nowhere"] {
+        let (s, b) = get(path, None);
+        assert_error(s, &b, 401, None);
+        let (s, b) = get(path, Some("Bearer wrong"));
+        assert_error(s, &b, 401, None);
+    }
+    assert_eq!(get("/v1/models", Some("Bearer s3cret-token-0123456789")).0, 200);
+    assert_eq!(get("/healthz", None).0, 200);
+    let (code, _, err) = sproutctl(&d.url, &["list"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("401"), "{err}");
+    let out = std::process::Command::new(SPROUTCTL)
+        .env("SPROUT_URL", &d.url)
+        .env("SPROUT_TOKEN", "s3cret-token-0123456789")
+        .args(["submit", "--wait", "with token"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn listening_beyond_loopback_without_a_token_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, echo_config(0, 1, &[])).unwrap();
+    let out = std::process::Command::new(SPROUTD)
+        .arg("--config")
+        .arg(&path)
+        .args(["--listen", &format!("0.0.0.0:{}", free_port()), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("without an API token") && err.contains("auth.token_file"), "{err}");
+}
+
+#[test]
+fn sigterm_drains_running_jobs_then_exits_zero() {
+    // A 1 s job, a 30 s job, a 1 s grace: the short one finishes, the long
+    // one is requeued (not counted as an attempt) and runs after a restart.
+    let cfg = echo_config(50, 2, &[("shutdown_grace = \"30s\"", "shutdown_grace = \"1500ms\"")]);
+    let mut d = Daemon::start(&cfg);
+    let (_, short, _) = post_job(&d.url, &json!({"messages": user(&"s ".repeat(20))}), None);
+    let (_, long, _) = post_job(&d.url, &json!({"messages": user(&"l ".repeat(600))}), None);
+    let (short, long) = (short["id"].as_str().unwrap().to_string(), long["id"].as_str().unwrap().to_string());
+    let t0 = std::time::Instant::now();
+    while http("GET", &format!("{}/v1/jobs/{long}", d.url), None).1["state"] != "running" {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = d.child.id().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Draining: new work is refused with 503, the server still answers.
+    let (s, b, _) = post_job(&d.url, &json!({"messages": user("late")}), None);
+    assert_error(s, &b, 503, None);
+    let (s, _) = http("GET", &format!("{}/healthz", d.url), None);
+    assert_eq!(s, 503);
+    let status = d.sigterm();
+    assert!(status.success(), "{status:?}\n{}", d.log());
+    assert!(t0.elapsed() < Duration::from_secs(20));
+    let reuse = {
+        let port = d.port;
+        let dir = std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap());
+        (dir, port)
+    };
+    drop(d);
+    let d = Daemon::spawn(&echo_config(0, 2, &[]), Some(reuse));
+    d.wait_ready(Duration::from_secs(30));
+    let (_, j) = http("GET", &format!("{}/v1/jobs/{short}", d.url), None);
+    assert_eq!(j["state"], "succeeded", "the short job finished during the drain: {j}");
+    assert_eq!(j["attempts"], 1);
+    let (_, j) = http("GET", &format!("{}/v1/jobs/{long}?wait=60", d.url), None);
+    assert_eq!(j["state"], "succeeded", "{j}");
+    assert_eq!(j["attempts"], 1, "a graceful requeue is not a failed attempt");
+}
+
+#[test]
+fn systemd_notify_ready_only_when_serving_and_stopping_on_sigterm() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let cfg_path = dir.path().join("config.toml");
+    std::fs::write(&cfg_path, echo_config(0, 1, &[("cpu = true", "cpu = true\necho_load_delay_ms = 1500")])).unwrap();
+    let port = free_port();
+    let mut child = KillOnDrop(
+        std::process::Command::new(SPROUTD)
+            .arg("--config")
+            .arg(&cfg_path)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "400000")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t0 = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let mut recv = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).trim().to_string()
+    };
+    let mut first = recv();
+    while first == "WATCHDOG=1" {
+        first = recv();
+    }
+    assert_eq!(first, "READY=1");
+    assert!(t0.elapsed() >= Duration::from_millis(1400), "READY before the model loaded");
+    let (s, _) = http("GET", &format!("http://127.0.0.1:{port}/healthz"), None);
+    assert_eq!(s, 200, "READY was sent before the API could serve");
+    assert_eq!(recv(), "WATCHDOG=1");
+    std::process::Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    let mut msg = recv();
+    while msg == "WATCHDOG=1" {
+        msg = recv();
+    }
+    assert_eq!(msg, "STOPPING=1");
+    assert!(child.0.wait().unwrap().success());
+}
+
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify() {
+    let unit = std::fs::read_to_string(repo().join("systemd/sproutd.service")).unwrap();
+    for needed in [
+        "Type=notify",
+        "DynamicUser=yes",
+        "StateDirectory=sproutd",
+        "ConfigurationDirectory=sproutd",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+    ] {
+        assert!(unit.contains(needed), "the unit lacks {needed}");
+    }
+    // verify checks that ExecStart exists: point it at the binary under test.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sproutd.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/sproutd", SPROUTD)).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian package systemd; scripts/setup.sh installs it)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.trim().is_empty(), "systemd-analyze verify: {err}");
+}
+
+#[test]
+fn the_checked_in_store_fixture_still_opens() {
+    // tests/fixtures/store-v1 was written by schema version 1 (see
+    // `write_store_fixture`); a change to the format must keep reading it.
+    let dir = tempfile::tempdir().unwrap();
+    let src = repo().join("tests/fixtures/store-v1");
+    copy_dir(&src, &dir.path().join("data"));
+    let d = Daemon::spawn(&echo_config(0, 1, &[]), Some((dir, free_port())));
+    d.wait_ready(Duration::from_secs(30));
+    let (_, all) = http("GET", &format!("{}/v1/jobs", d.url), None);
+    let all = all["data"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 2, "{all:?}");
+    let prompt = |j: &Value| j["request"]["messages"][0]["content"].as_str().unwrap().to_string();
+    let done = all.iter().find(|j| prompt(j) == "fixture answer").expect("the finished job");
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["result"]["choices"][0]["message"]["content"], "fixture answer");
+    assert_eq!(done["directive"], "L1");
+    // Its idempotency key is still known.
+    let (s, again, _) = post_job(&d.url, &json!({"messages": user("x")}), Some("fixture-key"));
+    assert_eq!((s, &again["id"]), (200, &done["id"]));
+    // The fixture's queued job runs on this version.
+    let queued = all.iter().find(|j| prompt(j) == "still queued in the fixture").expect("the queued job");
+    let (_, j) = http("GET", &format!("{}/v1/jobs/{}?wait=30", d.url, queued["id"].as_str().unwrap()), None);
+    assert_eq!(j["state"], "succeeded");
+    assert_eq!(j["result"]["choices"][0]["message"]["content"], "still queued in the fixture");
+    assert_eq!(ledger(&d.url).len(), 2);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Writes tests/fixtures/store-v1: run once per schema version with
+/// `cargo test --release --test it write_store_fixture -- --ignored`.
+#[test]
+#[ignore]
+fn write_store_fixture() {
+    let target = repo().join("tests/fixtures/store-v1");
+    let _ = std::fs::remove_dir_all(&target);
+    let d = Daemon::start(&echo_config(0, 1, &[]));
+    let (_, j, _) = post_job(&d.url, &json!({"messages": user("fixture answer"), "directive": "L1"}), Some("fixture-key"));
+    let (_, j) = http("GET", &format!("{}/v1/jobs/{}?wait=30", d.url, j["id"].as_str().unwrap()), None);
+    assert_eq!(j["state"], "succeeded");
+    let mut d = d;
+    assert!(d.sigterm().success());
+    // A queued job, written by the store itself.
+    let store = sprout::queue::Store::open(&d.data_dir).unwrap();
+    let seq = store.next_seq().unwrap();
+    let req = sprout::job::ChatRequest {
+        model: "echo".into(),
+        messages: vec![sprout::job::Message { role: sprout::job::Role::User, content: "still queued in the fixture".into() }],
+        max_tokens: 16,
+        temperature: None,
+        top_p: None,
+        seed: Some(1),
+        stop: vec![],
+        directive: Some("L0".into()),
+    };
+    let new = sprout::queue::NewJob { origin: sprout::job::Origin::Job, priority: 0, request: req, idempotency_key: None };
+    tokio::runtime::Runtime::new().unwrap().block_on(store.submit(seq, new, "L0".into(), 1)).unwrap();
+    drop(store);
+    copy_dir(&d.data_dir, &target);
 }

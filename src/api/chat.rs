@@ -12,7 +12,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::openai::{self, parse_request};
-use super::{body_bytes, ensure_serving, AppState};
+use super::{body_bytes, ensure_serving, idempotency_key, AppState};
 use crate::job::{Job, JobState, Origin};
 use crate::service::{JobEvent, Service};
 
@@ -48,18 +48,45 @@ impl Drop for CancelOnDrop {
     }
 }
 
-pub async fn completions(State(svc): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn completions(
+    State(svc): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let body = body_bytes(body, svc.config.max_body_bytes)?;
     let parsed = parse_request(&body, &svc.config, &svc.directives)?;
+    let key = idempotency_key(&headers)?;
     ensure_serving(&svc)?;
-    let (job, rx) = svc.submit(Origin::Chat, parsed.priority, parsed.request, true).await?;
-    let rx = rx.expect("listening was requested");
-    let guard = CancelOnDrop { svc: svc.clone(), id: job.id.clone(), armed: true };
+    let sub = svc.submit(Origin::Chat, parsed.priority, parsed.request, key, true).await?;
+    let Some(rx) = sub.events else {
+        // A repeated Idempotency-Key: answer with the earlier job's outcome.
+        let job = svc.wait_finished(&sub.job.id).await?;
+        return replay(job, parsed.stream, parsed.include_usage);
+    };
+    let guard = CancelOnDrop { svc: svc.clone(), id: sub.job.id.clone(), armed: true };
     if parsed.stream {
-        Ok(Sse::new(sse_stream(job, rx, guard, parsed.include_usage)).into_response())
+        Ok(Sse::new(sse_stream(sub.job, rx, guard, parsed.include_usage)).into_response())
     } else {
         wait_and_answer(rx, guard).await
     }
+}
+
+/// The answer of a job that already ended, as a completion or a short stream.
+fn replay(job: Job, stream: bool, include_usage: bool) -> Result<Response, ApiError> {
+    let Some(result) = &job.result else { return Err(job_error(&job)) };
+    if !stream {
+        return Ok(Json(openai::completion(&job)).into_response());
+    }
+    let mut events = vec![
+        data(openai::chunk(&job, json!({"role": "assistant", "content": ""}), None, None)),
+        data(openai::chunk(&job, json!({"content": result.text}), None, None)),
+        data(openai::chunk(&job, json!({}), Some(result.finish_reason.as_str()), openai::usage(&job))),
+    ];
+    if include_usage {
+        events.push(data(openai::usage_chunk(&job)));
+    }
+    events.push(Event::default().data("[DONE]"));
+    Ok(Sse::new(stream::iter(events.into_iter().map(Ok::<_, Infallible>))).into_response())
 }
 
 async fn wait_and_answer(mut rx: mpsc::UnboundedReceiver<JobEvent>, mut guard: CancelOnDrop) -> Result<Response, ApiError> {

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::queue::StoreError;
+use crate::service::SubmitError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
@@ -14,11 +15,13 @@ pub struct ApiError {
     pub message: String,
     pub param: Option<String>,
     pub code: &'static str,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), param: None, code }
+        Self { status, message: message.into(), param: None, code, retry_after: None }
     }
 
     /// 400 about one request field.
@@ -67,7 +70,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body())).into_response()
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        resp
     }
 }
 
@@ -84,6 +91,22 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %e, "store error");
                 ApiError::internal()
             }
+        }
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::ShuttingDown => ApiError { retry_after: Some(5), ..ApiError::unavailable(e.to_string()) },
+            SubmitError::TooLong { .. } => {
+                ApiError { param: Some("messages".into()), ..ApiError::new(StatusCode::BAD_REQUEST, "context_length_exceeded", e.to_string()) }
+            }
+            SubmitError::Full { .. } => ApiError {
+                retry_after: Some(10),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", format!("{e}; retry later"))
+            },
+            SubmitError::Store(e) => e.into(),
         }
     }
 }

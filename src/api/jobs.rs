@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
@@ -14,24 +14,36 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::openai::{job_view, parse_request};
-use super::{body_bytes, AppState};
-use crate::job::{JobState, Origin};
+use super::{body_bytes, idempotency_key, AppState};
+use crate::job::{Job, JobState, Origin};
+use crate::service::Service;
 
 /// The longest `?wait=` honoured, seconds.
 const MAX_WAIT_S: f64 = 300.0;
 
-pub async fn submit(State(svc): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<impl IntoResponse, ApiError> {
+pub async fn submit(
+    State(svc): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<impl IntoResponse, ApiError> {
     let body = body_bytes(body, svc.config.max_body_bytes)?;
     let parsed = parse_request(&body, &svc.config, &svc.directives)?;
     if parsed.stream {
         return Err(ApiError::invalid("stream", "jobs are not streamed; use /v1/chat/completions to stream"));
     }
-    if svc.is_shutting_down() {
-        return Err(ApiError::unavailable("sproutd is shutting down"));
-    }
+    let key = idempotency_key(&headers)?;
     // Queued even while the model loads: the worker starts once it is ready.
-    let (job, _) = svc.submit(Origin::Job, parsed.priority, parsed.request, false).await?;
-    Ok((StatusCode::ACCEPTED, Json(job_view(&job))))
+    let sub = svc.submit(Origin::Job, parsed.priority, parsed.request, key, false).await?;
+    // 202 for a new job; 200 with the earlier job for a repeated Idempotency-Key.
+    let status = if sub.created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    Ok((status, Json(view(&svc, &sub.job))))
+}
+
+/// A job with its queue position.
+fn view(svc: &Service, job: &Job) -> Value {
+    let mut v = job_view(job);
+    v["position"] = json!(svc.store.position(job));
+    v
 }
 
 #[derive(Deserialize)]
@@ -58,7 +70,7 @@ pub async fn get(
             }
         }
     }
-    Ok(Json(job_view(&job)))
+    Ok(Json(view(&svc, &job)))
 }
 
 #[derive(Deserialize)]
@@ -78,7 +90,7 @@ pub async fn list(State(svc): State<AppState>, Query(params): Query<ListParams>)
     let jobs = svc.store.list(state, limit)?;
     Ok(Json(json!({
         "object": "list",
-        "data": jobs.iter().map(job_view).collect::<Vec<_>>(),
+        "data": jobs.iter().map(|j| view(&svc, j)).collect::<Vec<_>>(),
     })))
 }
 
@@ -90,5 +102,5 @@ fn parse_state(s: &str) -> Option<JobState> {
 
 pub async fn cancel(State(svc): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let job = svc.cancel(&id).await?;
-    Ok(Json(job_view(&job)))
+    Ok(Json(view(&svc, &job)))
 }

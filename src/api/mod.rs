@@ -8,13 +8,17 @@
 //! | `GET /v1/jobs` | [`jobs::list`] |
 //! | `GET /v1/jobs/{id}` | [`jobs::get`] (`?wait=SECONDS` waits for the end) |
 //! | `DELETE /v1/jobs/{id}` | [`jobs::cancel`] |
+//! | `GET /v1/ledger` | [`ledger::export`]: accounting records, JSON or CSV |
 //! | `GET /healthz` | [`misc::healthz`]: 200 once the model is loaded, 503 before |
 //!
-//! Unknown routes and methods answer in the OpenAI error shape too.
+//! Unknown routes and methods answer in the OpenAI error shape too. With an
+//! API token configured, every route but `/healthz` requires it ([`auth`]).
 
+pub mod auth;
 pub mod chat;
 pub mod error;
 pub mod jobs;
+pub mod ledger;
 pub mod misc;
 pub mod openai;
 
@@ -24,6 +28,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -32,16 +37,21 @@ use error::ApiError;
 
 pub type AppState = Arc<Service>;
 
-pub fn router(svc: AppState) -> Router {
+/// Every route. With a `token`, all but `/healthz` need `Authorization: Bearer <token>`.
+pub fn router(svc: AppState, token: Option<String>) -> Router {
     let limit = svc.config.max_body_bytes;
-    Router::new()
+    let protected = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(misc::models))
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
-        .route("/healthz", get(misc::healthz))
+        .route("/v1/ledger", get(ledger::export))
         .fallback(misc::no_route)
         .method_not_allowed_fallback(misc::no_method)
+        .layer(middleware::from_fn_with_state(token.map(Arc::new), auth::require_token));
+    Router::new()
+        .route("/healthz", get(misc::healthz))
+        .merge(protected)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(svc)
 }
@@ -56,6 +66,15 @@ pub fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<B
             format!("request body is larger than the configured limit of {limit} bytes"),
         )),
         Err(r) => Err(ApiError::bad_json(format!("cannot read the request body: {r}"))),
+    }
+}
+
+/// The `Idempotency-Key` header, if sent (at most 255 visible ASCII characters).
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    match v.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()) => Ok(Some(k.to_string())),
+        _ => Err(ApiError::invalid("Idempotency-Key", "the Idempotency-Key header must be 1 to 255 visible ASCII characters")),
     }
 }
 

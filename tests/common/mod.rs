@@ -49,7 +49,7 @@ pub fn echo_config(token_delay_ms: u64, max_seqs: usize, extra: &[(&str, &str)])
     let mut edits: Vec<(&str, String)> = vec![
         ("kind = \"gguf\"", format!("kind = \"echo\"\necho_token_delay_ms = {token_delay_ms}")),
         ("name = \"qwen2.5-coder-0.5b-instruct\"", "name = \"echo\"".to_string()),
-        ("max_seqs = 4", format!("max_seqs = {max_seqs}")),
+        ("max_seqs = 1", format!("max_seqs = {max_seqs}")),
     ];
     for (o, n) in extra {
         edits.push((o, n.to_string()));
@@ -201,4 +201,14 @@ pub fn sse(url: &str, body: &str) -> Vec<String> {
     assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     let text = resp.text().unwrap();
     text.lines().filter_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:"))).map(str::to_string).collect()
+}
+
+/// A child process killed when dropped (a failing test leaves no daemon behind).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
