@@ -327,7 +327,7 @@ fn real_model_answers_with_directives_receipts_and_seeds() {
 }
 
 #[test]
-fn real_model_streams_and_batches_concurrent_requests() {
+fn real_model_streams_and_answers_concurrent_requests_as_if_alone() {
     let Some(model) = model_path() else { return };
     let d = Daemon::start(&model_config(&model, &[]));
     let body = json!({"messages": user("Name three colors."), "stream": true, "max_tokens": 16, "seed": 3, "directive": "L1"});
