@@ -1,11 +1,11 @@
 //! End-to-end tokens/s through sproutd versus mistral.rs called directly
 //! in-process, on the same prompts, greedy decoding, the same max_tokens and
-//! repetition penalty, at concurrency 1 and 4. Prints both and their ratio.
+//! repetition penalty, at client concurrency 1 and 4. Prints both, their
+//! ratio, and how many answers were identical.
 //!
-//!   cargo bench --bench throughput
+//!   cargo bench --bench throughput            # SPROUT_BENCH_REPS=3 rounds
 //!
-//! The two runs take turns (the daemon starts after the in-process model is
-//! dropped), so they never share the 2 cores.
+//! The two sides take turns, so they never share the 2 cores.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -32,12 +32,6 @@ struct Run {
     tokens: usize,
     secs: f64,
     texts: Vec<String>,
-}
-
-impl Run {
-    fn rate(&self) -> f64 {
-        self.tokens as f64 / self.secs
-    }
 }
 
 async fn direct(engine: &MistralEngine, rep: f32, concurrency: usize) -> Run {
@@ -91,17 +85,11 @@ async fn main() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let config = Config::load(&root.join("config.toml")).expect("config.toml");
     let rep = config.generation.repetition_penalty;
-    let levels = [1usize, config.model.max_seqs];
+    let reps: usize = std::env::var("SPROUT_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
 
-    let mut direct_runs = Vec::new();
-    {
-        let engine = MistralEngine::load(&config.model).await.expect("load the model (scripts/fetch-model.sh)");
-        direct(&engine, rep, 1).await; // warm-up
-        for &c in &levels {
-            direct_runs.push(direct(&engine, rep, c).await);
-        }
-    }
-
+    // Both sides stay loaded; runs alternate (direct, sproutd, direct, ...) so
+    // that drift in machine speed hits both alike. They never overlap.
+    let engine = MistralEngine::load(&config.model).await.expect("load the model (scripts/fetch-model.sh)");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sproutd"))
@@ -120,26 +108,27 @@ async fn main() {
         assert!(t0.elapsed() < Duration::from_secs(120), "sproutd did not become ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    through_sproutd(&url, 1).await; // warm-up
-    let mut daemon_runs = Vec::new();
-    for &c in &levels {
-        daemon_runs.push(through_sproutd(&url, c).await);
+    direct(&engine, rep, 1).await; // warm-up
+    through_sproutd(&url, 1).await;
+
+    println!(
+        "{} prompts x {reps} rounds, max_tokens {MAX_TOKENS}, greedy, repetition_penalty {rep}, model.max_seqs {}",
+        PROMPTS.len(),
+        config.model.max_seqs
+    );
+    println!("{:<12} {:>14} {:>16} {:>8} {:>15}", "concurrency", "direct tok/s", "sproutd tok/s", "ratio", "same answers");
+    for c in [1usize, 4] {
+        let (mut dt, mut ds, mut st, mut ss, mut same, mut total) = (0, 0.0, 0, 0.0, 0, 0);
+        for _ in 0..reps {
+            let d = direct(&engine, rep, c).await;
+            let s = through_sproutd(&url, c).await;
+            same += d.texts.iter().zip(&s.texts).filter(|(a, b)| a == b).count();
+            total += PROMPTS.len();
+            (dt, ds, st, ss) = (dt + d.tokens, ds + d.secs, st + s.tokens, ss + s.secs);
+        }
+        let (dr, sr) = (dt as f64 / ds, st as f64 / ss);
+        println!("{:<12} {:>14.2} {:>16.2} {:>8.3} {:>12}/{}", c, dr, sr, sr / dr, same, total);
     }
     let _ = child.kill();
     let _ = child.wait();
-
-    println!("{} prompts, max_tokens {MAX_TOKENS}, greedy, repetition_penalty {rep}", PROMPTS.len());
-    println!("{:<12} {:>14} {:>16} {:>8} {:>15}", "concurrency", "direct tok/s", "sproutd tok/s", "ratio", "same answers");
-    for ((c, d), s) in levels.iter().zip(&direct_runs).zip(&daemon_runs) {
-        let same = d.texts.iter().zip(&s.texts).filter(|(a, b)| a == b).count();
-        println!(
-            "{:<12} {:>14.2} {:>16.2} {:>8.3} {:>12}/{}",
-            c,
-            d.rate(),
-            s.rate(),
-            s.rate() / d.rate(),
-            same,
-            PROMPTS.len()
-        );
-    }
 }

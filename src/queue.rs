@@ -382,6 +382,26 @@ impl Store {
         (job.state == JobState::Queued).then(|| self.queue.range(..queue_key(job.priority, job.seq).to_vec()).count())
     }
 
+    /// Positions of several jobs in one walk of the queue (job id → position).
+    pub fn positions(&self, jobs: &[Job]) -> Result<std::collections::HashMap<String, usize>, StoreError> {
+        let mut wanted: std::collections::HashSet<&[u8]> =
+            jobs.iter().filter(|j| j.state == JobState::Queued).map(|j| j.id.as_bytes()).collect();
+        let mut out = std::collections::HashMap::new();
+        if wanted.is_empty() {
+            return Ok(out);
+        }
+        for (pos, item) in self.queue.iter().enumerate() {
+            let (_, id) = item?;
+            if wanted.remove(id.as_ref()) {
+                out.insert(String::from_utf8_lossy(&id).into_owned(), pos);
+                if wanted.is_empty() {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Takes the next queued job (lowest priority value, then oldest) and marks it running.
     pub fn claim(&self) -> Result<Option<Job>, StoreError> {
         loop {

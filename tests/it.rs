@@ -367,6 +367,40 @@ fn real_model_streams_and_answers_concurrent_requests_as_if_alone() {
 }
 
 #[test]
+fn real_model_jobs_survive_sigkill() {
+    let Some(model) = model_path() else { return };
+    let cfg = model_config(&model, &[]);
+    let d = Daemon::start(&cfg);
+    let questions = ["What is 2 + 3?", "Name a primary color.", "What is the capital of Italy?", "Spell the word cat."];
+    let ids: Vec<String> = questions
+        .iter()
+        .map(|q| {
+            let (s, j, _) = post_job(&d.url, &json!({"messages": user(q), "max_tokens": 16, "seed": 1}), None);
+            assert_eq!(s, 202);
+            j["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // Kill it while the first answer is being generated.
+    let t0 = std::time::Instant::now();
+    while http("GET", &format!("{}/v1/jobs/{}", d.url, ids[0]), None).1["state"] == "queued" {
+        assert!(t0.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let reuse = d.kill();
+    let d = Daemon::spawn(&cfg, Some(reuse));
+    d.wait_ready(Duration::from_secs(120));
+    for id in &ids {
+        let (_, j) = http("GET", &format!("{}/v1/jobs/{id}?wait=120", d.url), None);
+        assert_eq!(j["state"], "succeeded", "{j}");
+        assert!(j["result"]["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
+    }
+    let entries = ledger(&d.url);
+    for id in &ids {
+        assert_eq!(entries.iter().filter(|e| e["job_id"] == id.as_str()).count(), 1, "{id} completed other than once");
+    }
+}
+
+#[test]
 fn real_model_official_openai_python_client() {
     let Some(model) = model_path() else { return };
     let python = match std::env::var("SPROUT_PYTHON") {

@@ -36,7 +36,9 @@ pub async fn submit(
     let sub = svc.submit(Origin::Job, parsed.priority, parsed.request, key, false).await?;
     // 202 for a new job; 200 with the earlier job for a repeated Idempotency-Key.
     let status = if sub.created { StatusCode::ACCEPTED } else { StatusCode::OK };
-    Ok((status, Json(view(&svc, &sub.job))))
+    // No position here: counting the jobs ahead costs O(queue) per submit,
+    // which under load would dominate; GET /v1/jobs/{id} reports it.
+    Ok((status, Json(job_view(&sub.job))))
 }
 
 /// A job with its queue position.
@@ -88,10 +90,16 @@ pub async fn list(State(svc): State<AppState>, Query(params): Query<ListParams>)
     };
     let limit = params.limit.unwrap_or(100).clamp(1, 10_000);
     let jobs = svc.store.list(state, limit)?;
-    Ok(Json(json!({
-        "object": "list",
-        "data": jobs.iter().map(|j| view(&svc, j)).collect::<Vec<_>>(),
-    })))
+    let positions = svc.store.positions(&jobs)?;
+    let data: Vec<Value> = jobs
+        .iter()
+        .map(|j| {
+            let mut v = job_view(j);
+            v["position"] = json!(positions.get(&j.id));
+            v
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
 }
 
 fn parse_state(s: &str) -> Option<JobState> {

@@ -38,14 +38,15 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,mistralrs_core=warn,mistralrs=warn".into()),
-        )
-        .with_ansi(false)
-        .with_target(false)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,mistralrs_core=warn,mistralrs=warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_target(false);
+    // Under systemd the journal stamps each line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
     let config = match load_config(args.config.as_ref()) {
         Ok(c) => c,
         Err(ConfigError::Invalid(errs)) => {
