@@ -158,7 +158,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     "{:<22} {:<12} {:>4} {:<5} {:>8} {:>10}  {}",
                     j["id"].as_str().unwrap_or("?"),
                     state,
-                    j["priority"],
+                    j["priority"].as_i64().unwrap_or(0),
                     j["directive"].as_str().unwrap_or("?"),
                     tokens,
                     carbon,

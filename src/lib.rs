@@ -28,6 +28,7 @@ pub mod directive;
 pub mod worker;
 pub mod engine;
 pub mod accounting;
+pub mod energy;
 pub mod daemon;
 pub mod client;
 pub mod cli;
