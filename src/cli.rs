@@ -70,6 +70,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Accounting records, one per job that ran.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
     /// Print a finished job's answer and receipt.
     Result {
         id: String,
@@ -78,6 +83,18 @@ pub enum Command {
         wait: bool,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Write the records to stdout as CSV or JSON.
+    Export {
+        #[arg(long, value_parser = ["csv", "json"], default_value = "csv")]
+        format: String,
+        /// Only records since this Unix time (seconds) or this long ago (e.g. 24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
     },
 }
 
@@ -179,6 +196,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Ledger { command: LedgerCommand::Export { format, since } } => {
+            let since = match since {
+                None => None,
+                Some(s) => Some(parse_since(&s)?),
+            };
+            print!("{}", client.ledger(&format, since).await?);
+            Ok(())
+        }
         Command::Result { id, wait, json } => {
             let job = if wait { client.wait_job(&id).await? } else { client.job(&id, None).await? };
             match job["state"].as_str() {
@@ -201,6 +226,19 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
     }
+}
+
+/// `--since`: Unix seconds, or a duration ago ("24h", "7d").
+fn parse_since(s: &str) -> Result<f64, CliError> {
+    if let Ok(t) = s.parse::<f64>() {
+        if t.is_finite() && t >= 0.0 {
+            return Ok(t);
+        }
+    }
+    let ago = crate::config::parse_duration(s)
+        .filter(|_| s.trim_end().ends_with(|c: char| c.is_ascii_alphabetic()))
+        .ok_or_else(|| CliError::Usage(format!("--since {s:?}: expected Unix seconds or a duration like 24h or 7d")))?;
+    Ok(crate::job::now_ms() as f64 / 1000.0 - ago.as_secs_f64())
 }
 
 fn read_prompt(prompt: String) -> Result<String, CliError> {

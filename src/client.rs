@@ -132,6 +132,35 @@ impl Client {
         self.send(reqwest::Method::DELETE, &format!("/v1/jobs/{id}"), None).await
     }
 
+    /// The ledger as text (`format` "csv" or "json").
+    pub async fn ledger(&self, format: &str, since: Option<f64>) -> Result<String, ClientError> {
+        let mut path = format!("/v1/ledger?format={format}");
+        if let Some(s) = since {
+            path.push_str(&format!("&since={s}"));
+        }
+        if format == "json" {
+            let v = self.send(reqwest::Method::GET, &path, None).await?;
+            return Ok(format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()));
+        }
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.get(&url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: self.base.clone(), reason: root_cause(&e) })?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| ClientError::Protocol(root_cause(&e)))?;
+        if !status.is_success() {
+            let v: Value = serde_json::from_str(&text).unwrap_or_default();
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                code: v["error"]["code"].as_str().unwrap_or("").to_string(),
+                message: v["error"]["message"].as_str().unwrap_or(&text).to_string(),
+            });
+        }
+        Ok(text)
+    }
+
     pub async fn models(&self) -> Result<Value, ClientError> {
         self.send(reqwest::Method::GET, "/v1/models", None).await
     }

@@ -257,6 +257,20 @@ fn sproutctl_submit_wait_status_list_result_cancel() {
     let (code, _, err) = sproutctl(&d.url, &["submit", "--directive", "L5", "x"]);
     assert_ne!(code, 0);
     assert!(err.contains("unknown directive"), "{err}");
+    // The ledger: one record per job that ran, as CSV and JSON.
+    let (code, csv, err) = sproutctl(&d.url, &["ledger", "export", "--format", "csv", "--since", "1h"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("job_id,origin,state,finished_at,directive"), "{csv}");
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(lines.iter().any(|l| l.contains(id) && l.contains(",succeeded,")), "{csv}");
+    let (code, json_out, _) = sproutctl(&d.url, &["ledger", "export", "--format", "json"]);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    let (code, _, err) = sproutctl(&d.url, &["ledger", "export", "--since", "yesterday"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--since"), "{err}");
     // The prompt from stdin.
     let out = std::process::Command::new(SPROUTCTL)
         .env("SPROUT_URL", &d.url)
