@@ -201,7 +201,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 None => None,
                 Some(s) => Some(parse_since(&s)?),
             };
-            print!("{}", client.ledger(&format, since).await?);
+            let out = client.ledger(&format, since).await?;
+            print!("{out}");
+            if !out.ends_with('\n') {
+                println!();
+            }
             Ok(())
         }
         Command::Result { id, wait, json } => {

@@ -53,6 +53,20 @@ impl Client {
         body: Option<&Value>,
         idempotency_key: Option<&str>,
     ) -> Result<Value, ClientError> {
+        let text = self.request_text(method, path, body, idempotency_key).await?;
+        serde_json::from_str(&text)
+            .map_err(|_| ClientError::Protocol(format!("not JSON: {}", text.chars().take(200).collect::<String>())))
+    }
+
+    /// The body of a successful answer as text; an error answer becomes
+    /// `ClientError::Api` with the server's OpenAI-shaped message.
+    async fn request_text(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<String, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
         if let Some(k) = idempotency_key {
@@ -67,16 +81,15 @@ impl Client {
         let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: self.base.clone(), reason: root_cause(&e) })?;
         let status = resp.status();
         let text = resp.text().await.map_err(|e| ClientError::Protocol(root_cause(&e)))?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|_| ClientError::Protocol(format!("{status}: {}", text.chars().take(200).collect::<String>())))?;
         if status.is_success() {
-            return Ok(value);
+            return Ok(text);
         }
+        let value: Value = serde_json::from_str(&text).unwrap_or_default();
         let err = &value["error"];
         Err(ClientError::Api {
             status: status.as_u16(),
             code: err["code"].as_str().unwrap_or("").to_string(),
-            message: err["message"].as_str().unwrap_or(&text).to_string(),
+            message: err["message"].as_str().map(str::to_string).unwrap_or_else(|| text.chars().take(200).collect()),
         })
     }
 
@@ -138,27 +151,7 @@ impl Client {
         if let Some(s) = since {
             path.push_str(&format!("&since={s}"));
         }
-        if format == "json" {
-            let v = self.send(reqwest::Method::GET, &path, None).await?;
-            return Ok(format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default()));
-        }
-        let url = format!("{}{path}", self.base);
-        let mut req = self.http.get(&url);
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: self.base.clone(), reason: root_cause(&e) })?;
-        let status = resp.status();
-        let text = resp.text().await.map_err(|e| ClientError::Protocol(root_cause(&e)))?;
-        if !status.is_success() {
-            let v: Value = serde_json::from_str(&text).unwrap_or_default();
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                code: v["error"]["code"].as_str().unwrap_or("").to_string(),
-                message: v["error"]["message"].as_str().unwrap_or(&text).to_string(),
-            });
-        }
-        Ok(text)
+        self.request_text(reqwest::Method::GET, &path, None, None).await
     }
 
     pub async fn models(&self) -> Result<Value, ClientError> {
