@@ -3,7 +3,7 @@
 //! Until real meters land, energy is *estimated*: the machine draws
 //! `power_w` while the engine works, and each moment's energy is split
 //! equally among the requests in flight at that moment ([`EnergyShare`]).
-//! Carbon = energy x grid intensity + embodied carbon x the request's share
+//! Carbon = energy x grid intensity (from `carbon`) + embodied carbon x the request's share
 //! of machine time / the machine's lifetime (the Sprout paper's formula).
 //! Every receipt built here says `estimated: true`.
 
@@ -56,10 +56,18 @@ impl EnergyShare {
 }
 
 /// The receipt for a request that was attributed `machine_s` seconds of the
-/// machine and took `duration_s` of wall time.
-pub fn receipt(cfg: &RawAccounting, directive: &str, job_id: &str, machine_s: f64, duration_s: f64) -> Receipt {
+/// machine and took `duration_s` of wall time, at grid intensity `intensity`
+/// (gCO2e/kWh).
+pub fn receipt(
+    cfg: &RawAccounting,
+    intensity: f64,
+    directive: &str,
+    job_id: &str,
+    machine_s: f64,
+    duration_s: f64,
+) -> Receipt {
     let energy_j = cfg.power_w * machine_s;
-    let operational_g = energy_j / 3.6e6 * cfg.intensity_gco2_per_kwh;
+    let operational_g = energy_j / 3.6e6 * intensity;
     let embodied_g = cfg.embodied_kgco2 * 1000.0 * machine_s / (cfg.lifetime_years * SECONDS_PER_YEAR);
     Receipt {
         directive: directive.to_string(),
@@ -68,7 +76,7 @@ pub fn receipt(cfg: &RawAccounting, directive: &str, job_id: &str, machine_s: f6
         carbon_g: operational_g + embodied_g,
         operational_g,
         embodied_g,
-        intensity_gco2_per_kwh: cfg.intensity_gco2_per_kwh,
+        intensity_gco2_per_kwh: intensity,
         duration_s,
         estimated: true,
     }
@@ -95,8 +103,8 @@ mod tests {
 
     #[test]
     fn receipt_arithmetic() {
-        let cfg = RawAccounting { power_w: 100.0, intensity_gco2_per_kwh: 360.0, embodied_kgco2: 1000.0, lifetime_years: 5.0 };
-        let r = receipt(&cfg, "L1", "job-1", 36.0, 40.0);
+        let cfg = RawAccounting { power_w: 100.0, embodied_kgco2: 1000.0, lifetime_years: 5.0 };
+        let r = receipt(&cfg, 360.0, "L1", "job-1", 36.0, 40.0);
         assert!((r.energy_j - 3600.0).abs() < 1e-9); // 1 Wh
         assert!((r.operational_g - 0.36).abs() < 1e-12); // 1 Wh at 360 g/kWh
         let embodied = 1e6 * 36.0 / (5.0 * SECONDS_PER_YEAR);

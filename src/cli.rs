@@ -70,6 +70,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The grid's carbon intensity now and over the next 24 hours.
+    Carbon {
+        #[arg(long)]
+        json: bool,
+    },
     /// Accounting records, one per job that ran.
     Ledger {
         #[command(subcommand)]
@@ -194,6 +199,28 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             } else {
                 println!("{id} {}", job["state"].as_str().unwrap_or("?"));
             }
+            Ok(())
+        }
+        Command::Carbon { json } => {
+            let c = client.carbon().await?;
+            if json {
+                print_json(&c);
+                return Ok(());
+            }
+            let now = c["now"]["gco2_per_kwh"].as_f64().unwrap_or(f64::NAN);
+            println!("intensity now: {now:.0} gCO2e/kWh  (source: {})", c["source"]["name"].as_str().unwrap_or("?"));
+            let forecast = c["forecast"].as_array().cloned().unwrap_or_default();
+            if let Some((i, low)) = forecast
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| r["gco2_per_kwh"].as_f64().map(|v| (i, v)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+            {
+                println!("lowest in the next {} h: {low:.0} gCO2e/kWh in {} h (forecast)", forecast.len(), i + 1);
+            }
+            let line: Vec<String> =
+                forecast.iter().filter_map(|r| r["gco2_per_kwh"].as_f64()).map(|v| format!("{v:.0}")).collect();
+            println!("next hours:    {}", line.join(" "));
             Ok(())
         }
         Command::Ledger { command: LedgerCommand::Export { format, since } } => {

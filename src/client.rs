@@ -154,6 +154,10 @@ impl Client {
         self.request_text(reqwest::Method::GET, &path, None, None).await
     }
 
+    pub async fn carbon(&self) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::GET, "/v1/carbon", None).await
+    }
+
     pub async fn models(&self) -> Result<Value, ClientError> {
         self.send(reqwest::Method::GET, "/v1/models", None).await
     }

@@ -53,6 +53,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub accounting: RawAccounting,
     #[serde(default)]
+    pub carbon: RawCarbon,
+    #[serde(default)]
     pub queue: RawQueue,
     #[serde(default)]
     pub auth: RawAuth,
@@ -78,6 +80,30 @@ impl Default for RawQueue {
             shutdown_grace: "30s".into(),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCarbon {
+    pub source: String,
+    pub trace_file: Option<PathBuf>,
+    pub trace_offset_hours: f64,
+    pub trace_speedup: f64,
+}
+
+impl Default for RawCarbon {
+    fn default() -> Self {
+        Self { source: "trace".into(), trace_file: None, trace_offset_hours: 0.0, trace_speedup: 1.0 }
+    }
+}
+
+/// Where grid intensity comes from.
+#[derive(Debug, Clone)]
+pub struct CarbonConfig {
+    /// None: the trace compiled into sproutd.
+    pub trace_file: Option<PathBuf>,
+    pub offset_hours: f64,
+    pub speedup: f64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -183,14 +209,13 @@ pub struct RawLevel {
 #[serde(deny_unknown_fields, default)]
 pub struct RawAccounting {
     pub power_w: f64,
-    pub intensity_gco2_per_kwh: f64,
     pub embodied_kgco2: f64,
     pub lifetime_years: f64,
 }
 
 impl Default for RawAccounting {
     fn default() -> Self {
-        Self { power_w: 65.0, intensity_gco2_per_kwh: 400.0, embodied_kgco2: 1000.0, lifetime_years: 5.0 }
+        Self { power_w: 65.0, embodied_kgco2: 1000.0, lifetime_years: 5.0 }
     }
 }
 
@@ -206,6 +231,7 @@ pub struct Config {
     pub generation: RawGeneration,
     pub directives: DirectiveConfig,
     pub accounting: RawAccounting,
+    pub carbon: CarbonConfig,
     pub queue: QueueConfig,
     /// The API token file (`auth.token_file`); its content is read at start.
     pub token_file: Option<PathBuf>,
@@ -397,7 +423,6 @@ impl Config {
         let a = &raw.accounting;
         for (key, v) in [
             ("accounting.power_w", a.power_w),
-            ("accounting.intensity_gco2_per_kwh", a.intensity_gco2_per_kwh),
             ("accounting.embodied_kgco2", a.embodied_kgco2),
         ] {
             if !(v.is_finite() && v >= 0.0) {
@@ -407,6 +432,22 @@ impl Config {
         if !(a.lifetime_years.is_finite() && a.lifetime_years > 0.0) {
             errs.push("accounting.lifetime_years: must be positive".into());
         }
+
+        let c = &raw.carbon;
+        if c.source != "trace" {
+            errs.push(format!("carbon.source: {:?} is not supported yet; \"trace\" is", c.source));
+        }
+        if !(c.trace_speedup.is_finite() && c.trace_speedup > 0.0) {
+            errs.push("carbon.trace_speedup: must be a positive number".into());
+        }
+        if !c.trace_offset_hours.is_finite() {
+            errs.push("carbon.trace_offset_hours: must be a number".into());
+        }
+        let carbon = CarbonConfig {
+            trace_file: c.trace_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(resolve),
+            offset_hours: c.trace_offset_hours,
+            speedup: c.trace_speedup,
+        };
 
         let q = &raw.queue;
         let mut duration = |key: &str, v: &str| {
@@ -446,6 +487,7 @@ impl Config {
             generation: raw.generation,
             directives: DirectiveConfig { levels, mix, seed: d.seed },
             accounting: raw.accounting,
+            carbon,
             queue: QueueConfig {
                 max_queued: q.max_queued,
                 max_attempts: q.max_attempts,

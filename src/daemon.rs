@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
+use crate::carbon::{CarbonError, TraceSource};
 use crate::config::Config;
 use crate::engine;
 use crate::job::now_ms;
@@ -35,6 +36,8 @@ pub enum DaemonError {
     DataDir { path: String, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Carbon(#[from] CarbonError),
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
     #[error("{0}")]
@@ -76,16 +79,19 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| DaemonError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let t0 = std::time::Instant::now();
+    let c = &config.carbon;
+    let carbon = TraceSource::load(c.trace_file.as_deref(), c.offset_hours, c.speedup, now_ms() as i64 / 1000)?;
     let store = Store::open(&config.data_dir)?;
     store.recover(config.queue.max_attempts)?;
     let (engine_tx, engine_rx) = watch::channel(EngineStatus::Loading);
-    let svc = Arc::new(Service::new(config, store, engine_rx));
+    let svc = Arc::new(Service::new(config, store, carbon, engine_rx));
     tracing::info!(
         %addr,
         data_dir = %svc.config.data_dir.display(),
         queued = svc.store.queued_len(),
         store_open_ms = t0.elapsed().as_millis() as u64,
         auth = token.is_some(),
+        carbon = %svc.carbon.name(),
         "sproutd listening"
     );
 

@@ -29,6 +29,7 @@ pub mod worker;
 pub mod engine;
 pub mod accounting;
 pub mod energy;
+pub mod carbon;
 pub mod daemon;
 pub mod client;
 pub mod cli;

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::carbon::TraceSource;
 use crate::config::Config;
 use crate::directive::{splitmix64, Directives};
 use crate::engine::Engine;
@@ -58,6 +59,8 @@ pub enum JobEvent {
 pub struct Service {
     pub config: Config,
     pub store: Store,
+    /// Grid carbon intensity now and ahead.
+    pub carbon: TraceSource,
     pub directives: Directives,
     engine: watch::Receiver<EngineStatus>,
     /// Wakes the worker when a job is queued.
@@ -72,8 +75,9 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(config: Config, store: Store, engine: watch::Receiver<EngineStatus>) -> Self {
+    pub fn new(config: Config, store: Store, carbon: TraceSource, engine: watch::Receiver<EngineStatus>) -> Self {
         Self {
+            carbon,
             directives: Directives::new(&config.directives),
             config,
             store,

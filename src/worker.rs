@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounting::{self, EnergyShare};
 use crate::engine::{Engine, GenRequest, Sampling};
-use crate::job::{Job, JobResult, JobState, LedgerEntry};
+use crate::job::{now_ms, Job, JobResult, JobState, LedgerEntry};
 use crate::service::{EngineStatus, Service};
 
 /// Claims jobs until `stop` fires, then waits for the running ones. Those
@@ -133,7 +133,8 @@ async fn run_job(
     let machine_s = energy.lock().expect("poisoned").finish(&job.id, end);
     let duration_s = end.duration_since(t0).as_secs_f64();
 
-    let receipt = accounting::receipt(&svc.config.accounting, &job.directive, &job.id, machine_s, duration_s);
+    let intensity = svc.carbon.now(now_ms() as i64 / 1000).gco2_per_kwh;
+    let receipt = accounting::receipt(&svc.config.accounting, intensity, &job.directive, &job.id, machine_s, duration_s);
     let mut ledger = LedgerEntry {
         job_id: job.id.clone(),
         origin: job.origin,

@@ -864,3 +864,64 @@ fn write_store_fixture() {
     drop(store);
     copy_dir(&d.data_dir, &target);
 }
+
+// ---------------------------------------------------------------------------
+// Carbon intensity (first part of the accounting issue).
+
+#[test]
+fn receipts_use_the_trace_intensity_and_carbon_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("flat.csv");
+    std::fs::write(&trace, "datetime,gco2_per_kwh\n2023-01-01 00:00:00,250\n2023-01-01 01:00:00,250\n").unwrap();
+    let cfg = echo_config(0, 1, &[]).replace(
+        "# trace_file = \"/var/lib/sproutd/traces/DE_2023_hourly.csv\"",
+        &format!("trace_file = {:?}", trace.display().to_string()),
+    );
+    let d = Daemon::start(&cfg);
+    let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user("a b c")}).to_string()));
+    assert_eq!(s, 200, "{b}");
+    let r = &b["usage"]["sprout"];
+    assert_eq!(r["intensity_gco2_per_kwh"], 250.0);
+    let op = r["energy_j"].as_f64().unwrap() / 3.6e6 * 250.0;
+    assert!((r["operational_g"].as_f64().unwrap() - op).abs() < 1e-12, "{r}");
+    let (s, c) = http("GET", &format!("{}/v1/carbon", d.url), None);
+    assert_eq!(s, 200);
+    assert_eq!(c["now"]["gco2_per_kwh"], 250.0);
+    assert_eq!(c["forecast"].as_array().unwrap().len(), 24);
+    assert!(c["source"]["name"].as_str().unwrap().ends_with("flat.csv"));
+    let (code, out, _) = sproutctl(&d.url, &["carbon"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("intensity now: 250 gCO2e/kWh"), "{out}");
+}
+
+#[test]
+fn the_builtin_trace_serves_by_default_and_a_bad_trace_stops_startup() {
+    let d = Daemon::start(&echo_config(0, 1, &[]));
+    let (_, c) = http("GET", &format!("{}/v1/carbon", d.url), None);
+    assert!(c["source"]["name"].as_str().unwrap().contains("GB 2023"), "{c}");
+    let v = c["now"]["gco2_per_kwh"].as_f64().unwrap();
+    assert!((0.0..1000.0).contains(&v));
+    drop(d);
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("bad.csv");
+    std::fs::write(&trace, "when,how much\n1,2\n").unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        echo_config(0, 1, &[]).replace(
+            "# trace_file = \"/var/lib/sproutd/traces/DE_2023_hourly.csv\"",
+            &format!("trace_file = {:?}", trace.display().to_string()),
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(SPROUTD)
+        .arg("--config")
+        .arg(&path)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.csv") && err.contains("unknown trace header"), "{err}");
+}

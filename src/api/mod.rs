@@ -9,6 +9,7 @@
 //! | `GET /v1/jobs/{id}` | [`jobs::get`] (`?wait=SECONDS` waits for the end) |
 //! | `DELETE /v1/jobs/{id}` | [`jobs::cancel`] |
 //! | `GET /v1/ledger` | [`ledger::export`]: accounting records, JSON or CSV |
+//! | `GET /v1/carbon` | [`misc::carbon`]: grid intensity now, the next 24 h, the source |
 //! | `GET /healthz` | [`misc::healthz`]: 200 once the model is loaded, 503 before |
 //!
 //! Unknown routes and methods answer in the OpenAI error shape too. With an
@@ -46,6 +47,7 @@ pub fn router(svc: AppState, token: Option<String>) -> Router {
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/ledger", get(ledger::export))
+        .route("/v1/carbon", get(misc::carbon))
         .fallback(misc::no_route)
         .method_not_allowed_fallback(misc::no_method)
         .layer(middleware::from_fn_with_state(token.map(Arc::new), auth::require_token));
