@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite: set everything up (packages, model, build, a Python
-# venv with the official openai client), then run every test, the real-model
-# ones included.
+# venv with the official openai client and prometheus_client's text-format
+# parser), then run every test, the real-model ones included.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$root/scripts/setup.sh"
 
 venv="${SPROUT_VENV:-$HOME/.cache/sprout/venv}"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import openai" 2>/dev/null; then
-    echo "test: creating $venv with the openai client"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import openai, prometheus_client" 2>/dev/null; then
+    echo "test: creating $venv with the openai client and the Prometheus parser"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "openai>=1.40"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "openai>=1.40" "prometheus_client>=0.20"
 fi
 export SPROUT_PYTHON="$venv/bin/python"
 export SPROUT_REQUIRE_MODEL=1

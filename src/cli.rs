@@ -70,6 +70,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Totals, savings against the baseline level, and the directive mix.
+    Stats {
+        /// Only since this Unix time (seconds) or this long ago (e.g. 24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The grid's carbon intensity now and over the next 24 hours.
     Carbon {
         #[arg(long)]
@@ -198,6 +206,37 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 print_json(&job);
             } else {
                 println!("{id} {}", job["state"].as_str().unwrap_or("?"));
+            }
+            Ok(())
+        }
+        Command::Stats { since, json } => {
+            let since = since.as_deref().map(parse_since).transpose()?;
+            let s = client.stats(since).await?;
+            if json {
+                print_json(&s);
+                return Ok(());
+            }
+            let f = |k: &str| s[k].as_f64().unwrap_or(0.0);
+            println!("requests:  {}  ({} prompt + {} completion tokens)", s["requests"], s["prompt_tokens"], s["completion_tokens"]);
+            println!("energy:    {:.1} J  ({} estimated, {} measured requests)", f("energy_j"), s["estimated_requests"], s["measured_requests"]);
+            println!("carbon:    {:.4} gCO2e  (operational {:.4}, embodied {:.4})", f("carbon_g"), f("operational_g"), f("embodied_g"));
+            match s["savings"]["carbon_g"].as_f64() {
+                Some(g) => println!("saved:     {g:.4} gCO2e against serving everything at {}", s["savings"]["baseline"].as_str().unwrap_or("L0")),
+                None => println!("saved:     unknown until a {} request has succeeded", s["savings"]["baseline"].as_str().unwrap_or("L0")),
+            }
+            println!("{:<6} {:>8} {:>7} {:>12} {:>12} {:>12}", "LEVEL", "REQUESTS", "SHARE", "MEAN TOKENS", "MEAN J", "MEAN gCO2e");
+            if let Some(levels) = s["levels"].as_object() {
+                for (name, l) in levels {
+                    println!(
+                        "{:<6} {:>8} {:>6.0}% {:>12.1} {:>12.1} {:>12.5}",
+                        name,
+                        l["totals"]["requests"],
+                        100.0 * l["share"].as_f64().unwrap_or(0.0),
+                        l["mean_completion_tokens"].as_f64().unwrap_or(0.0),
+                        l["mean_energy_j"].as_f64().unwrap_or(0.0),
+                        l["mean_carbon_g"].as_f64().unwrap_or(0.0)
+                    );
+                }
             }
             Ok(())
         }

@@ -154,6 +154,14 @@ impl Client {
         self.request_text(reqwest::Method::GET, &path, None, None).await
     }
 
+    pub async fn stats(&self, since: Option<f64>) -> Result<Value, ClientError> {
+        let path = match since {
+            Some(s) => format!("/v1/stats?since={s}"),
+            None => "/v1/stats".to_string(),
+        };
+        self.send(reqwest::Method::GET, &path, None).await
+    }
+
     pub async fn carbon(&self) -> Result<Value, ClientError> {
         self.send(reqwest::Method::GET, "/v1/carbon", None).await
     }

@@ -28,6 +28,7 @@ pub mod directive;
 pub mod worker;
 pub mod engine;
 pub mod accounting;
+pub mod stats;
 pub mod energy;
 pub mod carbon;
 pub mod daemon;

@@ -36,6 +36,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use crate::job::{now_ms, ChatRequest, Job, JobResult, JobState, LedgerEntry, Origin};
+use crate::stats::Totals;
 
 /// Bumped whenever the persisted layout or the JSON of `Job`/`LedgerEntry`
 /// changes incompatibly; `tests/fixtures/store-v1` must still open.
@@ -84,6 +85,8 @@ pub struct Store {
     durable: AtomicU64,
     flushing: AtomicBool,
     flushed: Notify,
+    /// Totals over the whole ledger, kept in step with it (for /metrics).
+    totals: Mutex<Totals>,
 }
 
 /// What a new job needs besides what the store assigns.
@@ -175,11 +178,17 @@ impl Store {
         }
         let queue = db.open_tree("queue")?;
         let queued = AtomicUsize::new(queue.len());
+        let ledger = db.open_tree("ledger")?;
+        let mut totals = Totals::default();
+        for item in ledger.iter() {
+            let (k, v) = item?;
+            totals.add(&decode(&k, &v)?);
+        }
         Ok(Store {
             jobs: db.open_tree("jobs")?,
             running: db.open_tree("running")?,
             idem: db.open_tree("idem")?,
-            ledger: db.open_tree("ledger")?,
+            ledger,
             queue,
             queued,
             db,
@@ -188,6 +197,7 @@ impl Store {
             durable: AtomicU64::new(0),
             flushing: AtomicBool::new(false),
             flushed: Notify::new(),
+            totals: Mutex::new(totals),
         })
     }
 
@@ -450,13 +460,20 @@ impl Store {
             job.error = error.clone();
             jobs.insert(id.as_bytes(), encode(&job))?;
             running.remove(id.as_bytes())?;
-            if let Some(mut entry) = ledger.clone() {
+            let entry = ledger.clone().map(|mut entry| {
                 entry.finished_ms = finished_ms;
                 entry.state = state;
-                ledger_tree.insert(&ledger_key(finished_ms, job.seq), encode(&entry))?;
+                entry
+            });
+            if let Some(entry) = &entry {
+                ledger_tree.insert(&ledger_key(finished_ms, job.seq), encode(entry))?;
             }
-            Ok(job)
+            Ok((job, entry))
         })?))?;
+        let (job, entry) = job;
+        if let Some(e) = &entry {
+            self.totals.lock().expect("poisoned").add(e);
+        }
         self.durable(ticket).await?;
         Ok(job)
     }
@@ -555,6 +572,11 @@ impl Store {
             self.flush()?;
         }
         Ok(n)
+    }
+
+    /// Totals over the whole ledger.
+    pub fn totals(&self) -> Totals {
+        self.totals.lock().expect("poisoned").clone()
     }
 
     /// Ledger entries that finished at or after `since_ms`, oldest first.

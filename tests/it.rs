@@ -925,3 +925,51 @@ fn the_builtin_trace_serves_by_default_and_a_bad_trace_stops_startup() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.csv") && err.contains("unknown trace header"), "{err}");
 }
+
+#[test]
+fn stats_agree_with_the_ledger_and_metrics_parse_as_prometheus_text() {
+    let d = Daemon::start(&echo_config(0, 1, &[]));
+    for (text, level) in [("a b c d e f", "L0"), ("a b c d", "L0"), ("a b", "L2"), ("x", "L1")] {
+        let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user(text), "directive": level}).to_string()));
+        assert_eq!(s, 200, "{b}");
+    }
+    let (_, stats) = http("GET", &format!("{}/v1/stats", d.url), None);
+    let entries = ledger(&d.url);
+    assert_eq!(stats["requests"], entries.len());
+    let sum = |k: &str| entries.iter().map(|e| e[k].as_f64().unwrap()).sum::<f64>();
+    assert!((stats["carbon_g"].as_f64().unwrap() - sum("carbon_g")).abs() < 1e-9);
+    assert!((stats["energy_j"].as_f64().unwrap() - sum("energy_j")).abs() < 1e-9);
+    assert_eq!(stats["completion_tokens"].as_f64().unwrap(), sum("completion_tokens"));
+    assert_eq!(stats["levels"]["L0"]["totals"]["requests"], 2);
+    assert_eq!(stats["levels"]["L0"]["mean_completion_tokens"], 5.0);
+    assert!(stats["savings"]["carbon_g"].is_f64(), "{stats}");
+    // sproutctl stats reads the same numbers.
+    let (code, out, err) = sproutctl(&d.url, &["stats"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("requests:  4") && out.contains("saved:"), "{out}");
+    // /metrics, through the Prometheus project's own text-format parser.
+    let (s, _) = http("GET", &format!("{}/metrics", d.url), None);
+    assert_eq!(s, 200);
+    let python = match std::env::var("SPROUT_PYTHON") {
+        Ok(p) => p,
+        Err(_) if std::env::var("SPROUT_REQUIRE_MODEL").as_deref() == Ok("1") => panic!("SPROUT_PYTHON is not set"),
+        Err(_) => return,
+    };
+    let script = r#"
+import sys, urllib.request
+from prometheus_client.parser import text_string_to_metric_families
+text = urllib.request.urlopen(sys.argv[1] + "/metrics").read().decode()
+samples = {}
+for fam in text_string_to_metric_families(text):
+    for s in fam.samples:
+        samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+print(samples[("sproutd_requests_total", (("directive", "L0"),))])
+print(samples[("sproutd_tokens_total", (("directive", "L0"), ("kind", "completion")))])
+print(samples[("sproutd_jobs", (("state", "queued"),))])
+print(samples[("sproutd_up", ())])
+"#;
+    let out = std::process::Command::new(python).args(["-c", script, &d.url]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<f64> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(lines, [2.0, 10.0, 0.0, 1.0]);
+}

@@ -10,6 +10,8 @@
 //! | `DELETE /v1/jobs/{id}` | [`jobs::cancel`] |
 //! | `GET /v1/ledger` | [`ledger::export`]: accounting records, JSON or CSV |
 //! | `GET /v1/carbon` | [`misc::carbon`]: grid intensity now, the next 24 h, the source |
+//! | `GET /v1/stats` | [`stats::stats`]: totals, savings against L0, the mix, per-level means |
+//! | `GET /metrics` | [`stats::metrics`]: Prometheus text format |
 //! | `GET /healthz` | [`misc::healthz`]: 200 once the model is loaded, 503 before |
 //!
 //! Unknown routes and methods answer in the OpenAI error shape too. With an
@@ -22,6 +24,7 @@ pub mod jobs;
 pub mod ledger;
 pub mod misc;
 pub mod openai;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -48,6 +51,8 @@ pub fn router(svc: AppState, token: Option<String>) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/ledger", get(ledger::export))
         .route("/v1/carbon", get(misc::carbon))
+        .route("/v1/stats", get(stats::stats))
+        .route("/metrics", get(stats::metrics))
         .fallback(misc::no_route)
         .method_not_allowed_fallback(misc::no_method)
         .layer(middleware::from_fn_with_state(token.map(Arc::new), auth::require_token));

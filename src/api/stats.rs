@@ -1,0 +1,113 @@
+//! `GET /v1/stats` (totals, savings against the baseline level, the directive
+//! mix, per-level means) and `GET /metrics` (Prometheus text format).
+
+use std::fmt::Write;
+
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::job::now_ms;
+use crate::service::EngineStatus;
+use crate::stats::Totals;
+
+#[derive(Deserialize)]
+pub struct Params {
+    since: Option<f64>,
+}
+
+pub async fn stats(State(svc): State<AppState>, Query(p): Query<Params>) -> Result<Json<Value>, ApiError> {
+    let totals = match p.since {
+        None => svc.store.totals(),
+        Some(s) if s.is_finite() && s >= 0.0 => Totals::from_entries(&svc.store.ledger((s * 1000.0) as u64)?),
+        Some(_) => return Err(ApiError::invalid("since", "since must be a Unix time in seconds")),
+    };
+    let baseline = svc.directives.names().next().unwrap_or("L0").to_string();
+    let sum = |f: fn(&crate::stats::LevelTotals) -> f64| totals.by_level.values().map(f).sum::<f64>();
+    Ok(Json(json!({
+        "object": "stats",
+        "since": p.since,
+        "requests": totals.requests(),
+        "prompt_tokens": totals.by_level.values().map(|l| l.prompt_tokens).sum::<u64>(),
+        "completion_tokens": totals.by_level.values().map(|l| l.completion_tokens).sum::<u64>(),
+        "energy_j": sum(|l| l.energy_j),
+        "operational_g": sum(|l| l.operational_g),
+        "embodied_g": sum(|l| l.embodied_g),
+        "carbon_g": totals.carbon_g(),
+        "savings": {
+            "baseline": baseline,
+            "carbon_g": totals.savings_g(&baseline),
+            "method": "each request at another level against the running mean energy and embodied carbon of succeeded baseline requests, at the intensity it met",
+        },
+        "estimated_requests": totals.estimated,
+        "measured_requests": totals.measured,
+        "levels": totals.per_level_json(),
+        "queue": {"queued": svc.store.queued_len(), "running": svc.store.running_len()},
+    })))
+}
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        if labels.is_empty() {
+            let _ = writeln!(out, "{name} {v}");
+        } else {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    }
+}
+
+pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
+    let t = svc.store.totals();
+    let levels: Vec<&str> = svc.directives.names().collect();
+    let per = |f: &dyn Fn(&crate::stats::LevelTotals) -> f64| -> Vec<(String, f64)> {
+        levels
+            .iter()
+            .map(|l| (format!("directive=\"{l}\""), t.by_level.get(*l).map(f).unwrap_or(0.0)))
+            .collect()
+    };
+    let mut out = String::new();
+    metric(&mut out, "sproutd_up", "gauge", "1 while sproutd serves with its model loaded.", &[(
+        String::new(),
+        matches!(svc.engine_status(), EngineStatus::Ready(_)) as u8 as f64,
+    )]);
+    metric(&mut out, "sproutd_jobs", "gauge", "Jobs in the queue by state.", &[
+        ("state=\"queued\"".into(), svc.store.queued_len() as f64),
+        ("state=\"running\"".into(), svc.store.running_len() as f64),
+    ]);
+    metric(&mut out, "sproutd_requests_total", "counter", "Requests that reached the engine, by directive level.", &per(&|l| l.requests as f64));
+    let mut tokens = Vec::new();
+    for l in &levels {
+        let lt = t.by_level.get(*l).cloned().unwrap_or_default();
+        tokens.push((format!("directive=\"{l}\",kind=\"prompt\""), lt.prompt_tokens as f64));
+        tokens.push((format!("directive=\"{l}\",kind=\"completion\""), lt.completion_tokens as f64));
+    }
+    metric(&mut out, "sproutd_tokens_total", "counter", "Tokens processed, by directive level and kind.", &tokens);
+    metric(&mut out, "sproutd_energy_joules_total", "counter", "Energy attributed to requests (see sproutd_requests_estimated_total).", &per(&|l| l.energy_j));
+    let mut carbon = Vec::new();
+    for l in &levels {
+        let lt = t.by_level.get(*l).cloned().unwrap_or_default();
+        carbon.push((format!("directive=\"{l}\",kind=\"operational\""), lt.operational_g));
+        carbon.push((format!("directive=\"{l}\",kind=\"embodied\""), lt.embodied_g));
+    }
+    metric(&mut out, "sproutd_carbon_grams_total", "counter", "Carbon attributed to requests, gCO2e.", &carbon);
+    metric(&mut out, "sproutd_requests_estimated_total", "counter", "Requests whose energy was estimated rather than measured.", &[(String::new(), t.estimated as f64)]);
+    metric(&mut out, "sproutd_requests_measured_total", "counter", "Requests whose energy was measured.", &[(String::new(), t.measured as f64)]);
+    if let Some(s) = t.savings_g(levels.first().copied().unwrap_or("L0")) {
+        metric(&mut out, "sproutd_carbon_saved_grams_total", "counter", "Carbon saved against serving every request at the baseline level, gCO2e.", &[(String::new(), s)]);
+    }
+    let total = t.requests().max(1) as f64;
+    metric(&mut out, "sproutd_directive_share", "gauge", "Share of requests served at each level so far.", &per(&|l| l.requests as f64 / total));
+    let mix: Vec<(String, f64)> =
+        levels.iter().zip(&svc.config.directives.mix).map(|(l, w)| (format!("directive=\"{l}\""), *w)).collect();
+    metric(&mut out, "sproutd_directive_mix", "gauge", "The mix used for requests that pin no level.", &mix);
+    let now = svc.carbon.now(now_ms() as i64 / 1000).gco2_per_kwh;
+    metric(&mut out, "sproutd_grid_intensity_gco2_per_kwh", "gauge", "Grid carbon intensity now.", &[(String::new(), now)]);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
+}
