@@ -665,17 +665,7 @@ fn an_api_token_guards_every_route_but_healthz() {
 #[test]
 fn listening_beyond_loopback_without_a_token_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, echo_config(0, 1, &[])).unwrap();
-    let out = std::process::Command::new(SPROUTD)
-        .arg("--config")
-        .arg(&path)
-        .args(["--listen", &format!("0.0.0.0:{}", free_port()), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = sproutd_refuses_to_start(dir.path(), &echo_config(0, 1, &[]), "0.0.0.0");
     assert!(err.contains("without an API token") && err.contains("auth.token_file"), "{err}");
 }
 
@@ -905,24 +895,11 @@ fn the_builtin_trace_serves_by_default_and_a_bad_trace_stops_startup() {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("bad.csv");
     std::fs::write(&trace, "when,how much\n1,2\n").unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(
-        &path,
-        echo_config(0, 1, &[]).replace(
-            "# trace_file = \"/var/lib/sproutd/traces/DE_2023_hourly.csv\"",
-            &format!("trace_file = {:?}", trace.display().to_string()),
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(SPROUTD)
-        .arg("--config")
-        .arg(&path)
-        .args(["--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let cfg = echo_config(0, 1, &[]).replace(
+        "# trace_file = \"/var/lib/sproutd/traces/DE_2023_hourly.csv\"",
+        &format!("trace_file = {:?}", trace.display().to_string()),
+    );
+    let err = sproutd_refuses_to_start(dir.path(), &cfg, "127.0.0.1");
     assert!(err.contains("bad.csv") && err.contains("unknown trace header"), "{err}");
 }
 

@@ -212,3 +212,19 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Runs sproutd with `config` on `ip` in `dir`, expects it to exit with an
+/// error before serving, and returns what it printed on stderr.
+pub fn sproutd_refuses_to_start(dir: &Path, config: &str, ip: &str) -> String {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(SPROUTD)
+        .arg("--config")
+        .arg(&path)
+        .args(["--listen", &format!("{ip}:{}", free_port()), "--data-dir"])
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "sproutd started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
