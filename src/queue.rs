@@ -387,12 +387,8 @@ impl Store {
         }
     }
 
-    /// How many queued jobs run before this one (0 = next); `None` unless queued.
-    pub fn position(&self, job: &Job) -> Option<usize> {
-        (job.state == JobState::Queued).then(|| self.queue.range(..queue_key(job.priority, job.seq).to_vec()).count())
-    }
-
-    /// Positions of several jobs in one walk of the queue (job id → position).
+    /// Queue positions (0 = next) of the queued ones among `jobs`, in one
+    /// walk of the queue that stops at the last of them (job id → position).
     pub fn positions(&self, jobs: &[Job]) -> Result<std::collections::HashMap<String, usize>, StoreError> {
         let mut wanted: std::collections::HashSet<&[u8]> =
             jobs.iter().filter(|j| j.state == JobState::Queued).map(|j| j.id.as_bytes()).collect();
@@ -697,10 +693,11 @@ mod tests {
         let b = submit(&s, "b", -5).await;
         let c = submit(&s, "c", 0).await;
         let d = submit(&s, "d", 10).await;
-        assert_eq!(s.position(&b), Some(0));
-        assert_eq!(s.position(&a), Some(1));
-        assert_eq!(s.position(&c), Some(2));
-        assert_eq!(s.position(&d), Some(3));
+        let pos = s.positions(&[a.clone(), b.clone(), c.clone(), d.clone()]).unwrap();
+        assert_eq!(pos[&b.id], 0);
+        assert_eq!(pos[&a.id], 1);
+        assert_eq!(pos[&c.id], 2);
+        assert_eq!(pos[&d.id], 3);
         let queued: Vec<_> = s.list(Some(JobState::Queued), 10).unwrap().into_iter().map(|j| j.id).collect();
         assert_eq!(queued, [b.id.clone(), a.id.clone(), c.id.clone(), d.id.clone()]);
         assert_eq!(s.queued_len(), 4);

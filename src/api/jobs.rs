@@ -41,11 +41,22 @@ pub async fn submit(
     Ok((status, Json(job_view(&sub.job))))
 }
 
-/// A job with its queue position.
-fn view(svc: &Service, job: &Job) -> Value {
-    let mut v = job_view(job);
-    v["position"] = json!(svc.store.position(job));
-    v
+/// Jobs as the API shows them, each with its queue position (one walk of
+/// the queue for all of them; `null` unless queued).
+fn views(svc: &Service, jobs: &[Job]) -> Result<Vec<Value>, ApiError> {
+    let positions = svc.store.positions(jobs)?;
+    Ok(jobs
+        .iter()
+        .map(|j| {
+            let mut v = job_view(j);
+            v["position"] = json!(positions.get(&j.id));
+            v
+        })
+        .collect())
+}
+
+fn view(svc: &Service, job: Job) -> Result<Json<Value>, ApiError> {
+    Ok(Json(views(svc, std::slice::from_ref(&job))?.remove(0)))
 }
 
 #[derive(Deserialize)]
@@ -72,7 +83,7 @@ pub async fn get(
             }
         }
     }
-    Ok(Json(view(&svc, &job)))
+    view(&svc, job)
 }
 
 #[derive(Deserialize)]
@@ -90,16 +101,7 @@ pub async fn list(State(svc): State<AppState>, Query(params): Query<ListParams>)
     };
     let limit = params.limit.unwrap_or(100).clamp(1, 10_000);
     let jobs = svc.store.list(state, limit)?;
-    let positions = svc.store.positions(&jobs)?;
-    let data: Vec<Value> = jobs
-        .iter()
-        .map(|j| {
-            let mut v = job_view(j);
-            v["position"] = json!(positions.get(&j.id));
-            v
-        })
-        .collect();
-    Ok(Json(json!({"object": "list", "data": data})))
+    Ok(Json(json!({"object": "list", "data": views(&svc, &jobs)?})))
 }
 
 fn parse_state(s: &str) -> Option<JobState> {
@@ -110,5 +112,5 @@ fn parse_state(s: &str) -> Option<JobState> {
 
 pub async fn cancel(State(svc): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let job = svc.cancel(&id).await?;
-    Ok(Json(view(&svc, &job)))
+    view(&svc, job)
 }
