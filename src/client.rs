@@ -38,10 +38,6 @@ impl Client {
         Self { base: base.trim_end_matches('/').to_string(), http, token }
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
         self.send_with(method, path, body, None).await
     }
@@ -91,22 +87,6 @@ impl Client {
             code: err["code"].as_str().unwrap_or("").to_string(),
             message: err["message"].as_str().map(str::to_string).unwrap_or_else(|| text.chars().take(200).collect()),
         })
-    }
-
-    /// `/healthz`, whatever its status (503 while loading still carries the body).
-    pub async fn health(&self) -> Result<Value, ClientError> {
-        let url = format!("{}/healthz", self.base);
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable { url: self.base.clone(), reason: root_cause(&e) })?;
-        resp.json().await.map_err(|e| ClientError::Protocol(root_cause(&e)))
-    }
-
-    pub async fn chat(&self, body: &Value) -> Result<Value, ClientError> {
-        self.send(reqwest::Method::POST, "/v1/chat/completions", Some(body)).await
     }
 
     /// Queues a job; a repeated `idempotency_key` returns the earlier job.
@@ -164,9 +144,5 @@ impl Client {
 
     pub async fn carbon(&self) -> Result<Value, ClientError> {
         self.send(reqwest::Method::GET, "/v1/carbon", None).await
-    }
-
-    pub async fn models(&self) -> Result<Value, ClientError> {
-        self.send(reqwest::Method::GET, "/v1/models", None).await
     }
 }

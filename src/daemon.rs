@@ -187,8 +187,7 @@ pub async fn run(
         })
         .await
         .map_err(DaemonError::Serve)?;
-    let requeued = svc.store.requeue_running()?;
-    svc.store.flush()?;
+    let requeued = svc.store.requeue_running()?; // flushes
     tracing::info!(requeued, "sproutd stopped");
     if let EngineStatus::Failed(e) = svc.engine_status() {
         return Err(DaemonError::Engine(e));
