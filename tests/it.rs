@@ -626,12 +626,7 @@ fn a_full_queue_answers_429_with_retry_after_and_long_prompts_400() {
 #[test]
 fn an_api_token_guards_every_route_but_healthz() {
     let dir = tempfile::tempdir().unwrap();
-    let token_path = dir.path().join("token");
-    std::fs::write(&token_path, "s3cret-token-0123456789\n").unwrap();
-    let cfg = echo_config(0, 1, &[]).replace(
-        "# token_file = \"/etc/sproutd/token\"",
-        &format!("token_file = {:?}", token_path.display().to_string()),
-    );
+    let cfg = with_file_setting(&echo_config(0, 1, &[]), dir.path(), "token_file", "token", "s3cret-token-0123456789\n");
     let d = Daemon::start(&cfg);
     let client = reqwest::blocking::Client::new();
     let get = |path: &str, auth: Option<&str>| {
@@ -861,12 +856,8 @@ fn write_store_fixture() {
 #[test]
 fn receipts_use_the_trace_intensity_and_carbon_is_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join("flat.csv");
-    std::fs::write(&trace, "datetime,gco2_per_kwh\n2023-01-01 00:00:00,250\n2023-01-01 01:00:00,250\n").unwrap();
-    let cfg = echo_config(0, 1, &[]).replace(
-        "# trace_file = \"/var/lib/sproutd/traces/DE_2023_hourly.csv\"",
-        &format!("trace_file = {:?}", trace.display().to_string()),
-    );
+    let flat = "datetime,gco2_per_kwh\n2023-01-01 00:00:00,250\n2023-01-01 01:00:00,250\n";
+    let cfg = with_file_setting(&echo_config(0, 1, &[]), dir.path(), "trace_file", "flat.csv", flat);
     let d = Daemon::start(&cfg);
     let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user("a b c")}).to_string()));
     assert_eq!(s, 200, "{b}");
@@ -893,12 +884,7 @@ fn the_builtin_trace_serves_by_default_and_a_bad_trace_stops_startup() {
     assert!((0.0..1000.0).contains(&v));
     drop(d);
     let dir = tempfile::tempdir().unwrap();
-    let trace = dir.path().join("bad.csv");
-    std::fs::write(&trace, "when,how much\n1,2\n").unwrap();
-    let cfg = echo_config(0, 1, &[]).replace(
-        "# trace_file = \"/var/lib/sproutd/traces/DE_2023_hourly.csv\"",
-        &format!("trace_file = {:?}", trace.display().to_string()),
-    );
+    let cfg = with_file_setting(&echo_config(0, 1, &[]), dir.path(), "trace_file", "bad.csv", "when,how much\n1,2\n");
     let err = sproutd_refuses_to_start(dir.path(), &cfg, "127.0.0.1");
     assert!(err.contains("bad.csv") && err.contains("unknown trace header"), "{err}");
 }

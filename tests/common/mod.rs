@@ -44,6 +44,19 @@ pub fn config_text(edits: &[(&str, &str)]) -> String {
     text
 }
 
+/// `config` with a commented-out key of the shipped config.toml (e.g.
+/// `# token_file = "..."`) set to a new file in `dir` holding `content`.
+pub fn with_file_setting(config: &str, dir: &Path, key: &str, file: &str, content: &str) -> String {
+    let path = dir.join(file);
+    std::fs::write(&path, content).unwrap();
+    let commented = config
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("# {key} = ")))
+        .unwrap_or_else(|| panic!("config.toml has no commented {key}"))
+        .to_string();
+    config.replacen(&commented, &format!("{key} = {:?}", path.display().to_string()), 1)
+}
+
 /// The echo test engine instead of the model.
 pub fn echo_config(token_delay_ms: u64, max_seqs: usize, extra: &[(&str, &str)]) -> String {
     let mut edits: Vec<(&str, String)> = vec![
