@@ -247,7 +247,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 return Ok(());
             }
             let now = c["now"]["gco2_per_kwh"].as_f64().unwrap_or(f64::NAN);
-            println!("intensity now: {now:.0} gCO2e/kWh  (source: {})", c["source"]["name"].as_str().unwrap_or("?"));
+            let src = &c["source"];
+            println!("intensity now: {now:.0} gCO2e/kWh  (source: {} {})", src["kind"].as_str().unwrap_or("?"), src["name"].as_str().unwrap_or("?"));
+            if src["fallback"].as_bool() == Some(true) {
+                println!(
+                    "FALLBACK in use: {} (last error: {}; last good reading {})",
+                    src["fallback_name"].as_str().unwrap_or("?"),
+                    src["last_error"].as_str().unwrap_or("none yet"),
+                    src["age_s"].as_i64().map(|a| format!("{a} s ago")).unwrap_or_else(|| "never".into())
+                );
+            } else if let Some(age) = src["age_s"].as_i64() {
+                println!("last reading:  {age} s ago");
+            }
             let forecast = c["forecast"].as_array().cloned().unwrap_or_default();
             if let Some((i, low)) = forecast
                 .iter()
@@ -255,7 +266,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 .filter_map(|(i, r)| r["gco2_per_kwh"].as_f64().map(|v| (i, v)))
                 .min_by(|a, b| a.1.total_cmp(&b.1))
             {
-                println!("lowest in the next {} h: {low:.0} gCO2e/kWh in {} h (forecast)", forecast.len(), i + 1);
+                println!(
+                    "lowest in the next {} h: {low:.0} gCO2e/kWh in {} h (forecast from the {})",
+                    forecast.len(),
+                    i + 1,
+                    src["forecast"].as_str().unwrap_or("?")
+                );
             }
             let line: Vec<String> =
                 forecast.iter().filter_map(|r| r["gco2_per_kwh"].as_f64()).map(|v| format!("{v:.0}")).collect();

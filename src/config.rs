@@ -89,21 +89,67 @@ pub struct RawCarbon {
     pub trace_file: Option<PathBuf>,
     pub trace_offset_hours: f64,
     pub trace_speedup: f64,
+    pub url: Option<String>,
+    pub zone: String,
+    pub token_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub poll_interval: String,
+    pub timeout: String,
+    pub retries: u32,
+    pub backoff: String,
+    pub max_age: String,
+    pub fallback_gco2_per_kwh: Option<f64>,
 }
 
 impl Default for RawCarbon {
     fn default() -> Self {
-        Self { source: "trace".into(), trace_file: None, trace_offset_hours: 0.0, trace_speedup: 1.0 }
+        Self {
+            source: "trace".into(),
+            trace_file: None,
+            trace_offset_hours: 0.0,
+            trace_speedup: 1.0,
+            url: None,
+            zone: String::new(),
+            token_file: None,
+            username: None,
+            poll_interval: "5m".into(),
+            timeout: "10s".into(),
+            retries: 3,
+            backoff: "2s".into(),
+            max_age: "2h".into(),
+            fallback_gco2_per_kwh: None,
+        }
     }
 }
 
 /// Where grid intensity comes from.
 #[derive(Debug, Clone)]
 pub struct CarbonConfig {
-    /// None: the trace compiled into sproutd.
+    /// None: the trace compiled into sproutd. With a live source, the
+    /// trace is the fallback (unless `fallback_gco2_per_kwh` is set).
     pub trace_file: Option<PathBuf>,
     pub offset_hours: f64,
     pub speedup: f64,
+    /// A live HTTP source; None: the trace itself is the source.
+    pub live: Option<LiveCarbonConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LiveCarbonConfig {
+    pub kind: crate::carbon::live::ProviderKind,
+    pub url: String,
+    pub zone: String,
+    /// The API key (Electricity Maps) or password (WattTime); the
+    /// `SPROUT_CARBON_TOKEN` environment variable is used when unset.
+    pub token_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub poll_interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub backoff: Duration,
+    /// The last good value is used up to this old; then the fallback.
+    pub max_age: Duration,
+    pub fallback_gco2_per_kwh: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -208,14 +254,30 @@ pub struct RawLevel {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAccounting {
-    pub power_w: f64,
+    /// `auto` (NVML, then RAPL, then the estimate), `nvml`, `rapl` or `estimate`.
+    pub meter: String,
+    /// The powercap tree RAPL is read from.
+    pub rapl_root: PathBuf,
+    /// Estimate: the machine's draw at idle and its added draw at full load (W).
+    pub idle_w: f64,
+    pub tdp_w: f64,
+    /// How often the meter is read while requests run.
+    pub sample_interval: String,
     pub embodied_kgco2: f64,
     pub lifetime_years: f64,
 }
 
 impl Default for RawAccounting {
     fn default() -> Self {
-        Self { power_w: 65.0, embodied_kgco2: 1000.0, lifetime_years: 5.0 }
+        Self {
+            meter: "auto".into(),
+            rapl_root: PathBuf::from("/sys/class/powercap"),
+            idle_w: 20.0,
+            tdp_w: 65.0,
+            sample_interval: "1s".into(),
+            embodied_kgco2: 1000.0,
+            lifetime_years: 5.0,
+        }
     }
 }
 
@@ -230,7 +292,7 @@ pub struct Config {
     pub model: ModelConfig,
     pub generation: RawGeneration,
     pub directives: DirectiveConfig,
-    pub accounting: RawAccounting,
+    pub accounting: AccountingConfig,
     pub carbon: CarbonConfig,
     pub queue: QueueConfig,
     /// The API token file (`auth.token_file`); its content is read at start.
@@ -249,6 +311,18 @@ pub struct QueueConfig {
     pub result_retention: Duration,
     /// On SIGTERM, how long running jobs may take to finish before they are requeued.
     pub shutdown_grace: Duration,
+}
+
+/// Energy meters and the embodied side of the hardware.
+#[derive(Debug, Clone)]
+pub struct AccountingConfig {
+    pub meter: String,
+    pub rapl_root: PathBuf,
+    pub idle_w: f64,
+    pub tdp_w: f64,
+    pub sample_interval: Duration,
+    pub embodied_kgco2: f64,
+    pub lifetime_years: f64,
 }
 
 /// Parses `90s`, `15m`, `6h`, `7d` (or a bare number of seconds).
@@ -421,8 +495,16 @@ impl Config {
         }
 
         let a = &raw.accounting;
+        if !["auto", "nvml", "rapl", "estimate"].contains(&a.meter.as_str()) {
+            errs.push(format!("accounting.meter: {:?} is not one of \"auto\", \"nvml\", \"rapl\", \"estimate\"", a.meter));
+        }
+        let sample_interval = parse_duration(&a.sample_interval).filter(|d| !d.is_zero()).unwrap_or_else(|| {
+            errs.push(format!("accounting.sample_interval: {:?} is not a positive duration like \"1s\"", a.sample_interval));
+            Duration::from_secs(1)
+        });
         for (key, v) in [
-            ("accounting.power_w", a.power_w),
+            ("accounting.idle_w", a.idle_w),
+            ("accounting.tdp_w", a.tdp_w),
             ("accounting.embodied_kgco2", a.embodied_kgco2),
         ] {
             if !(v.is_finite() && v >= 0.0) {
@@ -434,8 +516,12 @@ impl Config {
         }
 
         let c = &raw.carbon;
-        if c.source != "trace" {
-            errs.push(format!("carbon.source: {:?} is not supported yet; \"trace\" is", c.source));
+        let kind = crate::carbon::live::ProviderKind::parse(&c.source);
+        if kind.is_none() && c.source != "trace" {
+            errs.push(format!(
+                "carbon.source: {:?} is not one of \"trace\", \"electricitymaps\", \"watttime\", \"uk\", \"carbon_aware_sdk\"",
+                c.source
+            ));
         }
         if !(c.trace_speedup.is_finite() && c.trace_speedup > 0.0) {
             errs.push("carbon.trace_speedup: must be a positive number".into());
@@ -443,10 +529,56 @@ impl Config {
         if !c.trace_offset_hours.is_finite() {
             errs.push("carbon.trace_offset_hours: must be a number".into());
         }
+        let live = kind.map(|kind| {
+            use crate::carbon::live::ProviderKind as K;
+            let url = c.url.clone().filter(|u| !u.trim().is_empty()).unwrap_or_else(|| kind.default_url().to_string());
+            if url.is_empty() {
+                errs.push(format!("carbon.url: required for carbon.source = {:?} (the URL of its WebApi)", c.source));
+            } else if !(url.starts_with("http://") || url.starts_with("https://")) {
+                errs.push(format!("carbon.url: {url:?} is not an http:// or https:// URL"));
+            }
+            if c.zone.trim().is_empty() && kind != K::Uk {
+                let what = match kind {
+                    K::ElectricityMaps => "a zone such as \"DE\"",
+                    K::WattTime => "a region such as \"CAISO_NORTH\"",
+                    _ => "a location such as \"eastus\"",
+                };
+                errs.push(format!("carbon.zone: required for carbon.source = {:?}: {what}", c.source));
+            }
+            if kind == K::Uk && !c.zone.trim().is_empty() && !matches!(c.zone.trim().parse::<u32>(), Ok(1..=17)) {
+                errs.push(format!("carbon.zone: {:?} is not a GB region id (1 to 17; empty for national)", c.zone));
+            }
+            if kind == K::WattTime && c.username.as_deref().unwrap_or("").is_empty() {
+                errs.push("carbon.username: required for carbon.source = \"watttime\" (the password comes from carbon.token_file or SPROUT_CARBON_TOKEN)".into());
+            }
+            if c.fallback_gco2_per_kwh.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                errs.push("carbon.fallback_gco2_per_kwh: must be a non-negative number".into());
+            }
+            let mut dur = |key: &str, v: &str| {
+                parse_duration(v).filter(|d| !d.is_zero()).unwrap_or_else(|| {
+                    errs.push(format!("carbon.{key}: {v:?} is not a positive duration like \"10s\" or \"5m\""));
+                    Duration::from_secs(1)
+                })
+            };
+            LiveCarbonConfig {
+                kind,
+                url,
+                zone: c.zone.trim().to_string(),
+                token_file: c.token_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(resolve),
+                username: c.username.clone(),
+                poll_interval: dur("poll_interval", &c.poll_interval),
+                timeout: dur("timeout", &c.timeout),
+                retries: c.retries,
+                backoff: dur("backoff", &c.backoff),
+                max_age: dur("max_age", &c.max_age),
+                fallback_gco2_per_kwh: c.fallback_gco2_per_kwh,
+            }
+        });
         let carbon = CarbonConfig {
             trace_file: c.trace_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(resolve),
             offset_hours: c.trace_offset_hours,
             speedup: c.trace_speedup,
+            live,
         };
 
         let q = &raw.queue;
@@ -486,7 +618,15 @@ impl Config {
             model: ModelConfig { source: source.expect("checked"), name, max_seqs: m.max_seqs },
             generation: raw.generation,
             directives: DirectiveConfig { levels, mix, seed: d.seed },
-            accounting: raw.accounting,
+            accounting: AccountingConfig {
+                meter: a.meter.clone(),
+                rapl_root: resolve(&a.rapl_root),
+                idle_w: a.idle_w,
+                tdp_w: a.tdp_w,
+                sample_interval,
+                embodied_kgco2: a.embodied_kgco2,
+                lifetime_years: a.lifetime_years,
+            },
             carbon,
             queue: QueueConfig {
                 max_queued: q.max_queued,
@@ -570,6 +710,38 @@ mod tests {
         assert!(errs.iter().any(|e| e.starts_with("auth.token_file:")), "{errs:?}");
         let text = text.replace("[auth]", "[auth]\ntoken_file = \"/etc/sproutd/token\"");
         assert!(Config::parse(&text, Path::new("x"), Path::new("")).is_ok());
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match Config::parse(text, Path::new("x"), Path::new("")) {
+            Err(ConfigError::Invalid(ConfigErrors(errs))) => errs,
+            other => panic!("expected validation errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn live_carbon_sources_are_checked() {
+        let with = |source: &str, extra: &str| {
+            DEFAULT_CONFIG.replace("source = \"trace\"", &format!("source = \"{source}\"\n{extra}")).replace("zone = \"\"\n", "")
+        };
+        let errs = errors(&with("electricitymaps", ""));
+        assert!(errs.iter().any(|e| e.starts_with("carbon.zone:") && e.contains("\"DE\"")), "{errs:?}");
+        let errs = errors(&with("watttime", "zone = \"CAISO_NORTH\""));
+        assert!(errs.iter().any(|e| e.starts_with("carbon.username:")), "{errs:?}");
+        let errs = errors(&with("carbon_aware_sdk", "zone = \"eastus\""));
+        assert!(errs.iter().any(|e| e.starts_with("carbon.url:")), "{errs:?}");
+        let errs = errors(&with("uk", "zone = \"42\""));
+        assert!(errs.iter().any(|e| e.starts_with("carbon.zone:") && e.contains("1 to 17")), "{errs:?}");
+        let errs = errors(&with("grid", ""));
+        assert!(errs.iter().any(|e| e.starts_with("carbon.source:")), "{errs:?}");
+        let errs = errors(&with("uk", "").replace("timeout = \"10s\"", "timeout = \"never\""));
+        assert!(errs.iter().any(|e| e.starts_with("carbon.timeout:")), "{errs:?}");
+        let c = Config::parse(&with("uk", ""), Path::new("x"), Path::new("")).unwrap();
+        let live = c.carbon.live.unwrap();
+        assert_eq!(live.url, "https://api.carbonintensity.org.uk");
+        assert_eq!(live.poll_interval, Duration::from_secs(300));
+        let errs = errors(&DEFAULT_CONFIG.replace("meter = \"auto\"", "meter = \"wattmeter\""));
+        assert!(errs.iter().any(|e| e.starts_with("accounting.meter:")), "{errs:?}");
     }
 
     #[test]

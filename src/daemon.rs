@@ -22,8 +22,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
-use crate::carbon::{CarbonError, TraceSource};
+use crate::carbon::{Carbon, CarbonError};
 use crate::config::Config;
+use crate::energy::{self, MeterError};
 use crate::engine;
 use crate::job::now_ms;
 use crate::queue::{Store, StoreError};
@@ -38,6 +39,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Carbon(#[from] CarbonError),
+    #[error(transparent)]
+    Meter(#[from] MeterError),
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
     #[error("{0}")]
@@ -79,12 +82,13 @@ pub async fn run(
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| DaemonError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let t0 = std::time::Instant::now();
-    let c = &config.carbon;
-    let carbon = TraceSource::load(c.trace_file.as_deref(), c.offset_hours, c.speedup, now_ms() as i64 / 1000)?;
+    let carbon = Arc::new(Carbon::from_config(&config.carbon, now_ms() as i64 / 1000)?);
+    let meter = energy::detect(&config.accounting)?;
+    let metering = energy::Metering::new(meter, &config.accounting);
     let store = Store::open(&config.data_dir)?;
     store.recover(config.queue.max_attempts)?;
     let (engine_tx, engine_rx) = watch::channel(EngineStatus::Loading);
-    let svc = Arc::new(Service::new(config, store, carbon, engine_rx));
+    let svc = Arc::new(Service::new(config, store, carbon, metering, engine_rx));
     tracing::info!(
         %addr,
         data_dir = %svc.config.data_dir.display(),
@@ -92,11 +96,13 @@ pub async fn run(
         store_open_ms = t0.elapsed().as_millis() as u64,
         auth = token.is_some(),
         carbon = %svc.carbon.name(),
+        meter = %svc.metering.lock().expect("poisoned").status().meter,
         "sproutd listening"
     );
 
     let stop = CancellationToken::new();
     let interrupt = CancellationToken::new();
+    tokio::spawn(svc.carbon.clone().run_poller(stop.clone()));
 
     // The model loads while the API already answers (503 for generation).
     let model_cfg = svc.config.model.clone();

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::carbon::TraceSource;
+use crate::carbon::Carbon;
+use crate::energy::Metering;
 use crate::config::Config;
 use crate::directive::{splitmix64, Directives};
 use crate::engine::Engine;
@@ -60,7 +61,9 @@ pub struct Service {
     pub config: Config,
     pub store: Store,
     /// Grid carbon intensity now and ahead.
-    pub carbon: TraceSource,
+    pub carbon: Arc<Carbon>,
+    /// The energy meter and the attribution of its readings to requests.
+    pub metering: Mutex<Metering>,
     pub directives: Directives,
     engine: watch::Receiver<EngineStatus>,
     /// Wakes the worker when a job is queued.
@@ -75,9 +78,16 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(config: Config, store: Store, carbon: TraceSource, engine: watch::Receiver<EngineStatus>) -> Self {
+    pub fn new(
+        config: Config,
+        store: Store,
+        carbon: Arc<Carbon>,
+        metering: Metering,
+        engine: watch::Receiver<EngineStatus>,
+    ) -> Self {
         Self {
             carbon,
+            metering: Mutex::new(metering),
             directives: Directives::new(&config.directives),
             config,
             store,

@@ -4,17 +4,17 @@
 //! running job when it is cancelled.
 //!
 //! Path of one job: `Store::claim` → directive applied → `Engine::generate`
-//! (deltas → `Service::send_delta`) → energy share → receipt →
+//! (deltas → `Service::send_delta`, tokens → the metering) → energy share → receipt →
 //! `Store::finish` (flushed) → `Service::finished` (wakes waiters).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::accounting::{self, EnergyShare};
+use crate::accounting;
 use crate::engine::{Engine, GenRequest, Sampling};
 use crate::job::{now_ms, Job, JobResult, JobState, LedgerEntry};
 use crate::service::{EngineStatus, Service};
@@ -24,7 +24,20 @@ use crate::service::{EngineStatus, Service};
 /// the daemon requeues them before it exits.
 pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: CancellationToken) {
     let Some(engine) = wait_for_engine(&svc, &stop).await else { return };
-    let energy = Arc::new(Mutex::new(EnergyShare::new(Instant::now())));
+    // The meter is read at every start and end, and this often in between.
+    let sampler = {
+        let (svc, stop) = (svc.clone(), interrupt.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(svc.config.accounting.sample_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => svc.metering.lock().expect("poisoned").sample(),
+                    _ = stop.cancelled() => return,
+                }
+            }
+        })
+    };
     let slots = Arc::new(Semaphore::new(svc.config.model.max_seqs));
     let mut tasks = JoinSet::new();
     loop {
@@ -50,9 +63,9 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
             }
         };
         let Some(job) = job else { break };
-        let (svc, engine, energy, interrupt) = (svc.clone(), engine.clone(), energy.clone(), interrupt.clone());
+        let (svc, engine, interrupt) = (svc.clone(), engine.clone(), interrupt.clone());
         tasks.spawn(async move {
-            run_job(&svc, engine, &energy, job, &interrupt).await;
+            run_job(&svc, engine, job, &interrupt).await;
             drop(permit);
         });
         // Reap finished tasks so the set does not grow.
@@ -63,6 +76,7 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
         tracing::info!(running = tasks.len(), "waiting for running jobs to finish");
     }
     while tasks.join_next().await.is_some() {}
+    sampler.abort();
 }
 
 async fn wait_for_engine(svc: &Service, shutdown: &CancellationToken) -> Option<Arc<dyn Engine>> {
@@ -95,18 +109,22 @@ pub fn gen_request(svc: &Service, job: &Job) -> GenRequest {
     }
 }
 
-async fn run_job(
-    svc: &Service,
-    engine: Arc<dyn Engine>,
-    energy: &Mutex<EnergyShare>,
-    job: Job,
-    interrupt: &CancellationToken,
-) {
+/// The prompt's length in tokens, for dividing energy before the engine
+/// reports the exact count: about four characters a token.
+fn prompt_tokens_estimate(req: &GenRequest) -> f64 {
+    (req.messages.iter().map(|m| m.content.chars().count()).sum::<usize>() as f64 / 4.0).ceil().max(1.0)
+}
+
+async fn run_job(svc: &Service, engine: Arc<dyn Engine>, job: Job, interrupt: &CancellationToken) {
     let cancel = svc.started(&job.id);
     let req = gen_request(svc, &job);
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let t0 = Instant::now();
-    energy.lock().expect("poisoned").start(&job.id, t0);
+    svc.metering.lock().expect("poisoned").start(&job.id, prompt_tokens_estimate(&req));
+    let token = |piece: String| {
+        svc.metering.lock().expect("poisoned").tokens(&job.id, 1.0);
+        svc.send_delta(&job.id, piece);
+    };
     tracing::debug!(job = %job.id, directive = %job.directive, attempt = job.attempts, "running");
 
     let generate = engine.generate(req, tx);
@@ -116,25 +134,25 @@ async fn run_job(
             out = &mut generate => {
                 // Forward what the engine sent before it returned.
                 while let Ok(piece) = rx.try_recv() {
-                    svc.send_delta(&job.id, piece);
+                    token(piece);
                 }
                 break Some(out);
             }
-            Some(piece) = rx.recv() => svc.send_delta(&job.id, piece),
+            Some(piece) = rx.recv() => token(piece),
             _ = cancel.cancelled() => break None,
             _ = interrupt.cancelled() => {
-                energy.lock().expect("poisoned").finish(&job.id, Instant::now());
+                svc.metering.lock().expect("poisoned").finish(&job.id);
                 tracing::info!(job = %job.id, "shutdown grace over: interrupted; it will be requeued");
                 return;
             }
         }
     };
     let end = Instant::now();
-    let machine_s = energy.lock().expect("poisoned").finish(&job.id, end);
+    let share = svc.metering.lock().expect("poisoned").finish(&job.id);
     let duration_s = end.duration_since(t0).as_secs_f64();
 
     let intensity = svc.carbon.now(now_ms() as i64 / 1000).gco2_per_kwh;
-    let receipt = accounting::receipt(&svc.config.accounting, intensity, &job.directive, &job.id, machine_s, duration_s);
+    let receipt = accounting::receipt(&svc.config.accounting, intensity, &job.directive, &job.id, share, duration_s);
     let mut ledger = LedgerEntry {
         job_id: job.id.clone(),
         origin: job.origin,

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
@@ -935,4 +935,148 @@ print(samples[("sproutd_up", ())])
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<f64> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(lines, [2.0, 10.0, 0.0, 1.0]);
+}
+
+// ---------------------------------------------------------------------------
+// Live carbon sources and energy meters, through the daemon.
+
+/// A GB Carbon Intensity API on loopback: the current half hour at `value`,
+/// or HTTP 500 once `failing` is set.
+fn fake_gb_api(value: u32, failing: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+    use axum::extract::Path as UrlPath;
+    use axum::response::IntoResponse;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let app = axum::Router::new().route(
+                "/intensity/{from}/fw48h",
+                axum::routing::get(move |UrlPath(from): UrlPath<String>| {
+                    let failing = failing.clone();
+                    async move {
+                        if failing.load(std::sync::atomic::Ordering::SeqCst) {
+                            return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down").into_response();
+                        }
+                        let periods: Vec<Value> = (0..96)
+                            .map(|_| json!({"from": from.clone(), "intensity": {"forecast": value, "actual": null, "index": "low"}}))
+                            .collect();
+                        axum::Json(json!({"data": periods})).into_response()
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    url
+}
+
+#[test]
+fn a_live_carbon_source_feeds_receipts_and_its_failure_engages_the_fallback() {
+    let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = fake_gb_api(123, failing.clone());
+    let url_line = format!("url = {url:?}");
+    let cfg = echo_config(0, 1, &[
+        ("source = \"trace\"", "source = \"uk\""),
+        ("# url = \"https://api.electricitymap.org/v3\"", &url_line),
+        ("poll_interval = \"5m\"", "poll_interval = \"500ms\""),
+        ("retries = 3", "retries = 0"),
+        ("max_age = \"2h\"", "max_age = \"2s\""),
+    ]);
+    let d = Daemon::start(&cfg);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let carbon = loop {
+        let (_, c) = http("GET", &format!("{}/v1/carbon", d.url), None);
+        if c["source"]["fetched_at"].is_i64() || Instant::now() > deadline {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(carbon["source"]["kind"], "uk", "{carbon}");
+    assert_eq!(carbon["source"]["fallback"], false, "{carbon}");
+    assert_eq!(carbon["now"]["gco2_per_kwh"], 123.0, "{carbon}");
+    assert_eq!(carbon["source"]["forecast"], "provider");
+    let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user("a b")}).to_string()));
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["usage"]["sprout"]["intensity_gco2_per_kwh"], 123.0);
+
+    // The API goes down: the last value serves for max_age, then the built-in trace.
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let carbon = loop {
+        let (_, c) = http("GET", &format!("{}/v1/carbon", d.url), None);
+        if c["source"]["fallback"] == true || Instant::now() > deadline {
+            break c;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(carbon["source"]["fallback"], true, "{carbon}");
+    assert!(carbon["source"]["last_error"].as_str().unwrap().contains("HTTP 500"), "{carbon}");
+    assert!(carbon["source"]["fallback_name"].as_str().unwrap().contains("GB 2023"), "{carbon}");
+    assert!(carbon["source"]["age_s"].as_i64().unwrap() >= 2);
+    let (code, out, _) = sproutctl(&d.url, &["carbon"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("FALLBACK in use") && out.contains("HTTP 500"), "{out}");
+    let text = reqwest::blocking::get(format!("{}/metrics", d.url)).unwrap().text().unwrap();
+    assert!(text.contains("sproutd_carbon_source_fallback{source=\"uk\"} 1"), "{text}");
+}
+
+#[test]
+fn the_rapl_meter_measures_receipts_and_a_missing_meter_stops_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = dir.path().join("powercap/intel-rapl:0");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(pkg.join("name"), "package-0\n").unwrap();
+    std::fs::write(pkg.join("max_energy_range_uj"), "262143328850\n").unwrap();
+    std::fs::write(pkg.join("energy_uj"), "262140000000\n").unwrap();
+    let root_line = format!("rapl_root = {:?}", dir.path().join("powercap").display().to_string());
+    let cfg = echo_config(20, 1, &[("meter = \"auto\"", "meter = \"rapl\""), ("rapl_root = \"/sys/class/powercap\"", &root_line)]);
+    // The "CPU" draws 50 W: the counter advances 0.5 J every 10 ms, and wraps.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (stop2, energy) = (stop.clone(), pkg.join("energy_uj"));
+    let writer = std::thread::spawn(move || {
+        let mut uj: u64 = 262_140_000_000;
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+            uj = (uj + 500_000) % 262_143_328_850;
+            std::fs::write(&energy, format!("{uj}\n")).unwrap();
+        }
+    });
+    let d = Daemon::start(&cfg);
+    let t0 = Instant::now();
+    let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user("one two three four five six seven eight")}).to_string()));
+    let wall = t0.elapsed().as_secs_f64();
+    assert_eq!(s, 200, "{b}");
+    let r = &b["usage"]["sprout"];
+    assert_eq!(r["estimated"], false, "{r}");
+    let e = r["energy_j"].as_f64().unwrap();
+    // About 50 W over the request's time (the writer is not exact: loose bounds).
+    assert!(e > 0.0 && e < 50.0 * wall * 1.5 + 1.0, "{e} J over {wall} s");
+    let (_, stats) = http("GET", &format!("{}/v1/stats", d.url), None);
+    assert_eq!(stats["meter"]["measured"], true, "{stats}");
+    assert_eq!(stats["measured_requests"], 1);
+    assert_eq!(stats["meter"]["meter"], "rapl (package-0)");
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.join().unwrap();
+    drop(d);
+
+    let cfg = echo_config(0, 1, &[("meter = \"auto\"", "meter = \"rapl\""), ("rapl_root = \"/sys/class/powercap\"", "rapl_root = \"/nonexistent/powercap\"")]);
+    let err = sproutd_refuses_to_start(dir.path(), &cfg, "127.0.0.1");
+    assert!(err.contains("accounting.meter = \"rapl\": no RAPL zones under /nonexistent/powercap"), "{err}");
+}
+
+#[test]
+fn without_a_counter_energy_is_estimated_and_labelled_so() {
+    let d = Daemon::start(&echo_config(5, 1, &[("rapl_root = \"/sys/class/powercap\"", "rapl_root = \"/nonexistent\"")]));
+    let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user("a b c d")}).to_string()));
+    assert_eq!(s, 200, "{b}");
+    let r = &b["usage"]["sprout"];
+    assert_eq!(r["estimated"], true);
+    // At least the idle draw (20 W) over the time it ran.
+    assert!(r["energy_j"].as_f64().unwrap() >= 20.0 * r["duration_s"].as_f64().unwrap() * 0.9, "{r}");
+    let (_, stats) = http("GET", &format!("{}/v1/stats", d.url), None);
+    assert!(stats["meter"]["meter"].as_str().unwrap().starts_with("estimate"), "{stats}");
+    assert_eq!(stats["estimated_requests"], 1);
 }

@@ -42,21 +42,12 @@ pub async fn healthz(State(svc): State<AppState>) -> impl IntoResponse {
 /// `GET /v1/carbon`: the grid's intensity now, the next 24 hours, and the source.
 pub async fn carbon(State(svc): State<AppState>) -> Json<serde_json::Value> {
     let now = crate::job::now_ms() as i64 / 1000;
-    let c = &svc.config.carbon;
     let (min, max) = svc.carbon.range();
     Json(json!({
         "object": "carbon",
         "now": svc.carbon.now(now),
         "forecast": svc.carbon.forecast(now, 24),
-        "source": {
-            "kind": "trace",
-            "name": svc.carbon.name(),
-            "offset_hours": c.offset_hours,
-            "speedup": c.speedup,
-            "forecast": "computed from the trace's past (no provider forecast)",
-            "age_s": 0,
-            "fallback": false,
-        },
+        "source": svc.carbon.status(now),
         "range": {"min": min, "max": max},
         "unit": "gCO2e/kWh",
     }))

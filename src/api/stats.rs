@@ -46,6 +46,7 @@ pub async fn stats(State(svc): State<AppState>, Query(p): Query<Params>) -> Resu
         },
         "estimated_requests": totals.estimated,
         "measured_requests": totals.measured,
+        "meter": svc.metering.lock().expect("poisoned").status(),
         "levels": totals.per_level_json(),
         "queue": {"queued": svc.store.queued_len(), "running": svc.store.running_len()},
     })))
@@ -107,7 +108,22 @@ pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
     let mix: Vec<(String, f64)> =
         levels.iter().zip(&svc.config.directives.mix).map(|(l, w)| (format!("directive=\"{l}\""), *w)).collect();
     metric(&mut out, "sproutd_directive_mix", "gauge", "The mix used for requests that pin no level.", &mix);
-    let now = svc.carbon.now(now_ms() as i64 / 1000).gco2_per_kwh;
+    let t_now = now_ms() as i64 / 1000;
+    let now = svc.carbon.now(t_now).gco2_per_kwh;
     metric(&mut out, "sproutd_grid_intensity_gco2_per_kwh", "gauge", "Grid carbon intensity now.", &[(String::new(), now)]);
+    let source = svc.carbon.status(t_now);
+    metric(&mut out, "sproutd_carbon_source_fallback", "gauge", "1 while the carbon source's fallback is in use.", &[(
+        format!("source=\"{}\"", source.kind),
+        source.fallback as u8 as f64,
+    )]);
+    if let Some(age) = source.age_s {
+        metric(&mut out, "sproutd_carbon_source_age_seconds", "gauge", "Age of the last good carbon-intensity reading.", &[(String::new(), age as f64)]);
+    }
+    let meter = svc.metering.lock().expect("poisoned").status();
+    metric(&mut out, "sproutd_energy_meter_measured", "gauge", "1 when energy comes from a hardware counter, 0 when estimated.", &[(
+        format!("meter=\"{}\"", meter.meter.split(' ').next().unwrap_or("")),
+        meter.measured as u8 as f64,
+    )]);
+    metric(&mut out, "sproutd_idle_energy_joules_total", "counter", "Energy metered while no request ran (not in any receipt).", &[(String::new(), meter.idle_energy_j)]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }

@@ -1,15 +1,25 @@
 //! Grid carbon intensity: where the receipts' gCO2/kWh comes from.
 //!
-//! So far one source, `trace`: an hourly CSV replayed against the clock by
-//! hour of year (with an optional offset and speed-up for demos), the
-//! built-in GB 2023 trace by default, and a forecast computed from the
-//! trace's past. The accounting issue adds the live sources (Electricity
-//! Maps, WattTime, the GB API, the Carbon Aware SDK) behind this type.
+//! [`Carbon`] is the one handle the rest of sproutd asks: the intensity now,
+//! an hourly forecast, and the source's status. Sources:
+//! - `trace` (the default): an hourly CSV replayed against the clock by hour
+//!   of year, the built-in GB 2023 trace unless `carbon.trace_file` is set,
+//!   with a forecast computed from the trace's past ([`TraceSource`]);
+//! - `electricitymaps`, `watttime`, `uk`, `carbon_aware_sdk`: polled over HTTP
+//!   ([`live`]), with timeout, retries and exponential backoff; on failure
+//!   the last good value is used until it is `max_age` old, then the
+//!   fallback (the trace, or a fixed value); the status says which.
 
+pub mod live;
 pub mod trace;
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CarbonConfig, LiveCarbonConfig};
+use live::{Provider, Snapshot};
 use trace::{forecast, Trace};
 
 /// The trace compiled into sproutd (see traces/README.md for its origin).
@@ -22,6 +32,215 @@ pub enum CarbonError {
     Read { path: String, source: std::io::Error },
     #[error("the trace {path}: {source}")]
     Parse { path: String, source: trace::TraceError },
+    #[error("carbon.token_file {path}: {source}")]
+    Token { path: String, source: std::io::Error },
+}
+
+/// The source's state, as `GET /v1/carbon` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CarbonStatus {
+    /// `trace`, `electricitymaps`, `watttime`, `uk`, `carbon_aware_sdk`.
+    pub kind: String,
+    /// What is read: the trace's name, or provider and zone.
+    pub name: String,
+    /// Where the forecast comes from: `provider`, `history` or `trace`.
+    pub forecast: String,
+    /// Unix time of the last good fetch (live sources).
+    pub fetched_at: Option<i64>,
+    /// Seconds since then.
+    pub age_s: Option<i64>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+    /// True when the values served come from the fallback.
+    pub fallback: bool,
+    /// What the fallback is.
+    pub fallback_name: Option<String>,
+}
+
+struct LiveState {
+    last: Option<(Snapshot, i64)>,
+    last_error: Option<String>,
+    failures: u32,
+}
+
+struct Live {
+    provider: Provider,
+    cfg: LiveCarbonConfig,
+    state: Mutex<LiveState>,
+}
+
+/// The carbon-intensity handle (cheap to share: `Arc<Carbon>`).
+pub struct Carbon {
+    trace: TraceSource,
+    live: Option<Live>,
+}
+
+impl Carbon {
+    /// From config; reads the trace (and the live source's secret), fetches nothing.
+    pub fn from_config(cfg: &CarbonConfig, now_unix: i64) -> Result<Carbon, CarbonError> {
+        let trace = TraceSource::load(cfg.trace_file.as_deref(), cfg.offset_hours, cfg.speedup, now_unix)?;
+        let live = match &cfg.live {
+            None => None,
+            Some(l) => {
+                let secret = match &l.token_file {
+                    Some(p) => Some(
+                        std::fs::read_to_string(p)
+                            .map_err(|source| CarbonError::Token { path: p.display().to_string(), source })?
+                            .trim()
+                            .to_string(),
+                    ),
+                    None => std::env::var("SPROUT_CARBON_TOKEN").ok().filter(|s| !s.is_empty()),
+                };
+                let provider = Provider::new(l.kind.clone(), &l.url, &l.zone, secret, l.username.clone(), l.timeout);
+                Some(Live {
+                    provider,
+                    cfg: l.clone(),
+                    state: Mutex::new(LiveState { last: None, last_error: None, failures: 0 }),
+                })
+            }
+        };
+        Ok(Carbon { trace, live })
+    }
+
+    /// Serves `trace` alone.
+    pub fn from_trace(trace: TraceSource) -> Carbon {
+        Carbon { trace, live: None }
+    }
+
+    /// The live snapshot if it is fresh enough at `t`.
+    fn fresh(&self, t: i64) -> Option<Snapshot> {
+        let live = self.live.as_ref()?;
+        let st = live.state.lock().expect("poisoned");
+        let (snap, fetched) = st.last.as_ref()?;
+        (t - fetched <= live.cfg.max_age.as_secs() as i64).then(|| snap.clone())
+    }
+
+    fn fallback_constant(&self) -> Option<f64> {
+        self.live.as_ref().and_then(|l| l.cfg.fallback_gco2_per_kwh)
+    }
+
+    /// The intensity at `t` (gCO2e/kWh).
+    pub fn now(&self, t: i64) -> Reading {
+        if let Some(s) = self.fresh(t) {
+            return Reading { at: t, gco2_per_kwh: s.now.gco2_per_kwh };
+        }
+        match self.fallback_constant() {
+            Some(v) => Reading { at: t, gco2_per_kwh: v },
+            None => self.trace.now(t),
+        }
+    }
+
+    /// Hourly forecast for the next `hours` after `t`.
+    pub fn forecast(&self, t: i64, hours: usize) -> Vec<Reading> {
+        if let Some(s) = self.fresh(t) {
+            let ahead: Vec<Reading> = s.forecast.into_iter().filter(|r| r.at > t).take(hours).collect();
+            if !ahead.is_empty() {
+                return ahead;
+            }
+        }
+        match self.fallback_constant() {
+            Some(v) => (1..=hours as i64).map(|h| Reading { at: t + 3600 * h, gco2_per_kwh: v }).collect(),
+            None => self.trace.forecast(t, hours),
+        }
+    }
+
+    /// Lowest and highest intensity the source is known to reach (the
+    /// optimizer's `CI_min`, `CI_max` unless configured): the trace's.
+    pub fn range(&self) -> (f64, f64) {
+        self.trace.range()
+    }
+
+    pub fn status(&self, t: i64) -> CarbonStatus {
+        let Some(live) = &self.live else {
+            return CarbonStatus {
+                kind: "trace".into(),
+                name: self.trace.name().to_string(),
+                forecast: "trace".into(),
+                fetched_at: None,
+                age_s: None,
+                last_error: None,
+                consecutive_failures: 0,
+                fallback: false,
+                fallback_name: None,
+            };
+        };
+        let fresh = self.fresh(t);
+        let st = live.state.lock().expect("poisoned");
+        let fallback_name = match live.cfg.fallback_gco2_per_kwh {
+            Some(v) => format!("fixed {v} gCO2e/kWh"),
+            None => format!("trace {}", self.trace.name()),
+        };
+        CarbonStatus {
+            kind: live.provider.kind.as_str().to_string(),
+            name: live.provider.describe(),
+            forecast: match &fresh {
+                Some(s) => s.forecast_from.to_string(),
+                None if live.cfg.fallback_gco2_per_kwh.is_some() => "fixed".into(),
+                None => "trace".into(),
+            },
+            fetched_at: st.last.as_ref().map(|(_, at)| *at),
+            age_s: st.last.as_ref().map(|(_, at)| t - at),
+            last_error: st.last_error.clone(),
+            consecutive_failures: st.failures,
+            fallback: fresh.is_none(),
+            fallback_name: Some(fallback_name),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match &self.live {
+            Some(l) => l.provider.describe(),
+            None => self.trace.name().to_string(),
+        }
+    }
+
+    /// One poll of the live source: up to `1 + retries` attempts, waiting
+    /// `backoff`, then twice that, and so on, between them; a refusal that
+    /// will not change (4xx, a bad body) is not retried. Without a live
+    /// source, nothing.
+    pub async fn poll_once(&self, now_unix: impl Fn() -> i64) -> Result<(), live::FetchError> {
+        let Some(live) = &self.live else { return Ok(()) };
+        let mut attempt = 0;
+        loop {
+            let result = live.provider.fetch(now_unix()).await;
+            {
+                let mut st = live.state.lock().expect("poisoned");
+                match result {
+                    Ok(snap) => {
+                        st.last = Some((snap, now_unix()));
+                        st.last_error = None;
+                        st.failures = 0;
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        st.last_error = Some(e.to_string());
+                        if attempt >= live.cfg.retries || !e.retryable() {
+                            st.failures += 1;
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(live.cfg.backoff * 2u32.saturating_pow(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    /// Polls every `poll_interval` until `stop`; a no-op for the trace.
+    pub async fn run_poller(self: Arc<Self>, stop: CancellationToken) {
+        let Some(live) = &self.live else { return };
+        let interval = live.cfg.poll_interval;
+        loop {
+            match self.poll_once(|| crate::job::now_ms() as i64 / 1000).await {
+                Ok(()) => tracing::debug!(source = %self.name(), "carbon intensity updated"),
+                Err(e) => tracing::warn!(source = %self.name(), error = %e, "carbon intensity poll failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
 }
 
 /// A trace being replayed.
@@ -118,5 +337,300 @@ mod tests {
         assert_eq!(s.now(jan1).gco2_per_kwh, 65.29);
         assert_eq!(s.now(jan1 + 60).gco2_per_kwh, s.trace.values[2]);
         assert_eq!(s.forecast(jan1, 2)[1].at, jan1 + 120);
+    }
+}
+
+/// The live sources against local HTTP servers on loopback that answer with
+/// the documented shapes, and fail in the ways real ones do.
+#[cfg(test)]
+mod live_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use axum::extract::{Path as UrlPath, Query, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::get;
+    use axum::Router;
+    use serde_json::json;
+
+    use super::*;
+    use crate::carbon::live::ProviderKind;
+
+    /// 2024-05-01 14:00 UTC.
+    const T: i64 = 1_714_572_000;
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mode {
+        Ok,
+        Fail500,
+        Slow,
+        Garbage,
+        NoForecast,
+    }
+
+    struct Fake {
+        mode: std::sync::Mutex<Mode>,
+        hits: AtomicUsize,
+        logins: AtomicUsize,
+    }
+
+    type S = State<Arc<Fake>>;
+
+    fn misbehave(f: &Fake) -> Option<Response> {
+        f.hits.fetch_add(1, Ordering::SeqCst);
+        match *f.mode.lock().unwrap() {
+            Mode::Fail500 => Some((StatusCode::INTERNAL_SERVER_ERROR, "upstream down").into_response()),
+            Mode::Garbage => Some((StatusCode::OK, "<html>maintenance</html>").into_response()),
+            _ => None,
+        }
+    }
+
+    async fn slow(f: &Fake) {
+        if *f.mode.lock().unwrap() == Mode::Slow {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    }
+
+    async fn em_latest(State(f): S, h: HeaderMap, Query(q): Query<std::collections::HashMap<String, String>>) -> Response {
+        slow(&f).await;
+        if let Some(r) = misbehave(&f) {
+            return r;
+        }
+        if h.get("auth-token").map(|v| v.as_bytes()) != Some(b"em-key") {
+            return (StatusCode::UNAUTHORIZED, "bad key").into_response();
+        }
+        assert_eq!(q["zone"], "DE");
+        axum::Json(json!({"zone":"DE","carbonIntensity":302,"datetime":"2024-05-01T14:00:00.000Z","isEstimated":true})).into_response()
+    }
+
+    async fn em_forecast(State(f): S) -> Response {
+        if *f.mode.lock().unwrap() == Mode::NoForecast {
+            return (StatusCode::FORBIDDEN, "{\"error\":\"not in your plan\"}").into_response();
+        }
+        let pts: Vec<_> = (1..=24)
+            .map(|h| json!({"carbonIntensity": 300 - h, "datetime": live::format_utc_minutes(T + 3600 * h)}))
+            .collect();
+        axum::Json(json!({"zone":"DE","forecast": pts})).into_response()
+    }
+
+    async fn em_history() -> Response {
+        let pts: Vec<_> = (1..=24)
+            .rev()
+            .map(|h| json!({"carbonIntensity": 250, "datetime": live::format_utc_minutes(T - 3600 * h)}))
+            .collect();
+        axum::Json(json!({"zone":"DE","history": pts})).into_response()
+    }
+
+    async fn wt_login(State(f): S, h: HeaderMap) -> Response {
+        f.logins.fetch_add(1, Ordering::SeqCst);
+        // "user:pw" in base64.
+        if h.get("authorization").map(|v| v.as_bytes()) != Some(b"Basic dXNlcjpwdw==") {
+            return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
+        }
+        axum::Json(json!({"token": format!("jwt-{}", f.logins.load(Ordering::SeqCst))})).into_response()
+    }
+
+    async fn wt_forecast(State(f): S, h: HeaderMap) -> Response {
+        if let Some(r) = misbehave(&f) {
+            return r;
+        }
+        // The first token "expires" at once: the client must log in again.
+        if h.get("authorization").map(|v| v.as_bytes()) != Some(b"Bearer jwt-2") {
+            return (StatusCode::UNAUTHORIZED, "expired").into_response();
+        }
+        let pts: Vec<_> = (0..24 * 12)
+            .map(|i| json!({"point_time": format!("{}", live::format_utc_minutes(T + 300 * i)), "value": 900.0}))
+            .collect();
+        axum::Json(json!({"data": pts, "meta": {"units":"lbs_co2_per_mwh","region":"CAISO_NORTH","signal_type":"co2_moer"}}))
+            .into_response()
+    }
+
+    async fn uk(State(f): S, UrlPath(from): UrlPath<String>) -> Response {
+        if let Some(r) = misbehave(&f) {
+            return r;
+        }
+        let start = trace::parse_utc(&from).unwrap() / 1800 * 1800;
+        let pts: Vec<_> = (0..96)
+            .map(|i| {
+                let actual = if i == 0 { json!(180) } else { json!(null) };
+                json!({"from": live::format_utc_minutes(start + 1800 * i), "to": live::format_utc_minutes(start + 1800 * (i + 1)),
+                       "intensity": {"forecast": 200 + i, "actual": actual, "index": "moderate"}})
+            })
+            .collect();
+        axum::Json(json!({"data": pts})).into_response()
+    }
+
+    async fn uk_region(State(f): S, UrlPath((from, id)): UrlPath<(String, u32)>) -> Response {
+        if let Some(r) = misbehave(&f) {
+            return r;
+        }
+        let start = trace::parse_utc(&from).unwrap() / 1800 * 1800;
+        let pts: Vec<_> = (0..4)
+            .map(|i| json!({"from": live::format_utc_minutes(start + 1800 * i), "intensity": {"forecast": 100 + id, "index": "low"}}))
+            .collect();
+        axum::Json(json!({"data": {"regionid": id, "shortname": "X", "data": pts}})).into_response()
+    }
+
+    async fn sdk_latest(State(f): S) -> Response {
+        if let Some(r) = misbehave(&f) {
+            return r;
+        }
+        axum::Json(json!([{"location":"eastus","time":"2024-05-01T13:55:00+00:00","rating":70.0,"duration":"00:05:00"},
+                          {"location":"eastus","time":"2024-05-01T14:00:00+00:00","rating":75.0,"duration":"00:05:00"}]))
+        .into_response()
+    }
+
+    async fn sdk_forecast() -> Response {
+        let pts: Vec<_> = (1..=24)
+            .map(|h| json!({"location":"eastus","timestamp": live::format_utc_minutes(T + 3600 * h),"duration":60,"value": 60.0 + h as f64}))
+            .collect();
+        axum::Json(json!([{"location":"eastus","windowSize":10,"optimalDataPoints":[],"forecastData": pts}])).into_response()
+    }
+
+    async fn serve() -> (String, Arc<Fake>) {
+        let fake = Arc::new(Fake { mode: std::sync::Mutex::new(Mode::Ok), hits: AtomicUsize::new(0), logins: AtomicUsize::new(0) });
+        let app = Router::new()
+            .route("/v3/carbon-intensity/latest", get(em_latest))
+            .route("/v3/carbon-intensity/forecast", get(em_forecast))
+            .route("/v3/carbon-intensity/history", get(em_history))
+            .route("/login", get(wt_login))
+            .route("/v3/forecast", get(wt_forecast))
+            .route("/intensity/{from}/fw48h", get(uk))
+            .route("/regional/intensity/{from}/fw48h/regionid/{id}", get(uk_region))
+            .route("/emissions/bylocation", get(sdk_latest))
+            .route("/emissions/forecasts/current", get(sdk_forecast))
+            .with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), fake)
+    }
+
+    fn carbon(kind: ProviderKind, url: &str, zone: &str, secret: Option<&str>, fallback: Option<f64>) -> Carbon {
+        let trace = TraceSource::load(None, 0.0, 1.0, T).unwrap();
+        let cfg = LiveCarbonConfig {
+            kind: kind.clone(),
+            url: url.into(),
+            zone: zone.into(),
+            token_file: None,
+            username: Some("user".into()),
+            poll_interval: Duration::from_secs(300),
+            timeout: Duration::from_millis(300),
+            retries: 2,
+            backoff: Duration::from_millis(10),
+            max_age: Duration::from_secs(7200),
+            fallback_gco2_per_kwh: fallback,
+        };
+        let provider = Provider::new(kind, url, zone, secret.map(str::to_string), cfg.username.clone(), cfg.timeout);
+        Carbon {
+            trace,
+            live: Some(Live { provider, cfg, state: Mutex::new(LiveState { last: None, last_error: None, failures: 0 }) }),
+        }
+    }
+
+    #[tokio::test]
+    async fn electricity_maps_with_and_without_its_forecast() {
+        let (url, fake) = serve().await;
+        let c = carbon(ProviderKind::ElectricityMaps, &format!("{url}/v3"), "DE", Some("em-key"), None);
+        c.poll_once(|| T).await.unwrap();
+        assert_eq!(c.now(T + 60).gco2_per_kwh, 302.0);
+        let f = c.forecast(T, 24);
+        assert_eq!((f.len(), f[0].gco2_per_kwh, f[0].at), (24, 299.0, T + 3600));
+        let st = c.status(T + 60);
+        assert_eq!((st.kind.as_str(), st.forecast.as_str(), st.fallback, st.age_s), ("electricitymaps", "provider", false, Some(60)));
+        // A plan without the forecast endpoint: forecast from its history.
+        *fake.mode.lock().unwrap() = Mode::NoForecast;
+        c.poll_once(|| T).await.unwrap();
+        assert_eq!(c.status(T).forecast, "history");
+        assert_eq!(c.forecast(T, 3).len(), 3);
+        // A wrong key is a refusal: not retried, reported.
+        let hits = fake.hits.load(Ordering::SeqCst);
+        let bad = carbon(ProviderKind::ElectricityMaps, &format!("{url}/v3"), "DE", Some("wrong"), None);
+        let e = bad.poll_once(|| T).await.unwrap_err();
+        assert!(matches!(e, live::FetchError::Status { status: 401, .. }), "{e}");
+        assert_eq!(fake.hits.load(Ordering::SeqCst), hits + 1);
+        assert!(bad.status(T).fallback);
+    }
+
+    #[tokio::test]
+    async fn failures_retry_then_keep_the_last_value_then_fall_back() {
+        let (url, fake) = serve().await;
+        let c = carbon(ProviderKind::Uk, &url, "", None, None);
+        c.poll_once(|| T).await.unwrap();
+        assert_eq!(c.now(T).gco2_per_kwh, 180.0, "the actual value of the current half hour");
+        // 5xx: 1 + 2 retries, then the last good value serves, with its age.
+        *fake.mode.lock().unwrap() = Mode::Fail500;
+        let before = fake.hits.load(Ordering::SeqCst);
+        let e = c.poll_once(|| T + 600).await.unwrap_err();
+        assert!(e.to_string().contains("HTTP 500"), "{e}");
+        assert_eq!(fake.hits.load(Ordering::SeqCst) - before, 3);
+        let st = c.status(T + 600);
+        assert_eq!((st.fallback, st.age_s, st.consecutive_failures), (false, Some(600), 1));
+        assert!(st.last_error.unwrap().contains("HTTP 500"));
+        assert_eq!(c.now(T + 600).gco2_per_kwh, 180.0);
+        // Older than max_age (2 h): the fallback, the built-in trace.
+        let later = T + 3 * 3600;
+        assert!(c.status(later).fallback);
+        assert_eq!(c.now(later).gco2_per_kwh, c.trace.now(later).gco2_per_kwh);
+        assert_eq!(c.forecast(later, 5), c.trace.forecast(later, 5));
+        assert_eq!(c.status(later).forecast, "trace");
+        // Recovery.
+        *fake.mode.lock().unwrap() = Mode::Ok;
+        c.poll_once(|| later).await.unwrap();
+        assert!(!c.status(later).fallback);
+    }
+
+    #[tokio::test]
+    async fn timeouts_and_bad_bodies_engage_a_fixed_fallback() {
+        let (url, fake) = serve().await;
+        let c = carbon(ProviderKind::ElectricityMaps, &format!("{url}/v3"), "DE", Some("em-key"), Some(450.0));
+        *fake.mode.lock().unwrap() = Mode::Slow;
+        let t0 = std::time::Instant::now();
+        let e = c.poll_once(|| T).await.unwrap_err();
+        assert!(matches!(e, live::FetchError::Timeout { .. }), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "three 300 ms attempts, not the server's 5 s");
+        let st = c.status(T);
+        assert!(st.fallback);
+        assert_eq!(st.fallback_name.as_deref(), Some("fixed 450 gCO2e/kWh"));
+        assert_eq!(c.now(T).gco2_per_kwh, 450.0);
+        assert_eq!(c.forecast(T, 2)[1].gco2_per_kwh, 450.0);
+        *fake.mode.lock().unwrap() = Mode::Garbage;
+        let before = fake.hits.load(Ordering::SeqCst);
+        let e = c.poll_once(|| T).await.unwrap_err();
+        assert!(matches!(e, live::FetchError::Body { .. }), "{e}");
+        assert_eq!(fake.hits.load(Ordering::SeqCst) - before, 1, "a bad body is not retried");
+        assert!(c.status(T).last_error.unwrap().contains("not JSON"));
+        // Nothing listening: a transport error, retried, fallback.
+        let dead = carbon(ProviderKind::Uk, "http://127.0.0.1:9", "", None, Some(300.0));
+        assert!(matches!(dead.poll_once(|| T).await.unwrap_err(), live::FetchError::Transport { .. }));
+        assert_eq!(dead.now(T).gco2_per_kwh, 300.0);
+    }
+
+    #[tokio::test]
+    async fn watttime_logs_in_again_and_converts_units() {
+        let (url, fake) = serve().await;
+        let c = carbon(ProviderKind::WattTime, &url, "CAISO_NORTH", Some("pw"), None);
+        c.poll_once(|| T).await.unwrap();
+        assert_eq!(fake.logins.load(Ordering::SeqCst), 2, "the first token was refused, so it logged in again");
+        assert!((c.now(T).gco2_per_kwh - 900.0 * live::LBS_PER_MWH_TO_G_PER_KWH).abs() < 1e-9);
+        let f = c.forecast(T, 24);
+        assert_eq!(f.len(), 24, "5-minute points averaged into the hours they cover");
+        assert!((f[3].gco2_per_kwh - 900.0 * live::LBS_PER_MWH_TO_G_PER_KWH).abs() < 1e-9);
+        let bad = carbon(ProviderKind::WattTime, &url, "CAISO_NORTH", Some("nope"), None);
+        assert!(matches!(bad.poll_once(|| T).await.unwrap_err(), live::FetchError::Status { status: 401, .. }));
+    }
+
+    #[tokio::test]
+    async fn gb_regional_and_carbon_aware_sdk() {
+        let (url, _fake) = serve().await;
+        let c = carbon(ProviderKind::Uk, &url, "9", None, None);
+        c.poll_once(|| T).await.unwrap();
+        assert_eq!(c.now(T).gco2_per_kwh, 109.0);
+        assert_eq!(c.status(T).name, "uk region 9");
+        let c = carbon(ProviderKind::CarbonAwareSdk, &url, "eastus", None, None);
+        c.poll_once(|| T).await.unwrap();
+        assert_eq!(c.now(T).gco2_per_kwh, 75.0, "the latest of the emissions list");
+        assert_eq!(c.forecast(T, 2).iter().map(|r| r.gco2_per_kwh).collect::<Vec<_>>(), [61.0, 62.0]);
     }
 }
