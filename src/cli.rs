@@ -83,11 +83,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The directive optimizer's plan: intensity, quality floor, e, p, q and the mix.
+    Plan {
+        #[arg(long)]
+        json: bool,
+    },
     /// Accounting records, one per job that ran.
     Ledger {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Replay the Sprout method over the published artifact with sproutd's
+    /// optimizer (runs here; needs no daemon).
+    Simulate(SimulateArgs),
     /// Print a finished job's answer and receipt.
     Result {
         id: String,
@@ -97,6 +105,43 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// The artifact folder (requests/, judgments/, carbon_intensity/, workload/).
+    #[arg(long, env = "SPROUT_ARTIFACT")]
+    pub data: Option<std::path::PathBuf>,
+    /// Grid zone: a trace in carbon_intensity/ (AU-SA, GB, NL, US-CAL-CISO, US-TEX-ERCO).
+    #[arg(long, default_value = "GB")]
+    pub region: String,
+    /// First hour of the year to replay.
+    #[arg(long, default_value_t = 0)]
+    pub start_hour: usize,
+    #[arg(long, default_value_t = 720)]
+    pub hours: usize,
+    /// Quality tolerance ξ.
+    #[arg(long, default_value_t = 0.1)]
+    pub xi: f64,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Average over this many seeds (seed, seed+1, ...).
+    #[arg(long, default_value_t = 1)]
+    pub seeds: u64,
+    /// sprout, static, co2, small-model, oracle or best.
+    #[arg(long, default_value = "best")]
+    pub policy: String,
+    /// Quality of the 7B model's answers relative to the 13B's (small-model policy; an assumption).
+    #[arg(long, default_value_t = 0.8)]
+    pub small_model_quality: f64,
+    /// Every policy on every grid from hours 800, 3900 and 7000: the README's table (markdown).
+    #[arg(long)]
+    pub table: bool,
+    /// Write an SVG of intensity, mix and carbon over the window.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +165,9 @@ pub enum CliError {
 }
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Command::Simulate(args) = &cli.command {
+        return simulate(args);
+    }
     let client = Client::new(&cli.url, std::env::var("SPROUT_TOKEN").ok().filter(|t| !t.is_empty()));
     match cli.command {
         Command::Submit { prompt, system, directive, max_tokens, seed, priority, idempotency_key, wait, json } => {
@@ -206,6 +254,66 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 print_json(&job);
             } else {
                 println!("{id} {}", job["state"].as_str().unwrap_or("?"));
+            }
+            Ok(())
+        }
+        Command::Simulate(_) => unreachable!("handled above"),
+        Command::Plan { json } => {
+            let p = client.plan().await?;
+            if json {
+                print_json(&p);
+                return Ok(());
+            }
+            let levels: Vec<String> = p["levels"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            let fmt = |v: &Value, scale: f64, prec: usize| -> String {
+                v.as_array()
+                    .map(|a| a.iter().map(|x| format!("{:.prec$}", x.as_f64().unwrap_or(f64::NAN) * scale)).collect::<Vec<_>>().join(" / "))
+                    .unwrap_or_else(|| "-".into())
+            };
+            if p["enabled"] != true || p["classes"].is_null() {
+                println!("optimizer: {} ; fixed mix {} = {}", p["status"].as_str().unwrap_or("?"), levels.join(" / "), fmt(&p["x"], 1.0, 2));
+                return Ok(());
+            }
+            println!(
+                "plan ({} policy, {}): CI {:.0} gCO2e/kWh in [{:.0}, {:.0}], xi {}",
+                p["policy"].as_str().unwrap_or("?"),
+                p["status"].as_str().unwrap_or("?"),
+                p["ci"].as_f64().unwrap_or(f64::NAN),
+                p["ci_min"].as_f64().unwrap_or(f64::NAN),
+                p["ci_max"].as_f64().unwrap_or(f64::NAN),
+                p["xi"]
+            );
+            println!(
+                "quality floor {:.1}% of all-{}; expected quality {:.1}%; expected {:.4} g/request vs {:.4} g at {} ({:.0}% less); solved in {} us ({})",
+                p["floor"].as_f64().unwrap_or(f64::NAN) * 100.0,
+                levels.first().map(String::as_str).unwrap_or("L0"),
+                p["quality"].as_f64().unwrap_or(f64::NAN) * 100.0,
+                p["expected_g"].as_f64().unwrap_or(f64::NAN),
+                p["baseline_g"].as_f64().unwrap_or(f64::NAN),
+                levels.first().map(String::as_str).unwrap_or("L0"),
+                100.0 * (1.0 - p["expected_g"].as_f64().unwrap_or(0.0) / p["baseline_g"].as_f64().unwrap_or(1.0).max(1e-12)),
+                p["solve_us"],
+                p["reason"].as_str().unwrap_or("")
+            );
+            println!("mix {}: {}", levels.join(" / "), fmt(&p["x"], 1.0, 2));
+            println!("{:<12} {:>6}  {:<20} {:<20} {:<20} {}", "class", "share", "x", "q", "e (J)", "p (s)");
+            for c in p["classes"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<12} {:>5.0}%  {:<20} {:<20} {:<20} {}",
+                    c["name"].as_str().unwrap_or("?"),
+                    c["weight"].as_f64().unwrap_or(0.0) * 100.0,
+                    fmt(&c["x"], 1.0, 2),
+                    fmt(&c["q"], 1.0, 2),
+                    fmt(&c["e_kwh"], 3.6e6, 0),
+                    fmt(&c["p_s"], 1.0, 1)
+                );
+            }
+            let hist = p["history"].as_array().cloned().unwrap_or_default();
+            if hist.len() > 1 {
+                println!("recent solves (CI -> mix):");
+                for h in hist.iter().rev().take(6) {
+                    println!("  {:>5.0} -> {}  ({})", h["ci"].as_f64().unwrap_or(f64::NAN), fmt(&h["x"], 1.0, 2), h["status"].as_str().unwrap_or(""));
+                }
             }
             Ok(())
         }
@@ -415,4 +523,83 @@ fn print_status(job: &Value) {
     if let Some(e) = job["error"]["message"].as_str() {
         println!("error:     {e}");
     }
+}
+
+fn simulate(args: &SimulateArgs) -> Result<(), CliError> {
+    use crate::simulate::{self, Artifact, Policy, SimConfig};
+    let data = args.data.clone().ok_or_else(|| {
+        CliError::Usage("simulate needs the artifact folder: --data DIR (or SPROUT_ARTIFACT), e.g. ../shared/data/sprout_artifact".into())
+    })?;
+    let policy = Policy::parse(&args.policy).ok_or_else(|| {
+        CliError::Usage(format!("--policy {:?}: not one of sprout, static, co2, small-model, oracle, best", args.policy))
+    })?;
+    if !(args.xi.is_finite() && (0.0..=1.0).contains(&args.xi)) {
+        return Err(CliError::Usage(format!("--xi {}: must be between 0 and 1", args.xi)));
+    }
+    if args.seeds == 0 || args.hours == 0 {
+        return Err(CliError::Usage("--seeds and --hours must be at least 1".into()));
+    }
+    let artifact = Artifact::load(&data).map_err(|e| CliError::Usage(format!("reading the artifact: {e}")))?;
+    let base = SimConfig {
+        region: args.region.clone(),
+        start_hour: args.start_hour,
+        hours: args.hours,
+        xi: args.xi,
+        seed: args.seed,
+        policy,
+        small_model_quality: args.small_model_quality,
+        ..SimConfig::default()
+    };
+    if args.table {
+        let t0 = std::time::Instant::now();
+        let table = simulate::table(&artifact, &base, args.seeds).map_err(CliError::Usage)?;
+        print!("{table}");
+        eprintln!("({} runs of {} h in {:.1} s)", table.lines().count().saturating_sub(2) * 6 * args.seeds as usize, args.hours, t0.elapsed().as_secs_f64());
+        return Ok(());
+    }
+    let runs: Vec<simulate::SimResult> = (0..args.seeds)
+        .map(|k| simulate::run(&artifact, &SimConfig { seed: args.seed + k, ..base.clone() }))
+        .collect::<Result<_, _>>()
+        .map_err(CliError::Usage)?;
+    let n = runs.len() as f64;
+    let saving = runs.iter().map(|r| r.carbon_saving_pct).sum::<f64>() / n;
+    let quality = runs.iter().map(|r| r.quality_pct).sum::<f64>() / n;
+    if let Some(path) = &args.plot {
+        std::fs::write(path, simulate::plot_svg(&runs[0]))
+            .map_err(|e| CliError::Usage(format!("writing the plot {}: {e}", path.display())))?;
+    }
+    if args.json {
+        let mut v = json!({
+            "policy": policy.as_str(),
+            "region": args.region,
+            "start_hour": args.start_hour,
+            "hours": args.hours,
+            "xi": args.xi,
+            "seeds": (args.seed..args.seed + args.seeds).collect::<Vec<_>>(),
+            "carbon_saving_pct": saving,
+            "quality_pct": quality,
+            "evaluations": runs.iter().map(|r| r.evaluations).sum::<usize>() as f64 / n,
+            "mean_mix": runs[0].mean_mix,
+        });
+        if runs.len() == 1 {
+            v["hourly"] = json!(runs[0].hourly);
+        }
+        print_json(&v);
+        return Ok(());
+    }
+    println!(
+        "{} on {} from hour {} for {} h (xi {}, {} seed{}):",
+        policy.as_str(),
+        args.region,
+        args.start_hour,
+        args.hours,
+        args.xi,
+        runs.len(),
+        if runs.len() == 1 { "" } else { "s" }
+    );
+    println!("  carbon saving vs always-L0: {saving:.1}%");
+    println!("  quality (q.x)/q0:           {quality:.1}%");
+    println!("  evaluations:                {:.1}", runs.iter().map(|r| r.evaluations).sum::<usize>() as f64 / n);
+    println!("  mean mix (first seed):      {}", runs[0].mean_mix.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" / "));
+    Ok(())
 }

@@ -145,4 +145,8 @@ impl Client {
     pub async fn carbon(&self) -> Result<Value, ClientError> {
         self.send(reqwest::Method::GET, "/v1/carbon", None).await
     }
+
+    pub async fn plan(&self) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::GET, "/v1/plan", None).await
+    }
 }

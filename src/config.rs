@@ -58,6 +58,61 @@ pub struct RawConfig {
     pub queue: RawQueue,
     #[serde(default)]
     pub auth: RawAuth,
+    #[serde(default)]
+    pub optimizer: RawOptimizer,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawOptimizer {
+    pub enabled: bool,
+    pub policy: String,
+    pub xi: f64,
+    pub resolve_interval: String,
+    pub resolve_threshold: f64,
+    pub ci_min: Option<f64>,
+    pub ci_max: Option<f64>,
+    pub min_samples: usize,
+    pub prior_q: BTreeMap<String, f64>,
+    pub prior_energy_j: BTreeMap<String, f64>,
+    pub prior_time_s: BTreeMap<String, f64>,
+}
+
+impl Default for RawOptimizer {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            policy: "best".into(),
+            xi: 0.1,
+            resolve_interval: "1h".into(),
+            resolve_threshold: 25.0,
+            ci_min: None,
+            ci_max: None,
+            min_samples: 5,
+            prior_q: BTreeMap::new(),
+            prior_energy_j: BTreeMap::new(),
+            prior_time_s: BTreeMap::new(),
+        }
+    }
+}
+
+/// The directive optimizer in the daemon (validated).
+#[derive(Debug, Clone)]
+pub struct OptimizerConfig {
+    pub enabled: bool,
+    /// `best` (one mix per prompt class) or `sprout` (the method: one mix).
+    pub policy: String,
+    pub xi: f64,
+    pub resolve_interval: Duration,
+    /// Re-solve early when the intensity moves more than this (gCO2e/kWh).
+    pub resolve_threshold: f64,
+    pub ci_range: Option<(f64, f64)>,
+    /// Ledger samples per level (and class) before their means replace the priors.
+    pub min_samples: usize,
+    /// Per level, in `directives.levels` order.
+    pub prior_q: Vec<f64>,
+    pub prior_energy_j: Vec<f64>,
+    pub prior_time_s: Vec<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,6 +350,7 @@ pub struct Config {
     pub accounting: AccountingConfig,
     pub carbon: CarbonConfig,
     pub queue: QueueConfig,
+    pub optimizer: OptimizerConfig,
     /// The API token file (`auth.token_file`); its content is read at start.
     pub token_file: Option<PathBuf>,
 }
@@ -608,6 +664,66 @@ impl Config {
             }
         }
 
+        let o = &raw.optimizer;
+        if !["best", "sprout"].contains(&o.policy.as_str()) {
+            errs.push(format!("optimizer.policy: {:?} is not \"best\" or \"sprout\"", o.policy));
+        }
+        if !(o.xi.is_finite() && (0.0..=1.0).contains(&o.xi)) {
+            errs.push("optimizer.xi: must be between 0 and 1".into());
+        }
+        let resolve_interval = parse_duration(&o.resolve_interval).filter(|d| !d.is_zero()).unwrap_or_else(|| {
+            errs.push(format!("optimizer.resolve_interval: {:?} is not a positive duration like \"1h\"", o.resolve_interval));
+            Duration::from_secs(3600)
+        });
+        if !(o.resolve_threshold.is_finite() && o.resolve_threshold > 0.0) {
+            errs.push("optimizer.resolve_threshold: must be a positive number (gCO2e/kWh)".into());
+        }
+        let ci_range = match (o.ci_min, o.ci_max) {
+            (None, None) => None,
+            (Some(lo), Some(hi)) if lo.is_finite() && hi.is_finite() && 0.0 <= lo && lo < hi => Some((lo, hi)),
+            (Some(_), Some(_)) => {
+                errs.push("optimizer.ci_min, optimizer.ci_max: need 0 <= ci_min < ci_max".into());
+                None
+            }
+            _ => {
+                errs.push("optimizer.ci_min, optimizer.ci_max: set both or neither".into());
+                None
+            }
+        };
+        let mut per_level = |key: &str, map: &BTreeMap<String, f64>, default: &[f64]| -> Vec<f64> {
+            for name in map.keys() {
+                if !levels.iter().any(|(n, _)| n == name) {
+                    errs.push(format!("optimizer.{key}.{name}: no such level in directives.levels"));
+                }
+            }
+            let v: Vec<f64> = levels
+                .iter()
+                .enumerate()
+                .map(|(i, (n, _))| map.get(n).copied().unwrap_or_else(|| default.get(i).copied().unwrap_or(*default.last().unwrap_or(&0.0))))
+                .collect();
+            if v.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
+                errs.push(format!("optimizer.{key}: values must be finite and non-negative"));
+            }
+            v
+        };
+        // Priors until the ledger and the evaluator have data: the artifact's
+        // pick-best shares, and this README's measurements on the CPU model.
+        let prior_q = per_level("prior_q", &o.prior_q, &[0.38, 0.34, 0.28]);
+        let prior_energy_j = per_level("prior_energy_j", &o.prior_energy_j, &[400.0, 280.0, 60.0]);
+        let prior_time_s = per_level("prior_time_s", &o.prior_time_s, &[10.0, 7.0, 1.5]);
+        let optimizer = OptimizerConfig {
+            enabled: o.enabled,
+            policy: o.policy.clone(),
+            xi: o.xi,
+            resolve_interval,
+            resolve_threshold: o.resolve_threshold,
+            ci_range,
+            min_samples: o.min_samples.max(1),
+            prior_q,
+            prior_energy_j,
+            prior_time_s,
+        };
+
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
@@ -635,6 +751,7 @@ impl Config {
                 result_retention,
                 shutdown_grace,
             },
+            optimizer,
             token_file,
         })
     }

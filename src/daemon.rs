@@ -26,6 +26,7 @@ use crate::carbon::{Carbon, CarbonError};
 use crate::config::Config;
 use crate::energy::{self, MeterError};
 use crate::engine;
+use crate::planner;
 use crate::job::now_ms;
 use crate::queue::{Store, StoreError};
 use crate::service::{EngineStatus, Service};
@@ -103,6 +104,7 @@ pub async fn run(
     let stop = CancellationToken::new();
     let interrupt = CancellationToken::new();
     tokio::spawn(svc.carbon.clone().run_poller(stop.clone()));
+    tokio::spawn(planner::run(svc.clone(), stop.clone(), Duration::from_secs(1)));
 
     // The model loads while the API already answers (503 for generation).
     let model_cfg = svc.config.model.clone();

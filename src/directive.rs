@@ -37,12 +37,17 @@ impl Directives {
     /// The level for job `seq`: the pinned one, else a draw from the mix that
     /// depends only on the configured seed and `seq` (so it is reproducible).
     pub fn choose(&self, pinned: Option<&str>, seq: u64) -> String {
+        self.choose_from(pinned, seq, &self.mix)
+    }
+
+    /// As [`Self::choose`], drawing from `mix` (the optimizer's plan).
+    pub fn choose_from(&self, pinned: Option<&str>, seq: u64, mix: &[f64]) -> String {
         if let Some(p) = pinned {
             return p.to_string();
         }
         let u = unit_interval(splitmix64(self.seed ^ splitmix64(seq)));
         let mut acc = 0.0;
-        for ((name, _), w) in self.levels.iter().zip(&self.mix) {
+        for ((name, _), w) in self.levels.iter().zip(mix) {
             acc += w;
             if u < acc {
                 return name.clone();
@@ -51,7 +56,7 @@ impl Directives {
         // Rounding left u at or above the last boundary: the last level with weight.
         self.levels
             .iter()
-            .zip(&self.mix)
+            .zip(mix)
             .rev()
             .find(|(_, w)| **w > 0.0)
             .map(|((n, _), _)| n.clone())

@@ -38,6 +38,13 @@ pub struct ChatRequest {
     pub directive: Option<String>,
 }
 
+impl ChatRequest {
+    /// The last user message: what the prompt classifier reads.
+    pub fn last_user_text(&self) -> &str {
+        self.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.as_str()).unwrap_or("")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
@@ -65,12 +72,16 @@ impl JobState {
 }
 
 /// How the job came in: a synchronous chat completion (the client waits on the
-/// connection) or an asynchronous job (`POST /v1/jobs`).
+/// connection), an asynchronous job (`POST /v1/jobs`), or the daemon's own work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
+    /// A user's chat completion.
     Chat,
+    /// A user's queued job.
     Job,
+    /// The daemon's own work (quality evaluations).
+    Daemon,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,6 +171,9 @@ pub struct LedgerEntry {
     pub embodied_g: f64,
     pub carbon_g: f64,
     pub estimated: bool,
+    /// The prompt's class (`classify`), for the optimizer's per-class means.
+    #[serde(default)]
+    pub class: String,
 }
 
 pub fn now_ms() -> u64 {

@@ -682,6 +682,7 @@ mod tests {
             embodied_g: 0.0,
             carbon_g: 0.1,
             estimated: true,
+            class: "question".into(),
         }
     }
 

@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::carbon::Carbon;
 use crate::energy::Metering;
 use crate::config::Config;
+use crate::classify::classify;
 use crate::directive::{splitmix64, Directives};
+use crate::planner::Planner;
 use crate::engine::Engine;
 use crate::job::{ChatRequest, Job, Origin};
 use crate::queue::{job_id, CancelOutcome, NewJob, Store, StoreError};
@@ -65,6 +67,8 @@ pub struct Service {
     /// The energy meter and the attribution of its readings to requests.
     pub metering: Mutex<Metering>,
     pub directives: Directives,
+    /// The directive optimizer's current plan.
+    pub planner: Planner,
     engine: watch::Receiver<EngineStatus>,
     /// Wakes the worker when a job is queued.
     pub work: Notify,
@@ -89,6 +93,7 @@ impl Service {
             carbon,
             metering: Mutex::new(metering),
             directives: Directives::new(&config.directives),
+            planner: Planner::new(config.optimizer.clone()),
             config,
             store,
             engine,
@@ -142,7 +147,11 @@ impl Service {
             return Err(SubmitError::Full { queued });
         }
         let seq = self.store.next_seq()?;
-        let directive = self.directives.choose(request.directive.as_deref(), seq);
+        let class = classify(request.last_user_text());
+        let directive = match self.planner.mix_for(class) {
+            Some(mix) => self.directives.choose_from(request.directive.as_deref(), seq, &mix),
+            None => self.directives.choose(request.directive.as_deref(), seq),
+        };
         let seed = request.seed.unwrap_or_else(|| splitmix64(self.config.directives.seed.wrapping_add(seq)) >> 1);
         // Register the listener before the job exists, so the worker cannot
         // start it and send tokens before anyone listens.

@@ -146,6 +146,7 @@ mod tests {
             embodied_g,
             carbon_g: operational_g + embodied_g,
             estimated: true,
+            class: "question".into(),
         }
     }
 

@@ -168,6 +168,7 @@ async fn run_job(svc: &Service, engine: Arc<dyn Engine>, job: Job, interrupt: &C
         embodied_g: receipt.embodied_g,
         carbon_g: receipt.carbon_g,
         estimated: receipt.estimated,
+        class: crate::classify::classify(job.request.last_user_text()).to_string(),
     };
     let (state, result, error) = match outcome {
         Some(Ok(out)) => {

@@ -146,8 +146,11 @@ fn job_lifecycle_and_cancel() {
 }
 
 #[test]
-fn unpinned_requests_follow_the_configured_mix() {
-    let d = Daemon::start(&echo_config(0, 4, &[("mix = { L0 = 0.4, L1 = 0.3, L2 = 0.3 }", "mix = { L0 = 0.0, L1 = 0.5, L2 = 0.5 }")]));
+fn unpinned_requests_follow_the_configured_mix_when_the_optimizer_is_off() {
+    let d = Daemon::start(&echo_config(0, 4, &[
+        ("mix = { L0 = 0.4, L1 = 0.3, L2 = 0.3 }", "mix = { L0 = 0.0, L1 = 0.5, L2 = 0.5 }"),
+        ("enabled = true", "enabled = false"),
+    ]));
     let mut seen = std::collections::BTreeMap::new();
     for i in 0..40 {
         let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user(&format!("q{i}"))}).to_string()));
@@ -1079,4 +1082,51 @@ fn without_a_counter_energy_is_estimated_and_labelled_so() {
     let (_, stats) = http("GET", &format!("{}/v1/stats", d.url), None);
     assert!(stats["meter"]["meter"].as_str().unwrap().starts_with("estimate"), "{stats}");
     assert_eq!(stats["estimated_requests"], 1);
+}
+
+// ---------------------------------------------------------------------------
+// The directive optimizer in the daemon.
+
+#[test]
+fn the_daemon_re_solves_when_the_intensity_moves_and_serves_the_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    // Hours alternate clean and dirty; a trace hour plays every wall second.
+    let mut trace = String::from("datetime,gco2_per_kwh\n");
+    for h in 0..48 {
+        trace += &format!("2023-01-{:02} {:02}:00:00,{}\n", 1 + h / 24, h % 24, if h % 2 == 0 { 100 } else { 400 });
+    }
+    let cfg = with_file_setting(&echo_config(0, 1, &[("trace_speedup = 1.0", "trace_speedup = 3600.0")]), dir.path(), "trace_file", "alt.csv", &trace);
+    let d = Daemon::start(&cfg);
+    std::thread::sleep(Duration::from_millis(3500));
+    let (s, p) = http("GET", &format!("{}/v1/plan", d.url), None);
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["policy"], "best");
+    assert_eq!(p["status"], "optimal", "{p}");
+    assert_eq!((p["ci_min"].as_f64(), p["ci_max"].as_f64()), (Some(100.0), Some(400.0)));
+    let hist = p["history"].as_array().unwrap();
+    assert!(hist.len() >= 3, "expected re-solves as the intensity alternates: {p}");
+    let floors: Vec<f64> = hist.iter().map(|h| h["floor"].as_f64().unwrap()).collect();
+    assert!(floors.iter().any(|f| (f - 1.0).abs() < 1e-9) && floors.iter().any(|f| (f - 0.92).abs() < 1e-9), "{floors:?}");
+    assert!(p["reason"].as_str().unwrap().starts_with("intensity moved"), "{p}");
+    // Unpinned requests draw from the plan of their class: at a dirty hour
+    // the floor relaxes and shorter levels appear; at a clean hour (floor 1,
+    // L0 the best by the prior q) every request is L0.
+    let mut levels = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user(&format!("Write a poem about the number {i}."))}).to_string()));
+        assert_eq!(s, 200, "{b}");
+        levels.insert(b["usage"]["sprout"]["directive"].as_str().unwrap().to_string());
+        std::thread::sleep(Duration::from_millis(100)); // 40 requests over 4 trace hours
+    }
+    assert!(levels.len() >= 2, "plans over alternating hours should give more than one level: {levels:?}");
+    assert_eq!(p["classes"].as_array().unwrap().len(), 4);
+    for c in p["classes"].as_array().unwrap() {
+        let x: f64 = c["x"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum();
+        assert!((x - 1.0).abs() < 1e-6, "{c}");
+    }
+    let (code, out, err) = sproutctl(&d.url, &["plan"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("quality floor") && out.contains("instruction") && out.contains("mix L0 / L1 / L2"), "{out}");
+    let text = reqwest::blocking::get(format!("{}/metrics", d.url)).unwrap().text().unwrap();
+    assert!(text.contains("sproutd_plan_quality_floor"), "{text}");
 }

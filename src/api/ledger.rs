@@ -19,11 +19,11 @@ pub struct Params {
     format: Option<String>,
 }
 
-pub const CSV_HEADER: &str = "job_id,origin,state,finished_at,directive,prompt_tokens,completion_tokens,duration_s,energy_j,intensity_gco2_per_kwh,operational_g,embodied_g,carbon_g,estimated";
+pub const CSV_HEADER: &str = "job_id,origin,state,finished_at,directive,prompt_tokens,completion_tokens,duration_s,energy_j,intensity_gco2_per_kwh,operational_g,embodied_g,carbon_g,estimated,class";
 
 pub fn csv_row(e: &LedgerEntry) -> String {
     format!(
-        "{},{},{},{:.3},{},{},{},{:.6},{:.6},{:.3},{:.9},{:.9},{:.9},{}",
+        "{},{},{},{:.3},{},{},{},{:.6},{:.6},{:.3},{:.9},{:.9},{:.9},{},{}",
         e.job_id,
         serde_json::to_value(e.origin).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
         e.state.as_str(),
@@ -37,7 +37,8 @@ pub fn csv_row(e: &LedgerEntry) -> String {
         e.operational_g,
         e.embodied_g,
         e.carbon_g,
-        e.estimated
+        e.estimated,
+        e.class
     )
 }
 

@@ -53,6 +53,57 @@ pub async fn carbon(State(svc): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
+/// `GET /v1/plan`: the optimizer's current plan and its recent solves.
+pub async fn plan(State(svc): State<AppState>) -> Json<serde_json::Value> {
+    let levels: Vec<&str> = svc.directives.names().collect();
+    let Some(s) = svc.planner.current() else {
+        let why = if svc.planner.enabled() { "not solved yet" } else { "the optimizer is off (optimizer.enabled)" };
+        return Json(json!({
+            "object": "plan",
+            "enabled": svc.planner.enabled(),
+            "status": why,
+            "levels": levels,
+            "x": svc.config.directives.mix,
+        }));
+    };
+    let classes: Vec<serde_json::Value> = s
+        .inputs
+        .classes
+        .iter()
+        .zip(&s.plan.classes)
+        .zip(&s.sources)
+        .map(|((i, p), src)| {
+            json!({
+                "name": i.name, "weight": i.weight, "e_kwh": i.e, "p_s": i.p, "q": i.q,
+                "x": p.x, "expected_g": p.expected_g, "sources": src,
+            })
+        })
+        .collect();
+    let history = svc.planner.history();
+    Json(json!({
+        "object": "plan",
+        "enabled": true,
+        "policy": svc.config.optimizer.policy,
+        "levels": levels,
+        "ci": s.inputs.ci,
+        "ci_min": s.inputs.ci_min,
+        "ci_max": s.inputs.ci_max,
+        "xi": s.inputs.xi,
+        "margin": s.inputs.margin,
+        "floor": s.plan.floor,
+        "quality": s.plan.quality,
+        "expected_g": s.plan.expected_g,
+        "baseline_g": s.plan.baseline_g,
+        "status": s.plan.status,
+        "solve_us": s.plan.solve_us,
+        "solved_at": s.at_ms / 1000,
+        "reason": s.reason,
+        "x": history.last().map(|h| h.x.clone()),
+        "classes": classes,
+        "history": history,
+    }))
+}
+
 pub async fn no_route(uri: Uri) -> ApiError {
     ApiError::not_found("unknown_route", format!("no route {}", uri.path()))
 }

@@ -10,6 +10,7 @@
 //! | `DELETE /v1/jobs/{id}` | [`jobs::cancel`] |
 //! | `GET /v1/ledger` | [`ledger::export`]: accounting records, JSON or CSV |
 //! | `GET /v1/carbon` | [`misc::carbon`]: grid intensity now, the next 24 h, the source |
+//! | `GET /v1/plan` | [`misc::plan`]: the optimizer's current plan (CI, floor, e, p, q, x) and recent solves |
 //! | `GET /v1/stats` | [`stats::stats`]: totals, savings against L0, the mix, per-level means |
 //! | `GET /metrics` | [`stats::metrics`]: Prometheus text format |
 //! | `GET /healthz` | [`misc::healthz`]: 200 once the model is loaded, 503 before |
@@ -51,6 +52,7 @@ pub fn router(svc: AppState, token: Option<String>) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/ledger", get(ledger::export))
         .route("/v1/carbon", get(misc::carbon))
+        .route("/v1/plan", get(misc::plan))
         .route("/v1/stats", get(stats::stats))
         .route("/metrics", get(stats::metrics))
         .fallback(misc::no_route)

@@ -105,9 +105,15 @@ pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
     }
     let total = t.requests().max(1) as f64;
     metric(&mut out, "sproutd_directive_share", "gauge", "Share of requests served at each level so far.", &per(&|l| l.requests as f64 / total));
-    let mix: Vec<(String, f64)> =
-        levels.iter().zip(&svc.config.directives.mix).map(|(l, w)| (format!("directive=\"{l}\""), *w)).collect();
-    metric(&mut out, "sproutd_directive_mix", "gauge", "The mix used for requests that pin no level.", &mix);
+    let plan = svc.planner.current();
+    let planned = svc.planner.history().last().map(|h| h.x.clone()).unwrap_or_else(|| svc.config.directives.mix.clone());
+    let mix: Vec<(String, f64)> = levels.iter().zip(&planned).map(|(l, w)| (format!("directive=\"{l}\""), *w)).collect();
+    metric(&mut out, "sproutd_directive_mix", "gauge", "The mix for requests that pin no level (the optimizer's plan, over all classes).", &mix);
+    if let Some(s) = &plan {
+        metric(&mut out, "sproutd_plan_quality_floor", "gauge", "The optimizer's quality floor, relative to all-baseline.", &[(String::new(), s.plan.floor)]);
+        metric(&mut out, "sproutd_plan_solve_seconds", "gauge", "Time of the last solve.", &[(String::new(), s.plan.solve_us as f64 / 1e6)]);
+        metric(&mut out, "sproutd_plan_fallback", "gauge", "1 when the last solve fell back to all-baseline.", &[(String::new(), s.plan.is_fallback() as u8 as f64)]);
+    }
     let t_now = now_ms() as i64 / 1000;
     let now = svc.carbon.now(t_now).gco2_per_kwh;
     metric(&mut out, "sproutd_grid_intensity_gco2_per_kwh", "gauge", "Grid carbon intensity now.", &[(String::new(), now)]);

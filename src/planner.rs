@@ -1,0 +1,312 @@
+//! The optimizer in the daemon: gathers its inputs (e, p from the ledger's
+//! recent records, q from the evaluator or the prior, CI from the carbon
+//! source), re-solves every `optimizer.resolve_interval` and whenever the
+//! intensity moves more than `resolve_threshold`, and hands the submit path
+//! the mix for each request's class.
+//!
+//! [`build_inputs`] is pure; [`Planner`] holds the current plan and its
+//! history; [`run`] is the re-solve loop.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::classify::CLASSES;
+use crate::config::{AccountingConfig, OptimizerConfig};
+use crate::job::{now_ms, JobState, LedgerEntry, Origin};
+use crate::optimizer::{self, ClassInputs, Inputs, Plan};
+
+/// Ledger records looked at: those of the last week, newest first, at most
+/// this many per level and class.
+const RECENT_PER_CELL: usize = 200;
+pub const LOOKBACK_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// One solve, as `GET /v1/plan` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Solved {
+    pub at_ms: u64,
+    /// Why it was solved: `start`, `interval`, `intensity moved N`.
+    pub reason: String,
+    pub inputs: Inputs,
+    pub plan: Plan,
+    /// Where each class's e and p came from: `ledger (n)` or `prior` per level.
+    pub sources: Vec<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryItem {
+    pub at_ms: u64,
+    pub ci: f64,
+    pub floor: f64,
+    pub quality: f64,
+    pub expected_g: f64,
+    pub baseline_g: f64,
+    pub status: String,
+    /// The overall mix (class mixes weighted by class share).
+    pub x: Vec<f64>,
+}
+
+pub struct Planner {
+    cfg: OptimizerConfig,
+    current: RwLock<Option<Solved>>,
+    history: RwLock<VecDeque<HistoryItem>>,
+}
+
+/// Builds the optimizer's inputs from recent ledger records (user requests
+/// that succeeded; newest first) and the priors.
+pub fn build_inputs(
+    cfg: &OptimizerConfig,
+    acct: &AccountingConfig,
+    levels: usize,
+    entries: &[LedgerEntry],
+    level_names: &[String],
+    q: &[f64],
+    ci: f64,
+    range: (f64, f64),
+) -> (Inputs, Vec<Vec<String>>) {
+    let classes: Vec<&str> = if cfg.policy == "best" { CLASSES.to_vec() } else { vec!["all"] };
+    let usable: Vec<&LedgerEntry> =
+        entries.iter().filter(|e| e.state == JobState::Succeeded && e.origin != Origin::Daemon).collect();
+    let level_of = |e: &LedgerEntry| level_names.iter().position(|n| *n == e.directive);
+    let mean = |sel: &dyn Fn(&LedgerEntry) -> bool| -> Option<(f64, f64, usize)> {
+        let picked: Vec<&&LedgerEntry> = usable.iter().filter(|e| sel(e)).take(RECENT_PER_CELL).collect();
+        (picked.len() >= cfg.min_samples).then(|| {
+            let n = picked.len() as f64;
+            (picked.iter().map(|e| e.energy_j).sum::<f64>() / n, picked.iter().map(|e| e.duration_s).sum::<f64>() / n, picked.len())
+        })
+    };
+    let mut sources = Vec::new();
+    let mut out = Vec::new();
+    let total = usable.len().max(1) as f64;
+    for class in &classes {
+        let in_class = |e: &LedgerEntry| *class == "all" || e.class == *class;
+        let weight = if *class == "all" {
+            1.0
+        } else if usable.is_empty() {
+            1.0 / classes.len() as f64
+        } else {
+            // Seen classes by their share; unseen ones keep a little weight so they have a mix.
+            (usable.iter().filter(|e| in_class(e)).count() as f64 / total).max(0.01)
+        };
+        let (mut e, mut p, mut src) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..levels {
+            let m = mean(&|x: &LedgerEntry| level_of(x) == Some(i) && in_class(x)).map(|m| (m, "class"))
+                .or_else(|| mean(&|x: &LedgerEntry| level_of(x) == Some(i)).map(|m| (m, "level")));
+            match m {
+                Some(((ej, ps, n), scope)) => {
+                    e.push(ej / 3.6e6);
+                    p.push(ps);
+                    src.push(format!("ledger ({n} {scope})"));
+                }
+                None => {
+                    e.push(cfg.prior_energy_j[i] / 3.6e6);
+                    p.push(cfg.prior_time_s[i]);
+                    src.push("prior".into());
+                }
+            }
+        }
+        sources.push(src);
+        out.push(ClassInputs { name: class.to_string(), weight, e, p, q: q.to_vec() });
+    }
+    let (ci_min, ci_max) = cfg.ci_range.unwrap_or(range);
+    let inputs = Inputs {
+        classes: out,
+        ci,
+        ci_min,
+        ci_max,
+        xi: cfg.xi,
+        embodied_g: acct.embodied_kgco2 * 1000.0,
+        lifetime_s: acct.lifetime_years * 365.25 * 24.0 * 3600.0,
+        margin: if cfg.policy == "best" { optimizer::BEST_MARGIN } else { 0.0 },
+    };
+    (inputs, sources)
+}
+
+impl Planner {
+    pub fn new(cfg: OptimizerConfig) -> Self {
+        Self { cfg, current: RwLock::new(None), history: RwLock::new(VecDeque::new()) }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.cfg.enabled
+    }
+
+    /// The mix for a request of `class`; None when the optimizer is off or
+    /// has not solved yet (the configured mix applies).
+    pub fn mix_for(&self, class: &str) -> Option<Vec<f64>> {
+        if !self.cfg.enabled {
+            return None;
+        }
+        let cur = self.current.read().expect("poisoned");
+        let plan = &cur.as_ref()?.plan;
+        plan.classes.iter().find(|c| c.name == class || c.name == "all").map(|c| c.x.clone())
+    }
+
+    pub fn current(&self) -> Option<Solved> {
+        self.current.read().expect("poisoned").clone()
+    }
+
+    pub fn history(&self) -> Vec<HistoryItem> {
+        self.history.read().expect("poisoned").iter().cloned().collect()
+    }
+
+    /// Solves and installs the plan.
+    pub fn install(&self, inputs: Inputs, sources: Vec<Vec<String>>, reason: String) -> Solved {
+        let plan = optimizer::solve(&inputs);
+        if plan.is_fallback() {
+            tracing::warn!(status = %plan.status, "the optimizer fell back to the baseline level");
+        }
+        let total_w: f64 = inputs.classes.iter().map(|c| c.weight).sum::<f64>().max(f64::MIN_POSITIVE);
+        let n = plan.classes.first().map(|c| c.x.len()).unwrap_or(0);
+        let x: Vec<f64> = (0..n)
+            .map(|i| plan.classes.iter().zip(&inputs.classes).map(|(p, c)| c.weight / total_w * p.x[i]).sum())
+            .collect();
+        let solved = Solved { at_ms: now_ms(), reason, inputs, plan, sources };
+        let mut h = self.history.write().expect("poisoned");
+        h.push_back(HistoryItem {
+            at_ms: solved.at_ms,
+            ci: solved.inputs.ci,
+            floor: solved.plan.floor,
+            quality: solved.plan.quality,
+            expected_g: solved.plan.expected_g,
+            baseline_g: solved.plan.baseline_g,
+            status: solved.plan.status.clone(),
+            x,
+        });
+        while h.len() > 48 {
+            h.pop_front();
+        }
+        tracing::info!(
+            reason = %solved.reason,
+            ci = format!("{:.0}", solved.inputs.ci),
+            floor = format!("{:.3}", solved.plan.floor),
+            mix = ?h.back().map(|i| i.x.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>()),
+            solve_us = solved.plan.solve_us,
+            "directive plan"
+        );
+        *self.current.write().expect("poisoned") = Some(solved.clone());
+        solved
+    }
+
+    /// Whether to re-solve now: never solved, the interval passed, or the
+    /// intensity moved more than the threshold.
+    pub fn due(&self, now_ms: u64, ci: f64) -> Option<String> {
+        let cur = self.current.read().expect("poisoned");
+        let Some(s) = cur.as_ref() else { return Some("start".into()) };
+        if now_ms.saturating_sub(s.at_ms) >= self.cfg.resolve_interval.as_millis() as u64 {
+            return Some("interval".into());
+        }
+        let moved = ci - s.inputs.ci;
+        (moved.abs() > self.cfg.resolve_threshold).then(|| format!("intensity moved {moved:+.0} gCO2e/kWh"))
+    }
+}
+
+/// Re-solves when due; checks every `check` (a minute, or less for tests).
+pub async fn run(svc: Arc<crate::service::Service>, stop: CancellationToken, check: Duration) {
+    if !svc.planner.enabled() {
+        return;
+    }
+    loop {
+        let t = now_ms();
+        let ci = svc.carbon.now(t as i64 / 1000).gco2_per_kwh;
+        if let Some(reason) = svc.planner.due(t, ci) {
+            resolve(&svc, ci, reason);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(check) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// One solve with the daemon's current knowledge.
+pub fn resolve(svc: &crate::service::Service, ci: f64, reason: String) -> Solved {
+    let cfg = &svc.config;
+    let since = now_ms().saturating_sub(LOOKBACK_MS);
+    let mut entries = svc.store.ledger(since).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "reading the ledger for the optimizer failed; using priors");
+        Vec::new()
+    });
+    entries.reverse(); // newest first
+    let names: Vec<String> = svc.directives.names().map(str::to_string).collect();
+    let (inputs, sources) = build_inputs(
+        &cfg.optimizer,
+        &cfg.accounting,
+        names.len(),
+        &entries,
+        &names,
+        &cfg.optimizer.prior_q,
+        ci,
+        svc.carbon.range(),
+    );
+    svc.planner.install(inputs, sources, reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn entry(level: &str, class: &str, energy_j: f64) -> LedgerEntry {
+        LedgerEntry {
+            job_id: "j".into(),
+            origin: Origin::Chat,
+            state: JobState::Succeeded,
+            finished_ms: 0,
+            directive: level.into(),
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            duration_s: 2.0,
+            energy_j,
+            intensity_gco2_per_kwh: 100.0,
+            operational_g: 0.0,
+            embodied_g: 0.0,
+            carbon_g: 0.0,
+            estimated: true,
+            class: class.into(),
+        }
+    }
+
+    #[test]
+    fn ledger_means_replace_priors_once_there_are_enough() {
+        let c = Config::default_config();
+        let names: Vec<String> = ["L0", "L1", "L2"].iter().map(|s| s.to_string()).collect();
+        let mut entries: Vec<LedgerEntry> = (0..5).map(|_| entry("L0", "math", 720.0)).collect();
+        entries.extend((0..3).map(|_| entry("L1", "math", 360.0)));
+        let (inp, src) = build_inputs(&c.optimizer, &c.accounting, 3, &entries, &names, &c.optimizer.prior_q, 300.0, (50.0, 500.0));
+        assert_eq!(inp.classes.len(), 4);
+        let math = &inp.classes[1];
+        assert_eq!(math.name, "math");
+        assert!((math.e[0] - 720.0 / 3.6e6).abs() < 1e-15 && math.p[0] == 2.0);
+        assert_eq!(src[1][0], "ledger (5 class)");
+        // L1 has 3 < 5 samples: the prior.
+        assert!((math.e[1] - 280.0 / 3.6e6).abs() < 1e-15);
+        assert_eq!(src[1][1], "prior");
+        // Another class borrows the level-wide mean.
+        assert_eq!(src[0][0], "ledger (5 level)");
+        assert!(inp.classes[1].weight > inp.classes[0].weight);
+        assert_eq!((inp.ci_min, inp.ci_max), (50.0, 500.0));
+    }
+
+    #[test]
+    fn planner_resolves_on_interval_and_on_a_moved_intensity() {
+        let c = Config::default_config();
+        let p = Planner::new(c.optimizer.clone());
+        assert_eq!(p.due(0, 100.0).as_deref(), Some("start"));
+        assert!(p.mix_for("math").is_none());
+        let names: Vec<String> = ["L0", "L1", "L2"].iter().map(|s| s.to_string()).collect();
+        let (inp, src) = build_inputs(&c.optimizer, &c.accounting, 3, &[], &names, &c.optimizer.prior_q, 100.0, (50.0, 500.0));
+        let s = p.install(inp, src, "start".into());
+        assert_eq!(s.plan.status, "optimal");
+        let x = p.mix_for("math").unwrap();
+        assert!((x.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        let t = s.at_ms;
+        assert_eq!(p.due(t + 1000, 110.0), None);
+        assert!(p.due(t + 1000, 200.0).unwrap().starts_with("intensity moved +100"));
+        assert_eq!(p.due(t + 3_600_000, 100.0).as_deref(), Some("interval"));
+        assert_eq!(p.history().len(), 1);
+    }
+}
