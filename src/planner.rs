@@ -20,8 +20,9 @@ use crate::job::{now_ms, JobState, LedgerEntry, Origin};
 use crate::optimizer::{self, ClassInputs, Inputs, Plan};
 
 /// Ledger records looked at: those of the last week, newest first, at most
-/// this many per level and class.
+/// `RECENT` in all and `RECENT_PER_CELL` per level and class.
 const RECENT_PER_CELL: usize = 200;
+const RECENT: usize = 20_000;
 pub const LOOKBACK_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// One solve, as `GET /v1/plan` shows it.
@@ -226,11 +227,10 @@ pub async fn run(svc: Arc<crate::service::Service>, stop: CancellationToken, che
 pub fn resolve(svc: &crate::service::Service, ci: f64, reason: String) -> Solved {
     let cfg = &svc.config;
     let since = now_ms().saturating_sub(LOOKBACK_MS);
-    let mut entries = svc.store.ledger(since).unwrap_or_else(|e| {
+    let entries = svc.store.ledger_recent(since, RECENT).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "reading the ledger for the optimizer failed; using priors");
         Vec::new()
     });
-    entries.reverse(); // newest first
     let names: Vec<String> = svc.directives.names().map(str::to_string).collect();
     let (inputs, sources) = build_inputs(
         &cfg.optimizer,

@@ -585,6 +585,16 @@ impl Store {
         Ok(out)
     }
 
+    /// The newest ledger records since `since_ms`, newest first, at most `limit`.
+    pub fn ledger_recent(&self, since_ms: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.ledger.range(ledger_key(since_ms, 0).to_vec()..).rev().take(limit) {
+            let (k, v) = item?;
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
     /// Puts every running job back in the queue (graceful shutdown), and
     /// flushes. A graceful interruption does not count as an attempt.
     pub fn requeue_running(&self) -> Result<usize, StoreError> {
@@ -807,6 +817,13 @@ mod tests {
         assert_eq!(s.ledger(0).unwrap().len(), 1);
         // The key is free again.
         assert!(submit_key(&s, "a", 0, Some("key")).await.created);
+        // Newest first, limited.
+        let k = s.claim().unwrap().unwrap();
+        s.finish(&k.id, JobState::Succeeded, Some(result(&k.id)), None, Some(entry(&k.id))).await.unwrap();
+        let recent = s.ledger_recent(0, 1).unwrap();
+        assert_eq!(recent.len(), 1);
+        assert_eq!(recent[0].job_id, k.id);
+        assert_eq!(s.ledger_recent(0, 10).unwrap().len(), 2);
     }
 
     #[tokio::test]
