@@ -36,7 +36,14 @@ for p in "${prompts[@]}"; do
     done
 done
 echo
-echo "=== a request without a pinned level (sproutd draws one from the configured mix)"
+echo "=== a request without a pinned level (sproutd draws one from the optimizer's plan for its class)"
 "$SPROUTCTL" submit --max-tokens 64 --seed 1 --wait "Name a prime number greater than 10."
 echo
 "$SPROUTCTL" list
+echo
+echo "=== the optimizer's plan, the grid, and the totals"
+"$SPROUTCTL" plan
+echo
+"$SPROUTCTL" carbon
+echo
+"$SPROUTCTL" stats
