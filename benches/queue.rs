@@ -121,7 +121,14 @@ async fn main() {
                 stop: vec![],
                 directive: None,
             };
-            let new = NewJob { origin: Origin::Job, priority: (i % 3) as i32, request, idempotency_key: None };
+            let new = NewJob {
+                origin: Origin::Job,
+                priority: (i % 3) as i32,
+                request,
+                idempotency_key: None,
+                deadline_ms: None,
+                deferral: None,
+            };
             // Straight to the store: flushing each would only slow the set-up.
             store.submit_unflushed(seq, new, "L0".into(), seq).unwrap();
         }

@@ -41,6 +41,10 @@ pub enum Command {
         /// Submitting again with the same key returns the first job instead of a new one.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Finish within this long (e.g. 6h): sproutd may hold the job for the
+        /// lowest-carbon hour the forecast shows before then.
+        #[arg(long)]
+        deadline: Option<String>,
         /// Wait for the answer and print it with its receipt.
         #[arg(long)]
         wait: bool,
@@ -56,7 +60,7 @@ pub enum Command {
     },
     /// List recent jobs.
     List {
-        /// Only jobs in this state (queued, running, succeeded, failed, cancelled).
+        /// Only jobs in this state (deferred, queued, running, succeeded, failed, cancelled).
         #[arg(long)]
         state: Option<String>,
         #[arg(long, default_value_t = 20)]
@@ -170,7 +174,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
     let client = Client::new(&cli.url, std::env::var("SPROUT_TOKEN").ok().filter(|t| !t.is_empty()));
     match cli.command {
-        Command::Submit { prompt, system, directive, max_tokens, seed, priority, idempotency_key, wait, json } => {
+        Command::Submit { prompt, system, directive, max_tokens, seed, priority, idempotency_key, deadline, wait, json } => {
             let prompt = read_prompt(prompt)?;
             let mut messages = Vec::new();
             if let Some(s) = system {
@@ -189,6 +193,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
             if let Some(p) = priority {
                 body["priority"] = json!(p);
+            }
+            if let Some(d) = deadline {
+                body["deadline"] = json!(d);
             }
             let job = client.submit_job(&body, idempotency_key.as_deref()).await?;
             let id = job["id"].as_str().ok_or_else(|| ClientError::Protocol("job without id".into()))?.to_string();
@@ -503,8 +510,24 @@ fn print_answer(job: &Value) -> Result<(), CliError> {
 }
 
 /// "queued (position 3, directive L1)" and the like.
+/// `2026-11-22 03:00 UTC` from Unix seconds.
+fn utc(secs: f64) -> String {
+    crate::carbon::live::format_utc_minutes(secs as i64).replace('T', " ").replace('Z', " UTC")
+}
+
 fn state_text(job: &Value) -> String {
     let state = job["state"].as_str().unwrap_or("?");
+    if state == "deferred" {
+        let d = &job["deferred"];
+        return format!(
+            "deferred until {} (forecast {:.0} gCO2/kWh, {:.0} when submitted; deadline {}; directive {})",
+            utc(d["until"].as_f64().unwrap_or(0.0)),
+            d["forecast_gco2_per_kwh"].as_f64().unwrap_or(f64::NAN),
+            d["submit_gco2_per_kwh"].as_f64().unwrap_or(f64::NAN),
+            job["deadline_at"].as_f64().map(utc).unwrap_or_else(|| "-".into()),
+            job["directive"].as_str().unwrap_or("?")
+        );
+    }
     match job["position"].as_u64() {
         Some(p) => format!("{state} (position {}, directive {})", p + 1, job["directive"].as_str().unwrap_or("?")),
         None => format!("{state} (directive {})", job["directive"].as_str().unwrap_or("?")),

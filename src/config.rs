@@ -123,6 +123,7 @@ pub struct RawQueue {
     pub max_prompt_chars: usize,
     pub result_retention: String,
     pub shutdown_grace: String,
+    pub deadline_margin: String,
 }
 
 impl Default for RawQueue {
@@ -133,6 +134,7 @@ impl Default for RawQueue {
             max_prompt_chars: 200_000,
             result_retention: "7d".into(),
             shutdown_grace: "30s".into(),
+            deadline_margin: "10m".into(),
         }
     }
 }
@@ -367,6 +369,8 @@ pub struct QueueConfig {
     pub result_retention: Duration,
     /// On SIGTERM, how long running jobs may take to finish before they are requeued.
     pub shutdown_grace: Duration,
+    /// A deferred job starts at least this long before its deadline.
+    pub deadline_margin: Duration,
 }
 
 /// Energy meters and the embodied side of the hardware.
@@ -646,6 +650,7 @@ impl Config {
         };
         let result_retention = duration("queue.result_retention", &q.result_retention);
         let shutdown_grace = duration("queue.shutdown_grace", &q.shutdown_grace);
+        let deadline_margin = duration("queue.deadline_margin", &q.deadline_margin);
         if q.max_queued == 0 {
             errs.push("queue.max_queued: must be at least 1".into());
         }
@@ -750,6 +755,7 @@ impl Config {
                 max_prompt_chars: q.max_prompt_chars,
                 result_retention,
                 shutdown_grace,
+                deadline_margin,
             },
             optimizer,
             token_file,

@@ -105,6 +105,21 @@ pub async fn run(
     let interrupt = CancellationToken::new();
     tokio::spawn(svc.carbon.clone().run_poller(stop.clone()));
     tokio::spawn(planner::run(svc.clone(), stop.clone(), Duration::from_secs(1)));
+    {
+        // Deferred jobs enter the queue when their hour comes.
+        let (svc, stop) = (svc.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = svc.promote_deferred().await {
+                    tracing::error!(error = %e, "queueing deferred jobs failed; retrying");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
 
     // The model loads while the API already answers (503 for generation).
     let model_cfg = svc.config.model.clone();

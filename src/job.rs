@@ -48,6 +48,8 @@ impl ChatRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
+    /// Held until a low-carbon hour before its deadline.
+    Deferred,
     Queued,
     Running,
     Succeeded,
@@ -62,6 +64,7 @@ impl JobState {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            JobState::Deferred => "deferred",
             JobState::Queued => "queued",
             JobState::Running => "running",
             JobState::Succeeded => "succeeded",
@@ -107,6 +110,22 @@ pub struct Job {
     /// The client's `Idempotency-Key`, if it sent one.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Must have finished by then (Unix ms), if the client said so.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// Set when the job was held for a low-carbon hour.
+    #[serde(default)]
+    pub deferral: Option<Deferral>,
+}
+
+/// Why and until when a job was held.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Deferral {
+    pub until_ms: u64,
+    /// The forecast intensity of the hour it waits for, and the intensity
+    /// when it was submitted (the saving's baseline), gCO2e/kWh.
+    pub forecast_gco2_per_kwh: f64,
+    pub submit_gco2_per_kwh: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +193,10 @@ pub struct LedgerEntry {
     /// The prompt's class (`classify`), for the optimizer's per-class means.
     #[serde(default)]
     pub class: String,
+    /// For a deferred job: energy x (intensity at submission − intensity
+    /// when it ran), gCO2e; the deferral's own saving, apart from the directives'.
+    #[serde(default)]
+    pub deferral_saving_g: f64,
 }
 
 pub fn now_ms() -> u64 {

@@ -32,6 +32,7 @@ pub mod stats;
 pub mod energy;
 pub mod carbon;
 pub mod classify;
+pub mod deferral;
 pub mod optimizer;
 pub mod planner;
 pub mod simulate;

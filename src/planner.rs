@@ -267,6 +267,7 @@ mod tests {
             carbon_g: 0.0,
             estimated: true,
             class: class.into(),
+            deferral_saving_g: 0.0,
         }
     }
 

@@ -76,8 +76,11 @@ pub struct Store {
     running: sled::Tree,
     idem: sled::Tree,
     ledger: sled::Tree,
+    /// Deferred jobs by the time they may start: `until_ms ‖ seq` → id.
+    deferred: sled::Tree,
     /// `queue.len()` walks the tree; this is kept in step with it.
     queued: AtomicUsize,
+    held: AtomicUsize,
     /// Held by every write and every flush (see the module doc).
     write: Arc<Mutex<()>>,
     /// Tickets: writes made so far, and writes known to be on disk.
@@ -95,6 +98,9 @@ pub struct NewJob {
     pub priority: i32,
     pub request: ChatRequest,
     pub idempotency_key: Option<String>,
+    pub deadline_ms: Option<u64>,
+    /// Some: the job is held (state `deferred`) until `until_ms`.
+    pub deferral: Option<crate::job::Deferral>,
 }
 
 /// Returned by [`Store::submit`].
@@ -126,6 +132,10 @@ fn queue_key(priority: i32, seq: u64) -> [u8; 12] {
     k[..4].copy_from_slice(&((priority as u32) ^ 0x8000_0000).to_be_bytes());
     k[4..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+fn deferred_key(until_ms: u64, seq: u64) -> [u8; 16] {
+    ledger_key(until_ms, seq)
 }
 
 fn ledger_key(finished_ms: u64, seq: u64) -> [u8; 16] {
@@ -178,6 +188,8 @@ impl Store {
         }
         let queue = db.open_tree("queue")?;
         let queued = AtomicUsize::new(queue.len());
+        let deferred = db.open_tree("deferred")?;
+        let held = AtomicUsize::new(deferred.len());
         let ledger = db.open_tree("ledger")?;
         let mut totals = Totals::default();
         for item in ledger.iter() {
@@ -191,6 +203,8 @@ impl Store {
             ledger,
             queue,
             queued,
+            deferred,
+            held,
             db,
             write: Arc::new(Mutex::new(())),
             written: AtomicU64::new(0),
@@ -344,7 +358,7 @@ impl Store {
             id: job_id(seq),
             seq,
             origin: new.origin,
-            state: JobState::Queued,
+            state: if new.deferral.is_some() { JobState::Deferred } else { JobState::Queued },
             priority: new.priority,
             request: new.request,
             directive,
@@ -356,11 +370,17 @@ impl Store {
             result: None,
             error: None,
             idempotency_key: new.idempotency_key,
+            deadline_ms: new.deadline_ms,
+            deferral: new.deferral,
         };
-        let key = queue_key(job.priority, job.seq);
+        // A held job waits in `deferred` until its time; the others in `queue`.
+        let (tree, key) = match &job.deferral {
+            Some(d) => (&self.deferred, deferred_key(d.until_ms, job.seq).to_vec()),
+            None => (&self.queue, queue_key(job.priority, job.seq).to_vec()),
+        };
         let bytes = encode(&job);
         let (existing, ticket) = self.write(|| {
-            Ok((&self.jobs, &self.queue, &self.idem).transaction(|(jobs, queue, idem)| {
+            Ok((&self.jobs, tree, &self.idem).transaction(|(jobs, index, idem)| {
                 if let Some(k) = &job.idempotency_key {
                     if let Some(id) = idem.get(k.as_bytes())? {
                         return Ok(Some(id));
@@ -368,7 +388,7 @@ impl Store {
                     idem.insert(k.as_bytes(), job.id.as_bytes())?;
                 }
                 jobs.insert(job.id.as_bytes(), bytes.as_slice())?;
-                queue.insert(&key, job.id.as_bytes())?;
+                index.insert(key.as_slice(), job.id.as_bytes())?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(None)
             })?)
         })?;
@@ -376,7 +396,7 @@ impl Store {
             let id = String::from_utf8_lossy(&id).into_owned();
             return Ok((Submitted { job: self.get(&id)?, created: false }, ticket));
         }
-        self.queued.fetch_add(1, Ordering::SeqCst);
+        if job.deferral.is_some() { &self.held } else { &self.queued }.fetch_add(1, Ordering::SeqCst);
         Ok((Submitted { job, created: true }, ticket))
     }
 
@@ -474,37 +494,45 @@ impl Store {
         Ok(job)
     }
 
-    /// Cancels a queued job at once; a running one is reported so the worker can abort it.
+    /// Cancels a queued or deferred job at once; a running one is reported
+    /// so the worker can abort it.
     pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, StoreError> {
         let job = self.get(id)?;
-        match job.state {
-            JobState::Queued => {
-                let key = queue_key(job.priority, job.seq);
-                let (done, ticket) = self.write(|| Ok((&self.jobs, &self.queue).transaction(|(jobs, queue)| {
-                    let Some(bytes) = jobs.get(id.as_bytes())? else { return abort(StoreError::NotFound(id.into())) };
-                    let mut job: Job = decode(id.as_bytes(), &bytes).map_err(ConflictableTransactionError::Abort)?;
-                    if job.state != JobState::Queued {
-                        return Ok(Err(job)); // claimed meanwhile
-                    }
-                    queue.remove(&key)?;
-                    job.state = JobState::Cancelled;
-                    job.finished_ms = Some(now_ms());
-                    job.error = Some("cancelled by request before it ran".into());
-                    jobs.insert(id.as_bytes(), encode(&job))?;
-                    Ok(Ok(job))
-                })?))?;
-                match done {
-                    Ok(job) => {
-                        self.queued.fetch_sub(1, Ordering::SeqCst);
-                        self.durable(ticket).await?;
-                        Ok(CancelOutcome::Cancelled(job))
-                    }
-                    Err(job) if job.state == JobState::Running => Ok(CancelOutcome::Running(job)),
-                    Err(job) => Err(StoreError::Conflict { id: id.into(), state: job.state.as_str() }),
-                }
+        let (tree, key, counter, why) = match job.state {
+            JobState::Queued => (&self.queue, queue_key(job.priority, job.seq).to_vec(), &self.queued, "before it ran"),
+            JobState::Deferred => (
+                &self.deferred,
+                deferred_key(job.deferral.map(|d| d.until_ms).unwrap_or(0), job.seq).to_vec(),
+                &self.held,
+                "while deferred",
+            ),
+            JobState::Running => return Ok(CancelOutcome::Running(job)),
+            s => return Err(StoreError::Conflict { id: id.into(), state: s.as_str() }),
+        };
+        let expected = job.state;
+        let (done, ticket) = self.write(|| Ok((&self.jobs, tree).transaction(|(jobs, index)| {
+            let Some(bytes) = jobs.get(id.as_bytes())? else { return abort(StoreError::NotFound(id.into())) };
+            let mut job: Job = decode(id.as_bytes(), &bytes).map_err(ConflictableTransactionError::Abort)?;
+            if job.state != expected {
+                return Ok(Err(job)); // claimed or promoted meanwhile
             }
-            JobState::Running => Ok(CancelOutcome::Running(job)),
-            s => Err(StoreError::Conflict { id: id.into(), state: s.as_str() }),
+            index.remove(key.as_slice())?;
+            job.state = JobState::Cancelled;
+            job.finished_ms = Some(now_ms());
+            job.error = Some(format!("cancelled by request {why}"));
+            jobs.insert(id.as_bytes(), encode(&job))?;
+            Ok(Ok(job))
+        })?))?;
+        match done {
+            Ok(job) => {
+                counter.fetch_sub(1, Ordering::SeqCst);
+                self.durable(ticket).await?;
+                Ok(CancelOutcome::Cancelled(job))
+            }
+            Err(job) if job.state == JobState::Running => Ok(CancelOutcome::Running(job)),
+            // Promoted to the queue meanwhile: cancel it there.
+            Err(job) if job.state == JobState::Queued => Box::pin(self.cancel(id)).await,
+            Err(job) => Err(StoreError::Conflict { id: id.into(), state: job.state.as_str() }),
         }
     }
 
@@ -531,6 +559,43 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Moves the deferred jobs whose time has come (`until_ms <= now_ms`)
+    /// into the queue, flushed; returns how many.
+    pub async fn promote_due(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let due: Vec<(sled::IVec, sled::IVec)> =
+            self.deferred.range(..deferred_key(now_ms, u64::MAX).to_vec()).collect::<Result<_, _>>()?;
+        let mut n = 0;
+        let mut last_ticket = None;
+        for (key, id) in due {
+            let (moved, ticket) = self.write(|| Ok((&self.jobs, &self.deferred, &self.queue).transaction(|(jobs, deferred, queue)| {
+                if deferred.remove(&key)?.is_none() {
+                    return Ok(false); // cancelled meanwhile
+                }
+                let Some(bytes) = jobs.get(&id)? else { return Ok(false) };
+                let mut job: Job = decode(&id, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                job.state = JobState::Queued;
+                jobs.insert(&id, encode(&job))?;
+                queue.insert(&queue_key(job.priority, job.seq), &id)?;
+                Ok(true)
+            })?))?;
+            if moved {
+                self.held.fetch_sub(1, Ordering::SeqCst);
+                self.queued.fetch_add(1, Ordering::SeqCst);
+                n += 1;
+                last_ticket = Some(ticket);
+            }
+        }
+        if let Some(t) = last_ticket {
+            self.durable(t).await?;
+        }
+        Ok(n)
+    }
+
+    /// Number of deferred jobs.
+    pub fn deferred_len(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
     }
 
     /// Number of queued jobs.
@@ -642,7 +707,14 @@ mod tests {
 
     async fn submit_key(s: &Store, text: &str, priority: i32, key: Option<&str>) -> Submitted {
         let seq = s.next_seq().unwrap();
-        let new = NewJob { origin: Origin::Job, priority, request: req(text), idempotency_key: key.map(str::to_string) };
+        let new = NewJob {
+            origin: Origin::Job,
+            priority,
+            request: req(text),
+            idempotency_key: key.map(str::to_string),
+            deadline_ms: None,
+            deferral: None,
+        };
         s.submit(seq, new, "L0".into(), seq).await.unwrap()
     }
 
@@ -693,6 +765,7 @@ mod tests {
             carbon_g: 0.1,
             estimated: true,
             class: "question".into(),
+            deferral_saving_g: 0.0,
         }
     }
 
@@ -824,6 +897,42 @@ mod tests {
         assert_eq!(recent.len(), 1);
         assert_eq!(recent[0].job_id, k.id);
         assert_eq!(s.ledger_recent(0, 10).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn deferred_jobs_wait_for_their_time_then_queue_and_can_be_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let hold = |until_ms| crate::job::Deferral { until_ms, forecast_gco2_per_kwh: 50.0, submit_gco2_per_kwh: 300.0 };
+        {
+            let s = open(dir.path());
+            for (text, until) in [("a", 5_000), ("b", 9_000)] {
+                let seq = s.next_seq().unwrap();
+                let new = NewJob {
+                    origin: Origin::Job,
+                    priority: 0,
+                    request: req(text),
+                    idempotency_key: None,
+                    deadline_ms: Some(20_000),
+                    deferral: Some(hold(until)),
+                };
+                let j = s.submit(seq, new, "L0".into(), 1).await.unwrap().job;
+                assert_eq!(j.state, JobState::Deferred);
+            }
+            assert_eq!((s.deferred_len(), s.queued_len()), (2, 0));
+            assert!(s.claim().unwrap().is_none(), "a deferred job is not claimable");
+            assert_eq!(s.promote_due(4_999).await.unwrap(), 0);
+        }
+        // Held across a restart.
+        let s = open(dir.path());
+        assert_eq!(s.deferred_len(), 2);
+        assert_eq!(s.promote_due(5_000).await.unwrap(), 1);
+        let a = s.claim().unwrap().unwrap();
+        assert_eq!((a.request.messages[0].content.as_str(), a.state), ("a", JobState::Running));
+        let b = s.list(Some(JobState::Deferred), 10).unwrap().remove(0);
+        let CancelOutcome::Cancelled(b) = s.cancel(&b.id).await.unwrap() else { panic!("expected cancelled") };
+        assert_eq!(b.state, JobState::Cancelled);
+        assert_eq!(s.deferred_len(), 0);
+        assert_eq!(s.promote_due(u64::MAX / 2).await.unwrap(), 0);
     }
 
     #[tokio::test]

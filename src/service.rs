@@ -20,7 +20,8 @@ use crate::classify::classify;
 use crate::directive::{splitmix64, Directives};
 use crate::planner::Planner;
 use crate::engine::Engine;
-use crate::job::{ChatRequest, Job, Origin};
+use crate::api::openai::Deadline;
+use crate::job::{now_ms, ChatRequest, Deferral, Job, Origin};
 use crate::queue::{job_id, CancelOutcome, NewJob, Store, StoreError};
 
 /// Where the model is in its life.
@@ -48,6 +49,8 @@ pub enum SubmitError {
     TooLong { chars: usize, max: usize },
     #[error("the queue is full ({queued} jobs queued; queue.max_queued)")]
     Full { queued: usize },
+    #[error("{0}")]
+    Deadline(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -58,6 +61,9 @@ pub enum JobEvent {
     Delta(String),
     Finished(Job),
 }
+
+/// The furthest deadline accepted: the forecast reaches 72 hours.
+const MAX_DEADLINE_MS: u64 = 72 * 3_600_000;
 
 pub struct Service {
     pub config: Config,
@@ -131,6 +137,7 @@ impl Service {
         origin: Origin,
         priority: i32,
         request: ChatRequest,
+        deadline: Option<Deadline>,
         idempotency_key: Option<String>,
         listen: bool,
     ) -> Result<Submission, SubmitError> {
@@ -142,7 +149,7 @@ impl Service {
         if chars > max {
             return Err(SubmitError::TooLong { chars, max });
         }
-        let queued = self.store.queued_len();
+        let queued = self.store.queued_len() + self.store.deferred_len();
         if queued >= self.config.queue.max_queued {
             return Err(SubmitError::Full { queued });
         }
@@ -161,7 +168,21 @@ impl Service {
             self.listeners.lock().expect("poisoned").insert(id.clone(), tx);
             rx
         });
-        let new = NewJob { origin, priority, request, idempotency_key };
+        let now = now_ms();
+        let deadline_ms = deadline.map(|d| d.to_unix_ms(now));
+        let deferral = match deadline_ms {
+            None => None,
+            Some(d) if d <= now => return Err(SubmitError::Deadline(format!("the deadline ({:.0} s ago) has passed", (now - d) as f64 / 1000.0))),
+            Some(d) if d - now > MAX_DEADLINE_MS => {
+                return Err(SubmitError::Deadline(format!(
+                    "the deadline is {:.0} h away; at most {} h (the forecast's reach)",
+                    (d - now) as f64 / 3.6e6,
+                    MAX_DEADLINE_MS / 3_600_000
+                )))
+            }
+            Some(d) => self.deferral(now, d),
+        };
+        let new = NewJob { origin, priority, request, idempotency_key, deadline_ms, deferral };
         let submitted = match self.store.submit(seq, new, directive, seed).await {
             Ok(s) => s,
             Err(e) => {
@@ -177,6 +198,34 @@ impl Service {
             self.work.notify_one();
         }
         Ok(Submission { job: submitted.job, created: submitted.created, events: rx })
+    }
+
+    /// Whether to hold a job due by `deadline_ms`: until the lowest forecast
+    /// hour that leaves `queue.deadline_margin` to run it (see `deferral`).
+    fn deferral(&self, now_ms: u64, deadline_ms: u64) -> Option<Deferral> {
+        let now_s = (now_ms / 1000) as i64;
+        let now_ci = self.carbon.now(now_s).gco2_per_kwh;
+        let forecast = self.carbon.forecast(now_s, 72);
+        let margin = self.config.queue.deadline_margin.as_secs() as i64;
+        let hold = crate::deferral::decide(now_s, (deadline_ms / 1000) as i64, margin, now_ci, &forecast)?;
+        Some(Deferral {
+            until_ms: hold.until_s as u64 * 1000,
+            forecast_gco2_per_kwh: hold.forecast_gco2_per_kwh,
+            submit_gco2_per_kwh: now_ci,
+        })
+    }
+
+    /// Queues the deferred jobs whose time has come and wakes the worker.
+    pub async fn promote_deferred(&self) -> Result<usize, StoreError> {
+        let n = self.store.promote_due(now_ms()).await?;
+        if n > 0 {
+            tracing::info!(jobs = n, "deferred jobs queued: their low-carbon hour has come");
+            self.bump();
+            for _ in 0..n {
+                self.work.notify_one();
+            }
+        }
+        Ok(n)
     }
 
     /// Waits until job `id` has ended (or sproutd stops), and returns it.

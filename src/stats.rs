@@ -43,6 +43,9 @@ pub struct Totals {
     pub by_level: BTreeMap<String, LevelTotals>,
     pub estimated: u64,
     pub measured: u64,
+    /// Jobs that were held for a low-carbon hour, and what that saved, gCO2e.
+    pub deferred_jobs: u64,
+    pub deferral_saving_g: f64,
 }
 
 impl Totals {
@@ -72,6 +75,10 @@ impl Totals {
             l.ok_intensity_sum += e.intensity_gco2_per_kwh;
             l.ok_completion_tokens += e.completion_tokens as u64;
             l.ok_duration_s += e.duration_s;
+        }
+        if e.deferral_saving_g != 0.0 {
+            self.deferred_jobs += 1;
+            self.deferral_saving_g += e.deferral_saving_g;
         }
         if e.estimated {
             self.estimated += 1;
@@ -147,6 +154,7 @@ mod tests {
             carbon_g: operational_g + embodied_g,
             estimated: true,
             class: "question".into(),
+            deferral_saving_g: 0.0,
         }
     }
 

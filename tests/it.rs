@@ -847,7 +847,14 @@ fn write_store_fixture() {
         stop: vec![],
         directive: Some("L0".into()),
     };
-    let new = sprout::queue::NewJob { origin: sprout::job::Origin::Job, priority: 0, request: req, idempotency_key: None };
+    let new = sprout::queue::NewJob {
+        origin: sprout::job::Origin::Job,
+        priority: 0,
+        request: req,
+        idempotency_key: None,
+        deadline_ms: None,
+        deferral: None,
+    };
     tokio::runtime::Runtime::new().unwrap().block_on(store.submit(seq, new, "L0".into(), 1)).unwrap();
     drop(store);
     copy_dir(&d.data_dir, &target);
@@ -1129,4 +1136,73 @@ fn the_daemon_re_solves_when_the_intensity_moves_and_serves_the_plan() {
     assert!(out.contains("quality floor") && out.contains("instruction") && out.contains("mix L0 / L1 / L2"), "{out}");
     let text = reqwest::blocking::get(format!("{}/metrics", d.url)).unwrap().text().unwrap();
     assert!(text.contains("sproutd_plan_quality_floor"), "{text}");
+}
+
+// ---------------------------------------------------------------------------
+// Deferral of jobs with a deadline.
+
+#[test]
+fn a_job_with_a_deadline_waits_for_the_low_carbon_hour_and_its_saving_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    // Eight days of the same day: 300 gCO2/kWh but one hour at 50, six trace
+    // hours ahead of the hour playing now (the forecast learns it from the
+    // past week); played at two trace hours per wall second.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let dip = ((now / 3600) % 24 + 6) % 24;
+    let mut trace = String::from("datetime,gco2_per_kwh\n");
+    for h in 0..24 * 8 {
+        trace += &format!("2023-01-{:02} {:02}:00:00,{}\n", 1 + h / 24, h % 24, if h % 24 == dip { 50 } else { 300 });
+    }
+    let cfg = with_file_setting(
+        &echo_config(0, 1, &[("trace_speedup = 1.0", "trace_speedup = 7200.0"), ("deadline_margin = \"10m\"", "deadline_margin = \"1s\"")]),
+        dir.path(),
+        "trace_file",
+        "daily.csv",
+        &trace,
+    );
+    let d = Daemon::start(&cfg);
+    let body = json!({"messages": user("Summarise the week's logs."), "deadline": "8s", "directive": "L0"}).to_string();
+    let (s, job) = http("POST", &format!("{}/v1/jobs", d.url), Some(&body));
+    assert_eq!(s, 202, "{job}");
+    assert_eq!(job["state"], "deferred", "{job}");
+    let until = job["deferred"]["until"].as_f64().unwrap();
+    let deadline = job["deadline_at"].as_f64().unwrap();
+    assert!(until < deadline - 1.0, "held until {until}, deadline {deadline}");
+    assert_eq!(job["deferred"]["forecast_gco2_per_kwh"], 50.0, "{job}");
+    assert_eq!(job["deferred"]["submit_gco2_per_kwh"], 300.0, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let (code, out, _) = sproutctl(&d.url, &["status", &id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("deferred until") && out.contains("forecast 50 gCO2/kWh"), "{out}");
+    // Not run before its hour; run in it, before the deadline.
+    let (_, done) = http("GET", &format!("{}/v1/jobs/{id}?wait=30", d.url), None);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let started = done["started_at"].as_f64().unwrap();
+    assert!(started >= until - 0.01 && done["finished_at"].as_f64().unwrap() <= deadline, "{done}");
+    let r = &done["result"]["usage"]["sprout"];
+    assert_eq!(r["intensity_gco2_per_kwh"], 50.0, "{done}");
+    // The saving is its energy at the 250 gCO2/kWh it avoided, counted apart.
+    let (_, stats) = http("GET", &format!("{}/v1/stats", d.url), None);
+    let expect = r["energy_j"].as_f64().unwrap() / 3.6e6 * 250.0;
+    assert!((stats["deferral"]["saving_g"].as_f64().unwrap() - expect).abs() < 1e-12, "{stats}");
+    assert_eq!(stats["deferral"]["jobs"], 1);
+
+    // Bad deadlines: 400 with the param.
+    for (deadline, needle) in [(json!("soon"), "not a duration"), (json!(1.0), "has passed"), (json!("30d"), "at most 72 h")] {
+        let body = json!({"messages": user("x"), "deadline": deadline}).to_string();
+        let (s, e) = http("POST", &format!("{}/v1/jobs", d.url), Some(&body));
+        assert_eq!(s, 400, "{e}");
+        assert_eq!(e["error"]["param"], "deadline");
+        assert!(e["error"]["message"].as_str().unwrap().contains(needle), "{e}");
+    }
+    let (s, e) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user("x"), "deadline": "1h"}).to_string()));
+    assert_eq!(s, 400, "{e}");
+    // A deferred job can be cancelled.
+    let body = json!({"messages": user("later"), "deadline": "8s"}).to_string();
+    let (_, job) = http("POST", &format!("{}/v1/jobs", d.url), Some(&body));
+    if job["state"] == "deferred" {
+        let (s, c) = http("DELETE", &format!("{}/v1/jobs/{}", d.url, job["id"].as_str().unwrap()), None);
+        assert_eq!(s, 200, "{c}");
+        assert_eq!(c["state"], "cancelled");
+    }
 }

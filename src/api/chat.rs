@@ -57,7 +57,10 @@ pub async fn completions(
     let parsed = parse_request(&body, &svc.config, &svc.directives)?;
     let key = idempotency_key(&headers)?;
     ensure_serving(&svc)?;
-    let sub = svc.submit(Origin::Chat, parsed.priority, parsed.request, key, true).await?;
+    if parsed.deadline.is_some() {
+        return Err(ApiError::invalid("deadline", "a chat completion answers now; send jobs with a deadline to /v1/jobs"));
+    }
+    let sub = svc.submit(Origin::Chat, parsed.priority, parsed.request, None, key, true).await?;
     let Some(rx) = sub.events else {
         // A repeated Idempotency-Key: answer with the earlier job's outcome.
         let job = svc.wait_finished(&sub.job.id).await?;

@@ -106,6 +106,7 @@ impl From<SubmitError> for ApiError {
                 retry_after: Some(10),
                 ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", format!("{e}; retry later"))
             },
+            SubmitError::Deadline(_) => ApiError::invalid("deadline", e.to_string()),
             SubmitError::Store(e) => e.into(),
         }
     }

@@ -33,7 +33,7 @@ pub async fn submit(
     }
     let key = idempotency_key(&headers)?;
     // Queued even while the model loads: the worker starts once it is ready.
-    let sub = svc.submit(Origin::Job, parsed.priority, parsed.request, key, false).await?;
+    let sub = svc.submit(Origin::Job, parsed.priority, parsed.request, parsed.deadline, key, false).await?;
     // 202 for a new job; 200 with the earlier job for a repeated Idempotency-Key.
     let status = if sub.created { StatusCode::ACCEPTED } else { StatusCode::OK };
     // No position here: counting the jobs ahead costs O(queue) per submit,
@@ -105,7 +105,7 @@ pub async fn list(State(svc): State<AppState>, Query(params): Query<ListParams>)
 }
 
 fn parse_state(s: &str) -> Option<JobState> {
-    [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled]
+    [JobState::Deferred, JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Cancelled]
         .into_iter()
         .find(|st| st.as_str() == s)
 }

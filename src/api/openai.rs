@@ -2,8 +2,9 @@
 //! [`ChatRequest`], and rendering a finished job as a `chat.completion` (or
 //! its stream chunks). Pure: no IO, so every bad input is unit-tested here.
 //!
-//! Sprout's extensions: `"directive"` (pin a level) and `"priority"` in the
-//! request; `usage.sprout` (the carbon receipt) in the response.
+//! Sprout's extensions: `"directive"` (pin a level), `"priority"` and, for
+//! jobs, `"deadline"` in the request; `usage.sprout` (the carbon receipt) in
+//! the response.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -29,6 +30,7 @@ struct RawRequest {
     n: Option<i64>,
     directive: Option<String>,
     priority: Option<i64>,
+    deadline: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +59,23 @@ pub struct Parsed {
     pub stream: bool,
     pub include_usage: bool,
     pub priority: i32,
+    pub deadline: Option<Deadline>,
+}
+
+/// When a job must be done: `"6h"` (from now) or a Unix time in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Deadline {
+    In(std::time::Duration),
+    AtUnixS(f64),
+}
+
+impl Deadline {
+    pub fn to_unix_ms(self, now_ms: u64) -> u64 {
+        match self {
+            Deadline::In(d) => now_ms + d.as_millis() as u64,
+            Deadline::AtUnixS(s) => (s * 1000.0) as u64,
+        }
+    }
 }
 
 /// Parses and validates a body. Unknown fields are ignored, as OpenAI's
@@ -159,6 +178,17 @@ pub fn parse_request(body: &[u8], cfg: &Config, directives: &Directives) -> Resu
         Some(p) if p >= i32::MIN as i64 && p <= i32::MAX as i64 => p as i32,
         Some(_) => return Err(ApiError::invalid("priority", "priority must fit in a 32-bit integer")),
     };
+    let deadline = match &raw.deadline {
+        None | Some(Value::Null) => None,
+        Some(Value::String(d)) => Some(Deadline::In(crate::config::parse_duration(d).filter(|d| !d.is_zero()).ok_or_else(
+            || ApiError::invalid("deadline", format!("deadline {d:?} is not a duration like \"6h\" or a Unix time in seconds")),
+        )?)),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(s) if s.is_finite() && s > 0.0 => Some(Deadline::AtUnixS(s)),
+            _ => return Err(ApiError::invalid("deadline", "deadline must be a positive Unix time in seconds")),
+        },
+        Some(_) => return Err(ApiError::invalid("deadline", "deadline must be a duration string like \"6h\" or a Unix time in seconds")),
+    };
     let include_usage = raw.stream_options.is_some_and(|o| o.include_usage);
     Ok(Parsed {
         request: ChatRequest {
@@ -173,6 +203,7 @@ pub fn parse_request(body: &[u8], cfg: &Config, directives: &Directives) -> Resu
         },
         stream: raw.stream,
         include_usage,
+        deadline,
         priority,
     })
 }
@@ -300,6 +331,12 @@ pub fn job_view(job: &Job) -> Value {
             "stop": job.request.stop,
             "directive": job.request.directive,
         },
+        "deadline_at": secs(job.deadline_ms),
+        "deferred": job.deferral.map(|d| json!({
+            "until": d.until_ms as f64 / 1000.0,
+            "forecast_gco2_per_kwh": d.forecast_gco2_per_kwh,
+            "submit_gco2_per_kwh": d.submit_gco2_per_kwh,
+        })),
         "result": completion(job),
         "error": job.error.as_ref().map(|m| json!({"message": m})),
     })

@@ -44,11 +44,16 @@ pub async fn stats(State(svc): State<AppState>, Query(p): Query<Params>) -> Resu
             "carbon_g": totals.savings_g(&baseline),
             "method": "each request at another level against the running mean energy and embodied carbon of succeeded baseline requests, at the intensity it met",
         },
+        "deferral": {
+            "jobs": totals.deferred_jobs,
+            "saving_g": totals.deferral_saving_g,
+            "method": "each deferred job's energy x (intensity when submitted - intensity when it ran); apart from the directives' savings",
+        },
         "estimated_requests": totals.estimated,
         "measured_requests": totals.measured,
         "meter": svc.metering.lock().expect("poisoned").status(),
         "levels": totals.per_level_json(),
-        "queue": {"queued": svc.store.queued_len(), "running": svc.store.running_len()},
+        "queue": {"deferred": svc.store.deferred_len(), "queued": svc.store.queued_len(), "running": svc.store.running_len()},
     })))
 }
 
@@ -79,6 +84,7 @@ pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
         matches!(svc.engine_status(), EngineStatus::Ready(_)) as u8 as f64,
     )]);
     metric(&mut out, "sproutd_jobs", "gauge", "Jobs in the queue by state.", &[
+        ("state=\"deferred\"".into(), svc.store.deferred_len() as f64),
         ("state=\"queued\"".into(), svc.store.queued_len() as f64),
         ("state=\"running\"".into(), svc.store.running_len() as f64),
     ]);
@@ -103,6 +109,7 @@ pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
     if let Some(s) = t.savings_g(levels.first().copied().unwrap_or("L0")) {
         metric(&mut out, "sproutd_carbon_saved_grams_total", "counter", "Carbon saved against serving every request at the baseline level, gCO2e.", &[(String::new(), s)]);
     }
+    metric(&mut out, "sproutd_deferral_saved_grams_total", "counter", "Carbon saved by holding jobs with a deadline for low-carbon hours, gCO2e.", &[(String::new(), t.deferral_saving_g)]);
     let total = t.requests().max(1) as f64;
     metric(&mut out, "sproutd_directive_share", "gauge", "Share of requests served at each level so far.", &per(&|l| l.requests as f64 / total));
     let plan = svc.planner.current();
