@@ -120,6 +120,7 @@ async fn main() {
                 seed: None,
                 stop: vec![],
                 directive: None,
+                store: None,
             };
             let new = NewJob {
                 origin: Origin::Job,

@@ -92,6 +92,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The offline quality evaluator: force a run, its status, its history.
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+    },
     /// Accounting records, one per job that ran.
     Ledger {
         #[command(subcommand)]
@@ -146,6 +151,38 @@ pub struct SimulateArgs {
     pub plot: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Run an evaluation now (it queues its own jobs at the lowest priority).
+    Run {
+        /// How many sampled prompts to judge (default: evaluator.prompts).
+        #[arg(long)]
+        prompts: Option<usize>,
+        /// An OpenAI-compatible judge for this run, e.g. http://host:7878/v1.
+        #[arg(long)]
+        judge_url: Option<String>,
+        #[arg(long)]
+        judge_model: Option<String>,
+        /// Wait for the run and print its q and verdicts.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The last q, the next planned run with its forecast intensity, and why.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Past runs, newest first.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -265,6 +302,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Simulate(_) => unreachable!("handled above"),
+        Command::Eval { command } => eval(&client, command).await,
         Command::Plan { json } => {
             let p = client.plan().await?;
             if json {
@@ -625,4 +663,87 @@ fn simulate(args: &SimulateArgs) -> Result<(), CliError> {
     println!("  evaluations:                {:.1}", runs.iter().map(|r| r.evaluations).sum::<usize>() as f64 / n);
     println!("  mean mix (first seed):      {}", runs[0].mean_mix.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" / "));
     Ok(())
+}
+
+fn fmt_q(q: &Value) -> String {
+    q.as_array()
+        .map(|a| a.iter().map(|x| format!("{:.2}", x.as_f64().unwrap_or(f64::NAN))).collect::<Vec<_>>().join(" / "))
+        .unwrap_or_else(|| "-".into())
+}
+
+async fn eval(client: &Client, command: EvalCommand) -> Result<(), CliError> {
+    match command {
+        EvalCommand::Run { prompts, judge_url, judge_model, wait, json } => {
+            let mut body = json!({"wait": wait});
+            if let Some(k) = prompts {
+                body["prompts"] = json!(k);
+            }
+            if let Some(u) = judge_url {
+                body["judge_url"] = json!(u);
+            }
+            if let Some(m) = judge_model {
+                body["judge_model"] = json!(m);
+            }
+            let run = client.eval_run(&body).await?;
+            if json {
+                print_json(&run);
+                return Ok(());
+            }
+            if !wait {
+                println!("evaluation started; `sproutctl eval status` shows it");
+                return Ok(());
+            }
+            let levels: Vec<String> = run["levels"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            println!("{}: q {} = {} ({} prompts, {} judge calls, {} unreadable; judge {})",
+                run["id"].as_str().unwrap_or("?"), levels.join(" / "), fmt_q(&run["q"]),
+                run["verdicts"].as_array().map(Vec::len).unwrap_or(0), run["judge_calls"], run["failures"], run["judge"].as_str().unwrap_or("?"));
+            println!("cost: {:.1} J, {:.4} gCO2e{}", run["energy_j"].as_f64().unwrap_or(0.0), run["carbon_g"].as_f64().unwrap_or(0.0),
+                if run["estimated"] == true { " (estimated)" } else { "" });
+            for v in run["verdicts"].as_array().into_iter().flatten() {
+                let picks: Vec<String> = v["picks"].as_array().into_iter().flatten()
+                    .map(|p| p.as_u64().and_then(|i| levels.get(i as usize).cloned()).unwrap_or_else(|| "?".into())).collect();
+                let prompt: String = v["prompt"].as_str().unwrap_or("").chars().take(60).collect();
+                println!("  [{}] {}  <- {}", picks.join(" "), fmt_q(&v["credit"]), prompt.replace('\n', " "));
+            }
+            Ok(())
+        }
+        EvalCommand::Status { json } => {
+            let s = client.eval_status().await?;
+            if json {
+                print_json(&s);
+                return Ok(());
+            }
+            let levels: Vec<String> = s["levels"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
+            println!("q {} = {} (from {})", levels.join(" / "), fmt_q(&s["q"]), s["q_source"].as_str().unwrap_or("?"));
+            if let Some(r) = s["last_run"].as_object() {
+                println!("last run: {} at {} ({})", r["id"].as_str().unwrap_or("?"), utc(r["at"].as_f64().unwrap_or(0.0)), r["judge"].as_str().unwrap_or("?"));
+            }
+            let n = &s["next"];
+            if s["running"] == true {
+                println!("running now");
+            } else if n["run_now"] == true {
+                println!("next run: now ({})", n["reason"].as_str().unwrap_or(""));
+            } else {
+                println!("next run: {} (forecast {:.0} gCO2/kWh): {}", utc(n["at"].as_f64().unwrap_or(0.0)),
+                    n["forecast_gco2_per_kwh"].as_f64().unwrap_or(f64::NAN), n["reason"].as_str().unwrap_or(""));
+            }
+            println!("samples kept: {}", s["samples"]);
+            Ok(())
+        }
+        EvalCommand::History { limit, json } => {
+            let h = client.eval_history(limit).await?;
+            if json {
+                print_json(&h);
+                return Ok(());
+            }
+            println!("{:<20} {:<17} {:>7} {:<18} {:>5} {:>9}  reason", "ID", "STARTED (UTC)", "gCO2/kWh", "q", "FAILS", "gCO2e");
+            for r in h["data"].as_array().into_iter().flatten() {
+                println!("{:<20} {:<17} {:>7.0} {:<18} {:>5} {:>9.4}  {}",
+                    r["id"].as_str().unwrap_or("?"), utc(r["started_ms"].as_f64().unwrap_or(0.0) / 1000.0).trim_end_matches(" UTC"),
+                    r["intensity_gco2_per_kwh"].as_f64().unwrap_or(f64::NAN), fmt_q(&r["q"]), r["failures"], r["carbon_g"].as_f64().unwrap_or(0.0),
+                    r["reason"].as_str().unwrap_or(""));
+            }
+            Ok(())
+        }
+    }
 }

@@ -146,6 +146,18 @@ impl Client {
         self.send(reqwest::Method::GET, "/v1/carbon", None).await
     }
 
+    pub async fn eval_run(&self, body: &Value) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::POST, "/v1/eval/runs", Some(body)).await
+    }
+
+    pub async fn eval_status(&self) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::GET, "/v1/eval/status", None).await
+    }
+
+    pub async fn eval_history(&self, limit: usize) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::GET, &format!("/v1/eval/runs?limit={limit}"), None).await
+    }
+
     pub async fn plan(&self) -> Result<Value, ClientError> {
         self.send(reqwest::Method::GET, "/v1/plan", None).await
     }

@@ -60,6 +60,75 @@ pub struct RawConfig {
     pub auth: RawAuth,
     #[serde(default)]
     pub optimizer: RawOptimizer,
+    #[serde(default)]
+    pub evaluator: RawEvaluator,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEvaluator {
+    pub enabled: bool,
+    pub sample_size: usize,
+    pub sample_retention: String,
+    pub prompts: usize,
+    pub max_tokens: usize,
+    pub judge: String,
+    pub judge_url: Option<String>,
+    pub judge_model: Option<String>,
+    pub judge_key_file: Option<PathBuf>,
+    pub judge_timeout: String,
+    pub judge_retries: u32,
+    pub judge_prompt: Option<String>,
+    pub min_interval: String,
+    pub max_staleness: String,
+    pub tolerance: f64,
+    pub check_interval: String,
+}
+
+impl Default for RawEvaluator {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sample_size: 500,
+            sample_retention: "7d".into(),
+            prompts: 8,
+            max_tokens: 256,
+            judge: "local".into(),
+            judge_url: None,
+            judge_model: None,
+            judge_key_file: None,
+            judge_timeout: "120s".into(),
+            judge_retries: 2,
+            judge_prompt: None,
+            min_interval: "6h".into(),
+            max_staleness: "72h".into(),
+            tolerance: 0.05,
+            check_interval: "1m".into(),
+        }
+    }
+}
+
+/// The quality evaluator (validated).
+#[derive(Debug, Clone)]
+pub struct EvaluatorConfig {
+    pub enabled: bool,
+    pub sample_size: usize,
+    pub sample_retention: Duration,
+    pub prompts: usize,
+    pub max_tokens: usize,
+    /// `local` (the served model, through the queue) or `openai`.
+    pub judge: String,
+    pub judge_url: Option<String>,
+    pub judge_model: Option<String>,
+    /// The judge's API key file; `SPROUT_JUDGE_KEY` when unset.
+    pub judge_key_file: Option<PathBuf>,
+    pub judge_timeout: Duration,
+    pub judge_retries: u32,
+    pub judge_prompt: String,
+    pub min_interval: Duration,
+    pub max_staleness: Duration,
+    pub tolerance: f64,
+    pub check_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -353,6 +422,7 @@ pub struct Config {
     pub carbon: CarbonConfig,
     pub queue: QueueConfig,
     pub optimizer: OptimizerConfig,
+    pub evaluator: EvaluatorConfig,
     /// The API token file (`auth.token_file`); its content is read at start.
     pub token_file: Option<PathBuf>,
 }
@@ -729,6 +799,57 @@ impl Config {
             prior_time_s,
         };
 
+        let ev = &raw.evaluator;
+        let mut edur = |key: &str, v: &str| {
+            parse_duration(v).filter(|d| !d.is_zero()).unwrap_or_else(|| {
+                errs.push(format!("evaluator.{key}: {v:?} is not a positive duration like \"6h\""));
+                Duration::from_secs(1)
+            })
+        };
+        let evaluator = EvaluatorConfig {
+            enabled: ev.enabled,
+            sample_size: ev.sample_size,
+            sample_retention: edur("sample_retention", &ev.sample_retention),
+            prompts: ev.prompts,
+            max_tokens: ev.max_tokens,
+            judge: ev.judge.clone(),
+            judge_url: ev.judge_url.clone().filter(|u| !u.trim().is_empty()),
+            judge_model: ev.judge_model.clone().filter(|m| !m.trim().is_empty()),
+            judge_key_file: ev.judge_key_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(resolve),
+            judge_timeout: edur("judge_timeout", &ev.judge_timeout),
+            judge_retries: ev.judge_retries,
+            judge_prompt: ev.judge_prompt.clone().filter(|p| !p.trim().is_empty()).unwrap_or_else(|| crate::evaluator::DEFAULT_JUDGE_PROMPT.to_string()),
+            min_interval: edur("min_interval", &ev.min_interval),
+            max_staleness: edur("max_staleness", &ev.max_staleness),
+            tolerance: ev.tolerance,
+            check_interval: edur("check_interval", &ev.check_interval),
+        };
+        if !["local", "openai"].contains(&ev.judge.as_str()) {
+            errs.push(format!("evaluator.judge: {:?} is not \"local\" or \"openai\"", ev.judge));
+        }
+        if ev.judge == "openai" && (evaluator.judge_url.is_none() || evaluator.judge_model.is_none()) {
+            errs.push("evaluator.judge_url, evaluator.judge_model: required for judge = \"openai\"".into());
+        }
+        if let Some(u) = &evaluator.judge_url {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                errs.push(format!("evaluator.judge_url: {u:?} is not an http:// or https:// URL"));
+            }
+        }
+        if ev.prompts == 0 || ev.max_tokens == 0 || ev.sample_size == 0 {
+            errs.push("evaluator.prompts, evaluator.max_tokens, evaluator.sample_size: must be at least 1".into());
+        }
+        if !(ev.tolerance.is_finite() && ev.tolerance >= 0.0) {
+            errs.push("evaluator.tolerance: must be a non-negative share (0.05 = 5%)".into());
+        }
+        for key in ["{question}", "{answers}"] {
+            if !evaluator.judge_prompt.contains(key) {
+                errs.push(format!("evaluator.judge_prompt: must contain {key}"));
+            }
+        }
+        if evaluator.min_interval > evaluator.max_staleness {
+            errs.push("evaluator.min_interval: must not exceed evaluator.max_staleness".into());
+        }
+
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
@@ -758,6 +879,7 @@ impl Config {
                 deadline_margin,
             },
             optimizer,
+            evaluator,
             token_file,
         })
     }

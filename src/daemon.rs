@@ -176,9 +176,15 @@ pub async fn run(
                     Ok(Err(e)) => tracing::error!(error = %e, "collecting finished jobs failed"),
                     Err(e) => tracing::error!(error = %e, "the collector panicked"),
                 }
+                let cutoff = now_ms().saturating_sub(svc.config.evaluator.sample_retention.as_millis() as u64);
+                let svc2 = svc.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || svc2.store.collect_samples(cutoff)).await {
+                    tracing::error!(error = %e, "collecting old prompt samples failed");
+                }
             }
         });
     }
+    tokio::spawn(crate::eval_run::scheduler(svc.clone(), stop.clone()));
 
     let worker = tokio::spawn(worker::run(svc.clone(), stop.clone(), interrupt.clone()));
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();

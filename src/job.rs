@@ -36,6 +36,10 @@ pub struct ChatRequest {
     pub stop: Vec<String>,
     /// The level the client pinned, if any.
     pub directive: Option<String>,
+    /// `Some(false)`: the client opted out of the evaluator's prompt sample
+    /// (OpenAI's `store` field).
+    #[serde(default)]
+    pub store: Option<bool>,
 }
 
 impl ChatRequest {

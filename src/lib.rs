@@ -33,6 +33,8 @@ pub mod energy;
 pub mod carbon;
 pub mod classify;
 pub mod deferral;
+pub mod evaluator;
+pub mod eval_run;
 pub mod optimizer;
 pub mod planner;
 pub mod simulate;

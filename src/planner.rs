@@ -64,7 +64,7 @@ pub fn build_inputs(
     levels: usize,
     entries: &[LedgerEntry],
     level_names: &[String],
-    q: &[f64],
+    q_for: &dyn Fn(&str) -> Vec<f64>,
     ci: f64,
     range: (f64, f64),
 ) -> (Inputs, Vec<Vec<String>>) {
@@ -110,7 +110,7 @@ pub fn build_inputs(
             }
         }
         sources.push(src);
-        out.push(ClassInputs { name: class.to_string(), weight, e, p, q: q.to_vec() });
+        out.push(ClassInputs { name: class.to_string(), weight, e, p, q: q_for(class) });
     }
     let (ci_min, ci_max) = cfg.ci_range.unwrap_or(range);
     let inputs = Inputs {
@@ -232,16 +232,26 @@ pub fn resolve(svc: &crate::service::Service, ci: f64, reason: String) -> Solved
         Vec::new()
     });
     let names: Vec<String> = svc.directives.names().map(str::to_string).collect();
-    let (inputs, sources) = build_inputs(
-        &cfg.optimizer,
-        &cfg.accounting,
-        names.len(),
-        &entries,
-        &names,
-        &cfg.optimizer.prior_q,
-        ci,
-        svc.carbon.range(),
-    );
+    // q: the newest evaluation's (per class, pooled over the last few runs
+    // for `best`); the configured prior before the first.
+    let runs: Vec<crate::evaluator::EvalRun> = svc
+        .store
+        .eval_runs(crate::optimizer::BEST_CLASS_HISTORY * 4)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.q.is_some() && r.levels == names)
+        .take(crate::optimizer::BEST_CLASS_HISTORY)
+        .collect();
+    let overall = runs.first().and_then(|r| r.q.clone()).unwrap_or_else(|| cfg.optimizer.prior_q.clone());
+    let q_for = |class: &str| -> Vec<f64> {
+        if class == "all" || runs.is_empty() {
+            overall.clone()
+        } else {
+            crate::evaluator::class_quality(&runs, class, &overall, 10.0)
+        }
+    };
+    let (inputs, sources) =
+        build_inputs(&cfg.optimizer, &cfg.accounting, names.len(), &entries, &names, &q_for, ci, svc.carbon.range());
     svc.planner.install(inputs, sources, reason)
 }
 
@@ -277,7 +287,7 @@ mod tests {
         let names: Vec<String> = ["L0", "L1", "L2"].iter().map(|s| s.to_string()).collect();
         let mut entries: Vec<LedgerEntry> = (0..5).map(|_| entry("L0", "math", 720.0)).collect();
         entries.extend((0..3).map(|_| entry("L1", "math", 360.0)));
-        let (inp, src) = build_inputs(&c.optimizer, &c.accounting, 3, &entries, &names, &c.optimizer.prior_q, 300.0, (50.0, 500.0));
+        let (inp, src) = build_inputs(&c.optimizer, &c.accounting, 3, &entries, &names, &|_| c.optimizer.prior_q.clone(), 300.0, (50.0, 500.0));
         assert_eq!(inp.classes.len(), 4);
         let math = &inp.classes[1];
         assert_eq!(math.name, "math");
@@ -299,7 +309,7 @@ mod tests {
         assert_eq!(p.due(0, 100.0).as_deref(), Some("start"));
         assert!(p.mix_for("math").is_none());
         let names: Vec<String> = ["L0", "L1", "L2"].iter().map(|s| s.to_string()).collect();
-        let (inp, src) = build_inputs(&c.optimizer, &c.accounting, 3, &[], &names, &c.optimizer.prior_q, 100.0, (50.0, 500.0));
+        let (inp, src) = build_inputs(&c.optimizer, &c.accounting, 3, &[], &names, &|_| c.optimizer.prior_q.clone(), 100.0, (50.0, 500.0));
         let s = p.install(inp, src, "start".into());
         assert_eq!(s.plan.status, "optimal");
         let x = p.mix_for("math").unwrap();

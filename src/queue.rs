@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
+use crate::evaluator::{EvalRun, PromptSample};
 use crate::job::{now_ms, ChatRequest, Job, JobResult, JobState, LedgerEntry, Origin};
 use crate::stats::Totals;
 
@@ -78,6 +79,10 @@ pub struct Store {
     ledger: sled::Tree,
     /// Deferred jobs by the time they may start: `until_ms ‖ seq` → id.
     deferred: sled::Tree,
+    /// The evaluator's prompt reservoir (slot → sample) and its runs (`started_ms ‖ n` → run).
+    samples: sled::Tree,
+    evals: sled::Tree,
+    meta: sled::Tree,
     /// `queue.len()` walks the tree; this is kept in step with it.
     queued: AtomicUsize,
     held: AtomicUsize,
@@ -205,6 +210,9 @@ impl Store {
             queued,
             deferred,
             held,
+            samples: db.open_tree("samples")?,
+            evals: db.open_tree("evals")?,
+            meta,
             db,
             write: Arc::new(Mutex::new(())),
             written: AtomicU64::new(0),
@@ -593,6 +601,59 @@ impl Store {
         Ok(n)
     }
 
+    /// Offers a prompt to the evaluator's reservoir of `cap` samples
+    /// (reservoir sampling: every prompt seen has the same chance to be
+    /// kept; `r` is a random number). Not flushed: a sample lost in a crash
+    /// costs nothing.
+    pub fn sample_prompt(&self, sample: &PromptSample, cap: usize, r: u64) -> Result<(), StoreError> {
+        self.write(|| {
+            let seen = self.meta.get("samples_seen")?.map(|v| v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0)).unwrap_or(0) + 1;
+            self.meta.insert("samples_seen", &seen.to_be_bytes())?;
+            let len = self.samples.len() as u64;
+            let slot = if len < cap as u64 { Some(len) } else { Some(r % seen).filter(|j| *j < cap as u64) };
+            if let Some(slot) = slot {
+                self.samples.insert(slot.to_be_bytes(), encode(sample))?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// The reservoir, oldest slot first.
+    pub fn samples(&self) -> Result<Vec<PromptSample>, StoreError> {
+        self.samples.iter().map(|item| item.map_err(StoreError::from).and_then(|(k, v)| decode(&k, &v))).collect()
+    }
+
+    /// Drops samples taken before `cutoff_ms` (the reservoir refills).
+    pub fn collect_samples(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self.samples.iter() {
+            let (k, v) = item?;
+            let s: PromptSample = decode(&k, &v)?;
+            if s.at_ms < cutoff_ms {
+                self.write(|| Ok(self.samples.remove(&k)?))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Stores a finished evaluation run (flushed).
+    pub async fn save_eval(&self, run: &EvalRun) -> Result<(), StoreError> {
+        let mut key = run.started_ms.to_be_bytes().to_vec();
+        key.extend_from_slice(run.id.as_bytes());
+        let ((), ticket) = self.write(|| {
+            self.evals.insert(key, encode(run))?;
+            Ok(())
+        })?;
+        self.durable(ticket).await
+    }
+
+    /// Evaluation runs, newest first.
+    pub fn eval_runs(&self, limit: usize) -> Result<Vec<EvalRun>, StoreError> {
+        self.evals.iter().rev().take(limit).map(|item| item.map_err(StoreError::from).and_then(|(k, v)| decode(&k, &v))).collect()
+    }
+
     /// Number of deferred jobs.
     pub fn deferred_len(&self) -> usize {
         self.held.load(Ordering::SeqCst)
@@ -702,6 +763,7 @@ mod tests {
             seed: None,
             stop: vec![],
             directive: None,
+            store: None,
         }
     }
 

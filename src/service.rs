@@ -75,6 +75,8 @@ pub struct Service {
     pub directives: Directives,
     /// The directive optimizer's current plan.
     pub planner: Planner,
+    /// The quality evaluator's live state.
+    pub evals: crate::eval_run::EvalState,
     engine: watch::Receiver<EngineStatus>,
     /// Wakes the worker when a job is queued.
     pub work: Notify,
@@ -100,6 +102,7 @@ impl Service {
             metering: Mutex::new(metering),
             directives: Directives::new(&config.directives),
             planner: Planner::new(config.optimizer.clone()),
+            evals: Default::default(),
             config,
             store,
             engine,
@@ -194,10 +197,23 @@ impl Service {
             self.unlisten(&id);
             rx = None;
         } else {
+            self.sample(&submitted.job, class);
             self.bump();
             self.work.notify_one();
         }
         Ok(Submission { job: submitted.job, created: submitted.created, events: rx })
+    }
+
+    /// Offers a user's prompt to the evaluator's sample, unless it opted out.
+    fn sample(&self, job: &Job, class: &str) {
+        let ev = &self.config.evaluator;
+        if !ev.enabled || job.origin == Origin::Daemon || job.request.store == Some(false) {
+            return;
+        }
+        let sample = crate::evaluator::PromptSample { text: job.request.last_user_text().to_string(), class: class.to_string(), at_ms: job.created_ms };
+        if let Err(e) = self.store.sample_prompt(&sample, ev.sample_size, splitmix64(job.seq ^ 0x5eed_5a3b_1e00)) {
+            tracing::warn!(error = %e, "keeping a prompt sample failed");
+        }
     }
 
     /// Whether to hold a job due by `deadline_ms`: until the lowest forecast

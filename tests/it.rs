@@ -846,6 +846,7 @@ fn write_store_fixture() {
         seed: Some(1),
         stop: vec![],
         directive: Some("L0".into()),
+        store: None,
     };
     let new = sprout::queue::NewJob {
         origin: sprout::job::Origin::Job,
@@ -1205,4 +1206,87 @@ fn a_job_with_a_deadline_waits_for_the_low_carbon_hour_and_its_saving_is_counted
         assert_eq!(s, 200, "{c}");
         assert_eq!(c["state"], "cancelled");
     }
+}
+
+// ---------------------------------------------------------------------------
+// The quality evaluator.
+
+#[test]
+fn an_evaluation_run_queues_its_own_metered_work_and_counts_unreadable_verdicts() {
+    let d = Daemon::start(&echo_config(0, 1, &[]));
+    // Nothing sampled yet: a clear refusal.
+    let (s, e) = http("POST", &format!("{}/v1/eval/runs", d.url), Some(&json!({"wait": true}).to_string()));
+    assert_eq!(s, 409, "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("no prompts sampled"), "{e}");
+    for (text, store) in [("What is the capital of France?", json!(null)), ("Name three primes.", json!(true)), ("my secret question", json!(false))] {
+        let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user(text), "store": store}).to_string()));
+        assert_eq!(s, 200, "{b}");
+    }
+    let (_, st) = http("GET", &format!("{}/v1/eval/status", d.url), None);
+    assert_eq!(st["samples"], 2, "the opted-out prompt is not kept: {st}");
+    assert_eq!(st["q_source"], "prior (optimizer.prior_q)");
+    // The echo engine echoes the judge's instructions back: no reply names
+    // one answer, so every verdict is a counted failure and q stays unset.
+    let (code, out, err) = sproutctl(&d.url, &["eval", "run", "--prompts", "2", "--wait", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let run: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(run["verdicts"].as_array().unwrap().len(), 2);
+    assert_eq!(run["judge_calls"], 6, "3 rotations x 2 prompts");
+    assert_eq!(run["failures"], 6);
+    assert!(run["q"].is_null() && run["error"].as_str().unwrap().contains("q is unchanged"), "{run}");
+    assert!(!run["verdicts"].to_string().contains("my secret question"));
+    // Its 6 answers and 6 local judge calls are the daemon's own work in the ledger.
+    let ids: Vec<String> = run["jobs"].as_array().unwrap().iter().map(|j| j.as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 12);
+    let entries = ledger(&d.url);
+    let own: Vec<&Value> = entries.iter().filter(|e| ids.contains(&e["job_id"].as_str().unwrap().to_string())).collect();
+    assert_eq!(own.len(), 12);
+    assert!(own.iter().all(|e| e["origin"] == "daemon" && e["energy_j"].as_f64().unwrap() > 0.0));
+    let energy: f64 = own.iter().map(|e| e["energy_j"].as_f64().unwrap()).sum();
+    assert!((run["energy_j"].as_f64().unwrap() - energy).abs() < 1e-9);
+    let carbon: f64 = own.iter().map(|e| e["carbon_g"].as_f64().unwrap()).sum();
+    assert!((run["carbon_g"].as_f64().unwrap() - carbon).abs() < 1e-12);
+    let levels: std::collections::BTreeSet<&str> = own.iter().map(|e| e["directive"].as_str().unwrap()).collect();
+    assert_eq!(levels.len(), 3, "an answer at every level");
+    let (code, out, _) = sproutctl(&d.url, &["eval", "history"]);
+    assert_eq!(code, 0);
+    assert!(out.contains(run["id"].as_str().unwrap()), "{out}");
+    let (code, out, _) = sproutctl(&d.url, &["eval", "status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("next run:") && out.contains("samples kept: 2"), "{out}");
+}
+
+#[test]
+fn real_model_judged_by_a_second_sproutd_over_loopback() {
+    let Some(model) = model_path() else { return };
+    let judge = Daemon::start(&model_config(&model, &[]));
+    let judge_url = format!("{}/v1", judge.url);
+    let d = Daemon::start(&model_config(&model, &[("max_tokens = 256\n", "max_tokens = 48\n")]));
+    for q in ["What is the capital of Australia?", "What is 12 times 7?"] {
+        let body = json!({"messages": user(q), "max_tokens": 8, "directive": "L2"}).to_string();
+        let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&body));
+        assert_eq!(s, 200, "{b}");
+    }
+    let (code, out, err) = sproutctl(
+        &d.url,
+        &["eval", "run", "--prompts", "2", "--judge-url", &judge_url, "--judge-model", "qwen2.5-coder-0.5b-instruct", "--wait", "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let run: Value = serde_json::from_str(&out).unwrap();
+    assert!(run["judge"].as_str().unwrap().contains(&judge_url), "{run}");
+    assert_eq!(run["judge_calls"], 6);
+    // The judge sproutd really answered six times (its own ledger).
+    assert_eq!(ledger(&judge.url).len(), 6);
+    let verdicts = run["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 2);
+    let readable: usize = verdicts.iter().map(|v| v["picks"].as_array().unwrap().iter().filter(|p| !p.is_null()).count()).sum();
+    assert_eq!(readable + run["failures"].as_u64().unwrap() as usize, 6);
+    if let Some(q) = run["q"].as_array() {
+        let sum: f64 = q.iter().map(|x| x.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-9, "{run}");
+        // The optimizer re-solved with it.
+        let (_, plan) = http("GET", &format!("{}/v1/plan", d.url), None);
+        assert!(plan["reason"].as_str().unwrap().starts_with("evaluation"), "{plan}");
+    }
+    eprintln!("real judged run: q = {}, failures = {}", run["q"], run["failures"]);
 }

@@ -11,6 +11,10 @@
 //! | `GET /v1/ledger` | [`ledger::export`]: accounting records, JSON or CSV |
 //! | `GET /v1/carbon` | [`misc::carbon`]: grid intensity now, the next 24 h, the source |
 //! | `GET /v1/plan` | [`misc::plan`]: the optimizer's current plan (CI, floor, e, p, q, x) and recent solves |
+//! | `POST /v1/eval/runs` | [`eval::start`]: force an evaluation run (`"wait": true` answers with it) |
+//! | `GET /v1/eval/runs` | [`eval::history`]: evaluation runs, newest first |
+//! | `GET /v1/eval/runs/{id}` | [`eval::get`]: one run with its per-prompt verdicts |
+//! | `GET /v1/eval/status` | [`eval::status`]: the last q, the next planned run and why |
 //! | `GET /v1/stats` | [`stats::stats`]: totals, savings against L0, the mix, per-level means |
 //! | `GET /metrics` | [`stats::metrics`]: Prometheus text format |
 //! | `GET /healthz` | [`misc::healthz`]: 200 once the model is loaded, 503 before |
@@ -19,6 +23,7 @@
 //! API token configured, every route but `/healthz` requires it ([`auth`]).
 
 pub mod auth;
+pub mod eval;
 pub mod chat;
 pub mod error;
 pub mod jobs;
@@ -53,6 +58,9 @@ pub fn router(svc: AppState, token: Option<String>) -> Router {
         .route("/v1/ledger", get(ledger::export))
         .route("/v1/carbon", get(misc::carbon))
         .route("/v1/plan", get(misc::plan))
+        .route("/v1/eval/runs", post(eval::start).get(eval::history))
+        .route("/v1/eval/runs/{id}", get(eval::get))
+        .route("/v1/eval/status", get(eval::status))
         .route("/v1/stats", get(stats::stats))
         .route("/metrics", get(stats::metrics))
         .fallback(misc::no_route)

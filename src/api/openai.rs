@@ -31,6 +31,7 @@ struct RawRequest {
     directive: Option<String>,
     priority: Option<i64>,
     deadline: Option<Value>,
+    store: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +201,7 @@ pub fn parse_request(body: &[u8], cfg: &Config, directives: &Directives) -> Resu
             seed,
             stop,
             directive: raw.directive,
+            store: raw.store,
         },
         stream: raw.stream,
         include_usage,

@@ -1,0 +1,105 @@
+//! The quality evaluator's routes: force a run, its status, its history.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::{body_bytes, AppState};
+use crate::eval_run::{self, EvalError, RunOptions};
+
+impl From<EvalError> for ApiError {
+    fn from(e: EvalError) -> Self {
+        match e {
+            EvalError::AlreadyRunning | EvalError::NoSamples => ApiError::new(StatusCode::CONFLICT, "evaluation_unavailable", e.to_string()),
+            EvalError::Judge(_) => ApiError::new(StatusCode::BAD_GATEWAY, "judge_failed", e.to_string()),
+            EvalError::Store(e) => e.into(),
+            EvalError::Submit(e) => e.into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    prompts: Option<usize>,
+    judge_url: Option<String>,
+    judge_model: Option<String>,
+    #[serde(default)]
+    wait: bool,
+}
+
+/// `POST /v1/eval/runs`: forces a run; `"wait": true` answers with the run.
+pub async fn start(State(svc): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<impl IntoResponse, ApiError> {
+    let body = body_bytes(body, svc.config.max_body_bytes)?;
+    let b: RunBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RunBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_json(format!("eval run body: {e}")))?
+    };
+    if b.prompts == Some(0) {
+        return Err(ApiError::invalid("prompts", "prompts must be at least 1"));
+    }
+    if let Some(u) = &b.judge_url {
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(ApiError::invalid("judge_url", format!("{u:?} is not an http:// or https:// URL")));
+        }
+    }
+    if svc.evals.running() {
+        return Err(EvalError::AlreadyRunning.into());
+    }
+    if svc.store.samples()?.is_empty() {
+        return Err(EvalError::NoSamples.into());
+    }
+    let opts = RunOptions { prompts: b.prompts, judge_url: b.judge_url, judge_model: b.judge_model, reason: "forced".into() };
+    if b.wait {
+        let run = eval_run::run(&svc, opts).await?;
+        return Ok((StatusCode::OK, Json(json!(run))));
+    }
+    let bg = svc.clone();
+    tokio::spawn(async move {
+        if let Err(e) = eval_run::run(&bg, opts).await {
+            tracing::warn!(error = %e, "forced evaluation failed");
+        }
+    });
+    Ok((StatusCode::ACCEPTED, Json(json!({"object": "eval.run", "state": "running"}))))
+}
+
+pub async fn status(State(svc): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(eval_run::status(&svc)?))
+}
+
+#[derive(Deserialize)]
+pub struct HistoryParams {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/eval/runs`: newest first, without the per-prompt verdicts.
+pub async fn history(State(svc): State<AppState>, Query(p): Query<HistoryParams>) -> Result<Json<Value>, ApiError> {
+    let runs = svc.store.eval_runs(p.limit.unwrap_or(20).clamp(1, 1000))?;
+    let data: Vec<Value> = runs
+        .iter()
+        .map(|r| {
+            let mut v = json!(r);
+            v.as_object_mut().map(|o| o.remove("verdicts"));
+            v["prompts"] = json!(r.verdicts.len());
+            v
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+pub async fn get(State(svc): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let run = svc
+        .store
+        .eval_runs(usize::MAX)?
+        .into_iter()
+        .find(|r| r.id == id)
+        .ok_or_else(|| ApiError::not_found("eval_run_not_found", format!("no evaluation run {id}")))?;
+    Ok(Json(json!(run)))
+}

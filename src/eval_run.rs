@@ -1,0 +1,389 @@
+//! Evaluation runs (the IO around [`crate::evaluator`]): K sampled prompts
+//! are answered at every level through the queue (lowest priority, origin
+//! `daemon`, so the ledger meters them), a judge picks the best answer under
+//! every rotation of their order, and the run is stored; the optimizer
+//! re-solves with the new `q`. [`scheduler`] starts runs at low-carbon hours.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::evaluator::{self, EvalRun, PromptVerdict, Schedule};
+use crate::job::{now_ms, ChatRequest, Job, JobState, Message, Origin, Role};
+use crate::queue::StoreError;
+use crate::service::{Service, SubmitError};
+
+/// The longest judge reply read: the verdict is a number.
+const JUDGE_MAX_TOKENS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error("an evaluation is already running")]
+    AlreadyRunning,
+    #[error("no prompts sampled yet: the evaluator judges recent user prompts (requests with \"store\": false are not sampled)")]
+    NoSamples,
+    #[error("the judge: {0}")]
+    Judge(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+}
+
+/// The evaluator's live state: one run at a time, the scheduler's last word.
+#[derive(Default)]
+pub struct EvalState {
+    running: AtomicBool,
+    last_schedule: Mutex<Option<Schedule>>,
+}
+
+impl EvalState {
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+    pub fn last_schedule(&self) -> Option<Schedule> {
+        self.last_schedule.lock().expect("poisoned").clone()
+    }
+}
+
+/// What a forced run may override.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub prompts: Option<usize>,
+    pub judge_url: Option<String>,
+    pub judge_model: Option<String>,
+    pub reason: String,
+}
+
+enum Judge {
+    Local,
+    OpenAi { url: String, model: String, key: Option<String>, client: reqwest::Client, retries: u32 },
+}
+
+impl Judge {
+    fn describe(&self, svc: &Service) -> String {
+        match self {
+            Judge::Local => format!("local ({})", svc.config.model.name),
+            Judge::OpenAi { url, model, .. } => format!("openai {model} at {url}"),
+        }
+    }
+}
+
+fn judge_for(svc: &Service, opts: &RunOptions) -> Result<Judge, EvalError> {
+    let cfg = &svc.config.evaluator;
+    let url = opts.judge_url.clone().or_else(|| cfg.judge_url.clone());
+    let model = opts.judge_model.clone().or_else(|| cfg.judge_model.clone());
+    if opts.judge_url.is_none() && cfg.judge == "local" {
+        return Ok(Judge::Local);
+    }
+    let url = url.ok_or_else(|| EvalError::Judge("no judge URL (evaluator.judge_url or --judge-url)".into()))?;
+    let model = model.unwrap_or_else(|| svc.config.model.name.clone());
+    let key = match &cfg.judge_key_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| EvalError::Judge(format!("evaluator.judge_key_file {}: {e}", p.display())))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("SPROUT_JUDGE_KEY").ok().filter(|k| !k.is_empty()),
+    };
+    let client = reqwest::Client::builder()
+        .timeout(cfg.judge_timeout)
+        .build()
+        .map_err(|e| EvalError::Judge(e.to_string()))?;
+    Ok(Judge::OpenAi { url: url.trim_end_matches('/').to_string(), model, key, client, retries: cfg.judge_retries })
+}
+
+fn request(svc: &Service, text: &str, directive: &str, max_tokens: usize) -> ChatRequest {
+    ChatRequest {
+        model: svc.config.model.name.clone(),
+        messages: vec![Message { role: Role::User, content: text.to_string() }],
+        max_tokens,
+        temperature: Some(0.0),
+        top_p: None,
+        seed: Some(0),
+        stop: vec![],
+        directive: Some(directive.to_string()),
+        store: Some(false),
+    }
+}
+
+/// Queues the daemon's own job at the lowest priority; returns its id.
+async fn queue(svc: &Service, req: ChatRequest) -> Result<String, EvalError> {
+    Ok(svc.submit(Origin::Daemon, i32::MAX, req, None, None, false).await?.job.id)
+}
+
+async fn finished(svc: &Service, id: &str) -> Result<Job, EvalError> {
+    Ok(svc.wait_finished(id).await?)
+}
+
+async fn ask_openai(
+    client: &reqwest::Client,
+    url: &str,
+    model: &str,
+    key: Option<&str>,
+    retries: u32,
+    prompt: &str,
+) -> Result<String, String> {
+    let body = json!({
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": JUDGE_MAX_TOKENS,
+        "temperature": 0,
+    });
+    let mut last = String::new();
+    for attempt in 0..=retries {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(1 << (attempt - 1).min(5))).await;
+        }
+        let mut rb = client.post(format!("{url}/chat/completions")).json(&body);
+        if let Some(k) = key {
+            rb = rb.bearer_auth(k);
+        }
+        match rb.send().await {
+            Ok(resp) if resp.status().is_success() => match resp.json::<Value>().await {
+                Ok(v) => match v.pointer("/choices/0/message/content").and_then(Value::as_str) {
+                    Some(text) => return Ok(text.to_string()),
+                    None => return Err(format!("{url}: an answer without choices[0].message.content")),
+                },
+                Err(e) => last = format!("{url}: a body that is not JSON: {e}"),
+            },
+            Ok(resp) => {
+                let status = resp.status();
+                last = format!("{url}: HTTP {status}: {}", resp.text().await.unwrap_or_default().chars().take(200).collect::<String>());
+                if status.is_client_error() && status.as_u16() != 429 {
+                    return Err(last);
+                }
+            }
+            Err(e) => last = format!("{url}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// One evaluation run, start to end (minutes on a CPU).
+pub async fn run(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, EvalError> {
+    if svc.evals.running.swap(true, Ordering::SeqCst) {
+        return Err(EvalError::AlreadyRunning);
+    }
+    let out = run_inner(svc, opts).await;
+    svc.evals.running.store(false, Ordering::SeqCst);
+    out
+}
+
+async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, EvalError> {
+    let cfg = &svc.config.evaluator;
+    let started_ms = now_ms();
+    let judge = judge_for(svc, &opts)?;
+    let mut samples = svc.store.samples()?;
+    if samples.is_empty() {
+        return Err(EvalError::NoSamples);
+    }
+    // K of them, chosen by a seeded shuffle on the start time.
+    let k = opts.prompts.unwrap_or(cfg.prompts).clamp(1, samples.len());
+    let mut state = started_ms;
+    for i in (1..samples.len()).rev() {
+        state = crate::directive::splitmix64(state);
+        samples.swap(i, (state % (i as u64 + 1)) as usize);
+    }
+    samples.truncate(k);
+    let levels: Vec<String> = svc.directives.names().map(str::to_string).collect();
+    let intensity = svc.carbon.now(started_ms as i64 / 1000).gco2_per_kwh;
+    tracing::info!(prompts = k, judge = %judge.describe(svc), reason = %opts.reason, "evaluation run starting");
+
+    // 1. Every level's answer, through the queue.
+    let mut jobs = Vec::new();
+    let mut ids = Vec::new();
+    for s in &samples {
+        let mut row = Vec::new();
+        for level in &levels {
+            let id = queue(svc, request(svc, &s.text, level, cfg.max_tokens)).await?;
+            row.push(id.clone());
+            jobs.push(id);
+        }
+        ids.push(row);
+    }
+    let mut answers: Vec<Vec<String>> = Vec::new();
+    for row in &ids {
+        let mut texts = Vec::new();
+        for id in row {
+            let job = finished(svc, id).await?;
+            texts.push(job.result.map(|r| r.text).unwrap_or_default());
+        }
+        answers.push(texts);
+    }
+
+    // 2. The judge, once per rotation.
+    let rotations = evaluator::rotations(levels.len());
+    let mut verdicts = Vec::new();
+    let mut failures = 0;
+    let mut calls = 0;
+    let baseline = levels.first().cloned().unwrap_or_else(|| "L0".into());
+    for (s, texts) in samples.iter().zip(&answers) {
+        let prompts: Vec<String> =
+            rotations.iter().map(|order| evaluator::judge_prompt(&cfg.judge_prompt, &s.text, texts, order)).collect();
+        let replies: Vec<Result<String, String>> = match &judge {
+            Judge::Local => {
+                let mut local = Vec::new();
+                for p in &prompts {
+                    local.push(queue(svc, request(svc, p, &baseline, JUDGE_MAX_TOKENS)).await?);
+                }
+                jobs.extend(local.iter().cloned());
+                let mut out = Vec::new();
+                for id in &local {
+                    let job = finished(svc, id).await?;
+                    out.push(match (job.state, job.result) {
+                        (JobState::Succeeded, Some(r)) => Ok(r.text),
+                        _ => Err(job.error.unwrap_or_else(|| "the judge's job did not succeed".into())),
+                    });
+                }
+                out
+            }
+            Judge::OpenAi { url, model, key, client, retries } => {
+                let mut out = Vec::new();
+                for p in &prompts {
+                    out.push(ask_openai(client, url, model, key.as_deref(), *retries, p).await);
+                }
+                out
+            }
+        };
+        calls += replies.len();
+        let picks: Vec<Option<usize>> = replies
+            .iter()
+            .zip(&rotations)
+            .map(|(reply, order)| {
+                let pick = match reply {
+                    Ok(text) => evaluator::parse_verdict(text, levels.len()).map(|n| order[n - 1]),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "a judge call failed");
+                        None
+                    }
+                };
+                if pick.is_none() {
+                    failures += 1;
+                }
+                pick
+            })
+            .collect();
+        let credit = evaluator::credit(&picks, levels.len());
+        let prompt: String = s.text.chars().take(300).collect();
+        verdicts.push(PromptVerdict { prompt, class: s.class.clone(), picks, credit });
+    }
+    let q = evaluator::quality(&verdicts, levels.len());
+
+    // 3. The run's own cost, from its jobs' receipts.
+    let (mut tokens, mut energy_j, mut carbon_g, mut estimated) = (0, 0.0, 0.0, false);
+    for id in &jobs {
+        if let Some(r) = svc.store.get(id).ok().and_then(|j| j.result) {
+            tokens += r.prompt_tokens + r.completion_tokens;
+            energy_j += r.receipt.energy_j;
+            carbon_g += r.receipt.carbon_g;
+            estimated |= r.receipt.estimated;
+        }
+    }
+    let run = EvalRun {
+        id: format!("eval-{started_ms}"),
+        started_ms,
+        finished_ms: now_ms(),
+        reason: opts.reason,
+        intensity_gco2_per_kwh: intensity,
+        judge: judge.describe(svc),
+        levels,
+        q: q.clone(),
+        verdicts,
+        failures,
+        judge_calls: calls,
+        jobs,
+        tokens,
+        energy_j,
+        carbon_g,
+        estimated,
+        error: q.is_none().then(|| "no judge reply named a single answer; q is unchanged".into()),
+    };
+    svc.store.save_eval(&run).await?;
+    tracing::info!(id = %run.id, q = ?run.q, failures, carbon_g = format!("{carbon_g:.4}"), "evaluation run finished");
+    if run.q.is_some() {
+        let ci = svc.carbon.now(now_ms() as i64 / 1000).gco2_per_kwh;
+        if svc.planner.enabled() {
+            crate::planner::resolve(svc, ci, format!("evaluation {}", run.id));
+        }
+    }
+    Ok(run)
+}
+
+/// What `eval status` shows: the last q, the next planned run and why.
+pub fn status(svc: &Service) -> Result<Value, StoreError> {
+    let last = svc.store.eval_runs(1)?.into_iter().next();
+    let now_s = now_ms() as i64 / 1000;
+    let plan = svc.evals.last_schedule().unwrap_or_else(|| decide(svc, now_s, last.as_ref()));
+    Ok(json!({
+        "object": "eval.status",
+        "enabled": svc.config.evaluator.enabled,
+        "running": svc.evals.running(),
+        "samples": svc.store.samples()?.len(),
+        "levels": svc.directives.names().collect::<Vec<_>>(),
+        "q": last.as_ref().and_then(|r| r.q.clone()),
+        "q_source": if last.as_ref().is_some_and(|r| r.q.is_some()) { "evaluation" } else { "prior (optimizer.prior_q)" },
+        "last_run": last.as_ref().map(|r| json!({
+            "id": r.id, "at": r.started_ms as f64 / 1000.0, "q": r.q, "failures": r.failures,
+            "judge": r.judge, "carbon_g": r.carbon_g, "energy_j": r.energy_j,
+        })),
+        "next": {"run_now": plan.run, "at": plan.next_at, "forecast_gco2_per_kwh": plan.next_gco2_per_kwh, "reason": plan.reason},
+        "rule": {
+            "min_interval_s": svc.config.evaluator.min_interval.as_secs(),
+            "max_staleness_s": svc.config.evaluator.max_staleness.as_secs(),
+            "tolerance": svc.config.evaluator.tolerance,
+        },
+    }))
+}
+
+fn decide(svc: &Service, now_s: i64, last: Option<&EvalRun>) -> Schedule {
+    let cfg = &svc.config.evaluator;
+    let ci = svc.carbon.now(now_s).gco2_per_kwh;
+    let hours = (cfg.max_staleness.as_secs() / 3600 + 1).min(72) as usize;
+    let forecast = svc.carbon.forecast(now_s, hours);
+    evaluator::schedule(
+        now_s,
+        last.map(|r| r.started_ms as i64 / 1000),
+        ci,
+        &forecast,
+        cfg.min_interval.as_secs() as i64,
+        cfg.max_staleness.as_secs() as i64,
+        cfg.tolerance,
+    )
+}
+
+/// Starts runs when the rule says so (and there are prompts to judge).
+pub async fn scheduler(svc: Arc<Service>, stop: CancellationToken) {
+    if !svc.config.evaluator.enabled {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(svc.config.evaluator.check_interval) => {}
+            _ = stop.cancelled() => return,
+        }
+        let last = match svc.store.eval_runs(1) {
+            Ok(r) => r.into_iter().next(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading evaluation runs failed");
+                continue;
+            }
+        };
+        let plan = decide(&svc, now_ms() as i64 / 1000, last.as_ref());
+        *svc.evals.last_schedule.lock().expect("poisoned") = Some(plan.clone());
+        let has_samples = svc.store.samples().map(|s| !s.is_empty()).unwrap_or(false);
+        if plan.run && has_samples && !svc.evals.running() && !svc.is_shutting_down() {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                let reason = plan.reason.clone();
+                if let Err(e) = run(&svc, RunOptions { reason, ..RunOptions::default() }).await {
+                    tracing::warn!(error = %e, "scheduled evaluation failed");
+                }
+            });
+        }
+    }
+}
