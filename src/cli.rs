@@ -146,6 +146,9 @@ pub struct SimulateArgs {
     /// Every policy on every grid from hours 800, 3900 and 7000: the README's table (markdown).
     #[arg(long)]
     pub table: bool,
+    /// Compare the method's evaluation trigger with Sprout's over a year of every grid (markdown).
+    #[arg(long)]
+    pub eval_rules: bool,
     /// Write an SVG of intensity, mix and carbon over the window.
     #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
@@ -611,6 +614,19 @@ fn simulate(args: &SimulateArgs) -> Result<(), CliError> {
         small_model_quality: args.small_model_quality,
         ..SimConfig::default()
     };
+    if args.eval_rules {
+        println!("| grid | method: runs | mean gCO2/kWh at runs | eval carbon, kg | mean / max age of q, h | Sprout: runs | mean gCO2/kWh at runs | eval carbon, kg | mean / max age of q, h |");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for region in artifact.traces.keys() {
+            let (m, o) = simulate::eval_rules(&artifact, region, base.eval_prompts).map_err(CliError::Usage)?;
+            println!(
+                "| {region} | {} | {:.0} | {:.2} | {:.1} / {} | {} | {:.0} | {:.2} | {:.1} / {} |",
+                m.runs, m.mean_ci, m.carbon_g / 1000.0, m.mean_staleness_h, m.max_staleness_h,
+                o.runs, o.mean_ci, o.carbon_g / 1000.0, o.mean_staleness_h, o.max_staleness_h
+            );
+        }
+        return Ok(());
+    }
     if args.table {
         let t0 = std::time::Instant::now();
         let table = simulate::table(&artifact, &base, args.seeds).map_err(CliError::Usage)?;

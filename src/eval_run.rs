@@ -350,6 +350,7 @@ fn decide(svc: &Service, now_s: i64, last: Option<&EvalRun>) -> Schedule {
         last.map(|r| r.started_ms as i64 / 1000),
         ci,
         &forecast,
+        svc.config.optimizer.ci_range.unwrap_or_else(|| svc.carbon.range()),
         cfg.min_interval.as_secs() as i64,
         cfg.max_staleness.as_secs() as i64,
         cfg.tolerance,

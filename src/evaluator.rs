@@ -170,6 +170,9 @@ pub fn class_quality(runs: &[EvalRun], class: &str, overall: &[f64], prior: f64)
     sum.iter().zip(overall).map(|(s, o)| (s + prior * o) / (n + prior)).collect()
 }
 
+/// How far ahead the scheduler looks for a cleaner hour.
+pub const LOOKAHEAD_S: i64 = 24 * 3600;
+
 /// Whether to run an evaluation now, and if not, when.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Schedule {
@@ -181,14 +184,20 @@ pub struct Schedule {
 }
 
 /// Sprout's rule: never within `min_interval_s` of the last run; always once
-/// `max_staleness_s` has passed; otherwise when the intensity now is within
-/// `tolerance` (a share, e.g. 0.05) of the lowest the forecast shows before
-/// the staleness limit. `last_s` None: never ran, run now.
+/// `max_staleness_s` has passed; otherwise when the intensity now is (a) low
+/// for the grid, its place in `[ci_min, ci_max]` at most the share of
+/// `max_staleness` already passed (the method's staleness-weighted bar), and
+/// (b) within `tolerance` (e.g. 0.05) of the lowest the forecast shows over
+/// the next `LOOKAHEAD_S` (a day: the daily cycle's low) before the limit,
+/// where the method only asks for a local minimum between two hours.
+/// `last_s` None: never ran, run now.
+#[allow(clippy::too_many_arguments)]
 pub fn schedule(
     now_s: i64,
     last_s: Option<i64>,
     ci_now: f64,
     forecast: &[Reading],
+    (ci_min, ci_max): (f64, f64),
     min_interval_s: i64,
     max_staleness_s: i64,
     tolerance: f64,
@@ -198,13 +207,14 @@ pub fn schedule(
     };
     let earliest = last + min_interval_s;
     let latest = last + max_staleness_s;
+    let horizon = latest.min(now_s.max(earliest) + LOOKAHEAD_S);
     if now_s >= latest {
         return Schedule { run: true, next_at: now_s, next_gco2_per_kwh: ci_now, reason: "q is older than max_staleness".into() };
     }
     // The lowest forecast hour in the allowed window (from the earliest start).
     let low = forecast
         .iter()
-        .filter(|r| r.at >= earliest.max(now_s) && r.at <= latest)
+        .filter(|r| r.at >= earliest.max(now_s) && r.at <= horizon)
         .fold(None::<&Reading>, |b, r| match b {
             Some(b) if b.gco2_per_kwh <= r.gco2_per_kwh => Some(b),
             _ => Some(r),
@@ -212,6 +222,17 @@ pub fn schedule(
     if now_s < earliest {
         let (at, ci) = low.map(|r| (r.at, r.gco2_per_kwh)).unwrap_or((earliest, ci_now));
         return Schedule { run: false, next_at: at, next_gco2_per_kwh: ci, reason: "within min_interval of the last run".into() };
+    }
+    let place = (ci_now - ci_min) / (ci_max - ci_min).max(1e-9);
+    let bar = (now_s - last) as f64 / max_staleness_s as f64;
+    if place > bar {
+        let (at, ci) = low.map(|r| (r.at, r.gco2_per_kwh)).unwrap_or((latest, ci_now));
+        return Schedule {
+            run: false,
+            next_at: at,
+            next_gco2_per_kwh: ci,
+            reason: format!("{ci_now:.0} gCO2/kWh is not yet low enough for q this fresh ({:.0}% up the grid's range, bar {:.0}%)", place * 100.0, bar * 100.0),
+        };
     }
     match low {
         Some(r) if ci_now > r.gco2_per_kwh * (1.0 + tolerance) => Schedule {
@@ -287,22 +308,27 @@ mod tests {
     #[test]
     fn scheduling_at_low_carbon_within_the_limits() {
         let h = 3600;
-        let fc: Vec<Reading> = [300.0, 200.0, 100.0, 250.0].iter().enumerate().map(|(k, v)| Reading { at: (k as i64 + 1) * h, gco2_per_kwh: *v }).collect();
+        let fc: Vec<Reading> = [300.0, 200.0, 100.0, 250.0, 390.0].iter().enumerate().map(|(k, v)| Reading { at: (k as i64 + 1) * h, gco2_per_kwh: *v }).collect();
+        let range = (100.0, 400.0);
+        let sch = |now, last, ci| schedule(now, last, ci, &fc, range, 6 * h, 72 * h, 0.05);
         // Never ran: now.
-        assert!(schedule(0, None, 300.0, &fc, 6 * h, 72 * h, 0.05).run);
+        assert!(sch(0, None, 300.0).run);
         // Within min_interval: no, and the next run is the low hour after it.
-        let s = schedule(0, Some(-5 * h), 300.0, &fc, 6 * h, 72 * h, 0.05);
+        let s = sch(0, Some(-5 * h), 300.0);
         assert!(!s.run);
         assert_eq!((s.next_at, s.next_gco2_per_kwh), (3 * h, 100.0));
         // Allowed, but a cleaner hour comes: wait for it.
-        let s = schedule(0, Some(-10 * h), 300.0, &fc, 6 * h, 72 * h, 0.05);
+        let s = sch(0, Some(-60 * h), 300.0);
         assert!(!s.run && s.next_at == 3 * h, "{s:?}");
         // At the low: run.
-        assert!(schedule(3 * h, Some(-10 * h), 100.0, &fc, 6 * h, 72 * h, 0.05).run);
-        // Close enough to the low (within 5%): run.
-        assert!(schedule(0, Some(-10 * h), 104.0, &fc, 6 * h, 72 * h, 0.05).run);
+        assert!(sch(3 * h, Some(-10 * h), 100.0).run);
+        // Close enough to the low (within 5%) and low for the grid: run.
+        assert!(sch(0, Some(-10 * h), 104.0).run);
+        // The day's low, but high for the grid while q is fresh: wait.
+        let s = sch(0, Some(-10 * h), 380.0);
+        assert!(!s.run && s.reason.contains("not yet low enough"), "{s:?}");
         // Stale: run whatever the grid.
-        let s = schedule(0, Some(-72 * h), 900.0, &fc, 6 * h, 72 * h, 0.05);
+        let s = schedule(0, Some(-72 * h), 900.0, &fc, range, 6 * h, 72 * h, 0.05);
         assert!(s.run && s.reason.contains("max_staleness"));
     }
 }

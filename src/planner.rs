@@ -92,20 +92,37 @@ pub fn build_inputs(
             // Seen classes by their share; unseen ones keep a little weight so they have a mix.
             (usable.iter().filter(|e| in_class(e)).count() as f64 / total).max(0.01)
         };
+        let measured: Vec<Option<((f64, f64, usize), &str)>> = (0..levels)
+            .map(|i| {
+                mean(&|x: &LedgerEntry| level_of(x) == Some(i) && in_class(x))
+                    .map(|m| (m, "class"))
+                    .or_else(|| mean(&|x: &LedgerEntry| level_of(x) == Some(i)).map(|m| (m, "level")))
+            })
+            .collect();
+        // Levels without enough samples take the prior's shape at the scale
+        // the measured levels show (priors from another machine must not be
+        // compared with this one's measurements as they are).
+        let scale = |pick: fn(&(f64, f64, usize)) -> f64, prior: &[f64]| -> f64 {
+            let (m, p): (f64, f64) = measured
+                .iter()
+                .enumerate()
+                .filter_map(|(i, m)| m.as_ref().map(|(v, _)| (pick(v), prior[i])))
+                .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+            if p > 0.0 && m > 0.0 { m / p } else { 1.0 }
+        };
+        let (e_scale, p_scale) = (scale(|v| v.0, &cfg.prior_energy_j), scale(|v| v.1, &cfg.prior_time_s));
         let (mut e, mut p, mut src) = (Vec::new(), Vec::new(), Vec::new());
-        for i in 0..levels {
-            let m = mean(&|x: &LedgerEntry| level_of(x) == Some(i) && in_class(x)).map(|m| (m, "class"))
-                .or_else(|| mean(&|x: &LedgerEntry| level_of(x) == Some(i)).map(|m| (m, "level")));
+        for (i, m) in measured.iter().enumerate() {
             match m {
                 Some(((ej, ps, n), scope)) => {
                     e.push(ej / 3.6e6);
-                    p.push(ps);
+                    p.push(*ps);
                     src.push(format!("ledger ({n} {scope})"));
                 }
                 None => {
-                    e.push(cfg.prior_energy_j[i] / 3.6e6);
-                    p.push(cfg.prior_time_s[i]);
-                    src.push("prior".into());
+                    e.push(cfg.prior_energy_j[i] * e_scale / 3.6e6);
+                    p.push(cfg.prior_time_s[i] * p_scale);
+                    src.push(if e_scale == 1.0 { "prior".into() } else { format!("prior x {e_scale:.3} (scaled to the measured levels)") });
                 }
             }
         }
@@ -293,9 +310,10 @@ mod tests {
         assert_eq!(math.name, "math");
         assert!((math.e[0] - 720.0 / 3.6e6).abs() < 1e-15 && math.p[0] == 2.0);
         assert_eq!(src[1][0], "ledger (5 class)");
-        // L1 has 3 < 5 samples: the prior.
-        assert!((math.e[1] - 280.0 / 3.6e6).abs() < 1e-15);
-        assert_eq!(src[1][1], "prior");
+        // L1 has 3 < 5 samples: the prior, scaled as L0's measurement is to
+        // its prior (720 J measured vs 400 J prior).
+        assert!((math.e[1] - 280.0 * 1.8 / 3.6e6).abs() < 1e-15, "{}", math.e[1]);
+        assert!(src[1][1].starts_with("prior x 1.800"), "{}", src[1][1]);
         // Another class borrows the level-wide mean.
         assert_eq!(src[0][0], "ledger (5 level)");
         assert!(inp.classes[1].weight > inp.classes[0].weight);

@@ -675,6 +675,60 @@ pub fn table(a: &Artifact, base: &SimConfig, seeds: u64) -> Result<String, Strin
     Ok(out)
 }
 
+/// How an evaluation-trigger rule does over a year of one grid.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleStats {
+    pub runs: usize,
+    /// Mean grid intensity at the runs, gCO2/kWh.
+    pub mean_ci: f64,
+    /// Carbon of all runs, g: each run answers `eval_prompts` prompts at
+    /// every level (the artifact's mean energy per answer) at the intensity
+    /// of its hour.
+    pub carbon_g: f64,
+    /// Mean age of q over the year's hours, h.
+    pub mean_staleness_h: f64,
+    pub max_staleness_h: usize,
+}
+
+/// The method's trigger and Sprout's (`evaluator::schedule`: 6 h minimum,
+/// 72 h maximum, within 5% of the lowest forecast before the limit) over the
+/// whole year of `region`, both seeing only forecasts computed from the past.
+pub fn eval_rules(a: &Artifact, region: &str, eval_prompts: usize) -> Result<(RuleStats, RuleStats), String> {
+    let trace = a.traces.get(region).ok_or_else(|| format!("no trace for region {region:?}"))?;
+    let n = trace.len();
+    let (ci_min, ci_max) = trace.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let e_eval: f64 = a.prompts.iter().map(|p| p.e.iter().sum::<f64>()).sum::<f64>() / a.prompts.len() as f64 * eval_prompts as f64;
+    let past = |t: usize| -> Vec<f64> { (0..=24 * 8).map(|k| trace[(t + n * 2 - 24 * 8 + k) % n]).collect() };
+    let mut out = Vec::new();
+    for ours in [false, true] {
+        let (mut last, mut runs, mut sum_ci, mut carbon, mut age_sum, mut age_max) = (0usize, 1usize, trace[0], trace[0] * e_eval, 0usize, 0usize);
+        for t in 1..n {
+            let since = t - last;
+            let history = past(t);
+            let run = if ours {
+                let fc: Vec<crate::carbon::Reading> = (1..=24)
+                    .map(|h| crate::carbon::Reading { at: (t + h) as i64 * 3600, gco2_per_kwh: forecast(&history, history.len() - 1, h) })
+                    .collect();
+                crate::evaluator::schedule(t as i64 * 3600, Some(last as i64 * 3600), trace[t], &fc, (ci_min, ci_max), 6 * 3600, 72 * 3600, 0.05).run
+            } else {
+                method_trigger(since, trace[t - 1], trace[t], forecast(&history, history.len() - 1, 1), ci_min, ci_max)
+            };
+            if run {
+                last = t;
+                runs += 1;
+                sum_ci += trace[t];
+                carbon += trace[t] * e_eval;
+            }
+            let age = t - last;
+            age_sum += age;
+            age_max = age_max.max(age);
+        }
+        out.push(RuleStats { runs, mean_ci: sum_ci / runs as f64, carbon_g: carbon, mean_staleness_h: age_sum as f64 / n as f64, max_staleness_h: age_max });
+    }
+    let ours = out.pop().expect("two rules");
+    Ok((out.pop().expect("two rules"), ours))
+}
+
 /// An SVG of the window: intensity, the realized mix (stacked) and carbon
 /// per request against always-L0.
 pub fn plot_svg(r: &SimResult) -> String {
