@@ -857,6 +857,26 @@ mod tests {
     }
 
     #[test]
+    fn eval_rules_keep_their_limits_over_real_traces() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/sprout_artifact");
+        if !dir.is_dir() {
+            eprintln!("skipping: ../shared/data not present");
+            return;
+        }
+        let a = Artifact::load(&dir).unwrap();
+        for region in a.traces.keys() {
+            let (method, ours) = eval_rules(&a, region, 100).unwrap();
+            for r in [&method, &ours] {
+                // Never staler than 72 h (the age counter tops out at 71 before the forced run).
+                assert!(r.max_staleness_h < 72, "{region}: {r:?}");
+                // Never within 6 h of the last run: at most one run per 6 h.
+                assert!(r.runs <= 8760 / 6 + 1, "{region}: {r:?}");
+                assert!(r.mean_ci > 0.0 && r.carbon_g > 0.0);
+            }
+        }
+    }
+
+    #[test]
     fn policies_on_the_shared_artifact() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/sprout_artifact");
         if !dir.is_dir() {
