@@ -9,7 +9,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sprout-target}"
 
 need_pkgs=()
-for pkg in cmake libclang-dev pkg-config curl systemd; do
+for pkg in cmake libclang-dev pkg-config curl systemd tmux; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then

@@ -92,6 +92,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live terminal view: queue, emissions, directive mix, evaluator.
+    Tui,
     /// The offline quality evaluator: force a run, its status, its history.
     Eval {
         #[command(subcommand)]
@@ -306,6 +308,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Simulate(_) => unreachable!("handled above"),
         Command::Eval { command } => eval(&client, command).await,
+        Command::Tui => crate::tui::run(client).await.map_err(|e| CliError::Usage(format!("the terminal: {e}"))),
         Command::Plan { json } => {
             let p = client.plan().await?;
             if json {

@@ -325,7 +325,7 @@ pub fn status(svc: &Service) -> Result<Value, StoreError> {
         "running": svc.evals.running(),
         "samples": svc.store.samples()?.len(),
         "levels": svc.directives.names().collect::<Vec<_>>(),
-        "q": last.as_ref().and_then(|r| r.q.clone()),
+        "q": last.as_ref().and_then(|r| r.q.clone()).unwrap_or_else(|| svc.config.optimizer.prior_q.clone()),
         "q_source": if last.as_ref().is_some_and(|r| r.q.is_some()) { "evaluation" } else { "prior (optimizer.prior_q)" },
         "last_run": last.as_ref().map(|r| json!({
             "id": r.id, "at": r.started_ms as f64 / 1000.0, "q": r.q, "failures": r.failures,

@@ -38,6 +38,7 @@ pub mod eval_run;
 pub mod optimizer;
 pub mod planner;
 pub mod simulate;
+pub mod tui;
 pub mod daemon;
 pub mod client;
 pub mod cli;

@@ -1225,6 +1225,7 @@ fn an_evaluation_run_queues_its_own_metered_work_and_counts_unreadable_verdicts(
     let (_, st) = http("GET", &format!("{}/v1/eval/status", d.url), None);
     assert_eq!(st["samples"], 2, "the opted-out prompt is not kept: {st}");
     assert_eq!(st["q_source"], "prior (optimizer.prior_q)");
+    assert_eq!(st["q"], json!([0.38, 0.34, 0.28]));
     // The echo engine echoes the judge's instructions back: no reply names
     // one answer, so every verdict is a counted failure and q stays unset.
     let (code, out, err) = sproutctl(&d.url, &["eval", "run", "--prompts", "2", "--wait", "--json"]);
@@ -1289,4 +1290,69 @@ fn real_model_judged_by_a_second_sproutd_over_loopback() {
         assert!(plan["reason"].as_str().unwrap().starts_with("evaluation"), "{plan}");
     }
     eprintln!("real judged run: q = {}, failures = {}", run["q"], run["failures"]);
+}
+
+// ---------------------------------------------------------------------------
+// sproutctl tui, for real, in tmux.
+
+fn tmux(socket: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("tmux").arg("-L").arg(socket).args(args).output().expect("tmux runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_screen(socket: &str, what: &[&str], secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let screen = tmux(socket, &["capture-pane", "-p", "-t", "tui"]);
+        if what.iter().all(|w| screen.contains(w)) || Instant::now() > deadline {
+            return screen;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_tui_in_tmux_shows_the_panels_resizes_submits_survives_a_dead_daemon_and_quits() {
+    if std::process::Command::new("tmux").arg("-V").output().is_err() {
+        assert!(std::env::var("SPROUT_REQUIRE_MODEL").as_deref() != Ok("1"), "tmux is missing (scripts/setup.sh installs it)");
+        eprintln!("skipping: no tmux");
+        return;
+    }
+    let mut d = Daemon::start(&echo_config(0, 1, &[]));
+    let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user("hello there")}).to_string()));
+    assert_eq!(s, 200, "{b}");
+    let socket = format!("sprout-test-{}", d.port);
+    let exit_file = d.dir.path().join("tui.exit");
+    let cmd = format!("{SPROUTCTL} --url {} tui; echo $? > {}", d.url, exit_file.display());
+    tmux(&socket, &["new-session", "-d", "-s", "tui", "-x", "120", "-y", "36", &cmd]);
+    let screen = wait_screen(&socket, &["Queue", "Emissions", "Directive mix", "Evaluator", "1 requests"], 15);
+    for want in ["Queue", "Emissions", "Directive mix", "Evaluator", "sproutd: connected", "1 requests", "gCO2/kWh", "hello there", "plan:", "q: L0"] {
+        assert!(screen.contains(want), "{want:?} not on screen:\n{screen}");
+    }
+    // Resize: still all four panels.
+    tmux(&socket, &["resize-window", "-t", "tui", "-x", "90", "-y", "30"]);
+    let screen = wait_screen(&socket, &["Queue", "Evaluator"], 5);
+    assert!(screen.lines().all(|l| l.chars().count() <= 90), "{screen}");
+    assert!(screen.contains("Queue") && screen.contains("Evaluator"), "{screen}");
+    // Submit a prompt from the TUI.
+    tmux(&socket, &["send-keys", "-t", "tui", "s"]);
+    tmux(&socket, &["send-keys", "-t", "tui", "-l", "from the tui"]);
+    tmux(&socket, &["send-keys", "-t", "tui", "Enter"]);
+    let screen = wait_screen(&socket, &["submitted job-"], 10);
+    assert!(screen.contains("submitted job-"), "{screen}");
+    let (_, list) = http("GET", &format!("{}/v1/jobs", d.url), None);
+    assert!(list.to_string().contains("from the tui"));
+    // The daemon dies: the TUI says so and keeps running.
+    d.child.kill().unwrap();
+    d.child.wait().unwrap();
+    let screen = wait_screen(&socket, &["RECONNECTING"], 10);
+    assert!(screen.contains("RECONNECTING"), "{screen}");
+    tmux(&socket, &["send-keys", "-t", "tui", "q"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !exit_file.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let code = std::fs::read_to_string(&exit_file).unwrap_or_default();
+    tmux(&socket, &["kill-server"]);
+    assert_eq!(code.trim(), "0", "sproutctl tui exit status");
 }

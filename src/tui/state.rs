@@ -1,0 +1,295 @@
+//! The TUI's state: the daemon's numbers as last fetched ([`Snapshot`], from
+//! the API's JSON), what the user has selected, and key handling. Pure.
+
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use serde_json::Value;
+
+/// Panels, in tab order.
+pub const PANELS: [&str; 4] = ["Queue", "Emissions", "Directive mix", "Evaluator"];
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct JobRow {
+    pub id: String,
+    pub state: String,
+    pub directive: String,
+    pub tokens: Option<u64>,
+    pub carbon_g: Option<f64>,
+    pub position: Option<u64>,
+    /// Deferred: planned start (Unix s) and its forecast intensity.
+    pub deferred_until: Option<f64>,
+    pub deferred_forecast: Option<f64>,
+    pub prompt: String,
+}
+
+impl JobRow {
+    pub fn cancellable(&self) -> bool {
+        matches!(self.state.as_str(), "queued" | "running" | "deferred")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Snapshot {
+    /// Jobs by state: deferred, queued, running (the daemon's counts).
+    pub deferred: u64,
+    pub queued: u64,
+    pub running: u64,
+    /// Recent jobs, newest first.
+    pub jobs: Vec<JobRow>,
+    pub ci_now: f64,
+    pub ci_source: String,
+    pub ci_fallback: bool,
+    pub forecast: Vec<f64>,
+    pub carbon_g: f64,
+    pub saved_g: Option<f64>,
+    pub deferral_saved_g: f64,
+    pub requests: u64,
+    pub measured: u64,
+    pub estimated: u64,
+    pub meter: String,
+    pub levels: Vec<String>,
+    pub plan_x: Vec<f64>,
+    pub plan_status: String,
+    pub floor: Option<f64>,
+    pub realized: Vec<f64>,
+    pub mean_tokens: Vec<f64>,
+    pub mean_energy_j: Vec<f64>,
+    pub q: Option<Vec<f64>>,
+    pub q_source: String,
+    pub last_eval: Option<String>,
+    pub next_eval: String,
+    pub eval_running: bool,
+}
+
+fn f64s(v: &Value) -> Vec<f64> {
+    v.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
+}
+
+impl Snapshot {
+    /// From `/v1/stats`, `/v1/carbon`, `/v1/plan`, `/v1/eval/status`, `/v1/jobs`.
+    pub fn from_json(stats: &Value, carbon: &Value, plan: &Value, eval: &Value, jobs: &Value) -> Snapshot {
+        let levels: Vec<String> =
+            plan["levels"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
+        let per = |key: &str| -> Vec<f64> { levels.iter().map(|l| stats["levels"][l][key].as_f64().unwrap_or(0.0)).collect() };
+        let jobs = jobs["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|j| JobRow {
+                id: j["id"].as_str().unwrap_or("?").to_string(),
+                state: j["state"].as_str().unwrap_or("?").to_string(),
+                directive: j["directive"].as_str().unwrap_or("?").to_string(),
+                tokens: j["result"]["usage"]["completion_tokens"].as_u64(),
+                carbon_g: j["result"]["usage"]["sprout"]["carbon_g"].as_f64(),
+                position: j["position"].as_u64(),
+                deferred_until: j["deferred"]["until"].as_f64(),
+                deferred_forecast: j["deferred"]["forecast_gco2_per_kwh"].as_f64(),
+                prompt: j["request"]["messages"]
+                    .as_array()
+                    .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+                    .and_then(|m| m["content"].as_str())
+                    .unwrap_or("")
+                    .replace('\n', " "),
+            })
+            .collect();
+        let next = &eval["next"];
+        let next_eval = if eval["running"] == true {
+            "running now".to_string()
+        } else if next["run_now"] == true {
+            format!("now ({})", next["reason"].as_str().unwrap_or(""))
+        } else {
+            format!(
+                "{} at {:.0} gCO2/kWh forecast ({})",
+                hhmm(next["at"].as_f64().unwrap_or(0.0)),
+                next["forecast_gco2_per_kwh"].as_f64().unwrap_or(f64::NAN),
+                next["reason"].as_str().unwrap_or("")
+            )
+        };
+        Snapshot {
+            deferred: stats["queue"]["deferred"].as_u64().unwrap_or(0),
+            queued: stats["queue"]["queued"].as_u64().unwrap_or(0),
+            running: stats["queue"]["running"].as_u64().unwrap_or(0),
+            jobs,
+            ci_now: carbon["now"]["gco2_per_kwh"].as_f64().unwrap_or(f64::NAN),
+            ci_source: carbon["source"]["name"].as_str().unwrap_or("?").to_string(),
+            ci_fallback: carbon["source"]["fallback"] == true,
+            forecast: carbon["forecast"].as_array().into_iter().flatten().filter_map(|r| r["gco2_per_kwh"].as_f64()).collect(),
+            carbon_g: stats["carbon_g"].as_f64().unwrap_or(0.0),
+            saved_g: stats["savings"]["carbon_g"].as_f64(),
+            deferral_saved_g: stats["deferral"]["saving_g"].as_f64().unwrap_or(0.0),
+            requests: stats["requests"].as_u64().unwrap_or(0),
+            measured: stats["measured_requests"].as_u64().unwrap_or(0),
+            estimated: stats["estimated_requests"].as_u64().unwrap_or(0),
+            meter: stats["meter"]["meter"].as_str().unwrap_or("?").to_string(),
+            plan_x: f64s(&plan["x"]),
+            plan_status: plan["status"].as_str().unwrap_or("?").to_string(),
+            floor: plan["floor"].as_f64(),
+            realized: per("share"),
+            mean_tokens: per("mean_completion_tokens"),
+            mean_energy_j: per("mean_energy_j"),
+            levels,
+            q: eval["q"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()),
+            q_source: eval["q_source"].as_str().unwrap_or("?").to_string(),
+            last_eval: eval["last_run"]["id"].as_str().map(|id| {
+                format!("{id} at {}, {} unreadable", hhmm(eval["last_run"]["at"].as_f64().unwrap_or(0.0)), eval["last_run"]["failures"])
+            }),
+            next_eval,
+            eval_running: eval["running"] == true,
+        }
+    }
+}
+
+/// `HH:MM` UTC of a Unix time.
+pub fn hhmm(secs: f64) -> String {
+    let s = (secs as i64).rem_euclid(86_400);
+    format!("{:02}:{:02}", s / 3600, s % 3600 / 60)
+}
+
+/// What a key asks the loop to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    None,
+    Quit,
+    Submit(String),
+    Cancel(String),
+}
+
+#[derive(Debug, Default)]
+pub struct App {
+    pub snapshot: Option<Snapshot>,
+    /// Intensity at each successful poll, oldest first (the recent past).
+    pub past_ci: Vec<f64>,
+    /// Why the last poll failed; Some while reconnecting.
+    pub error: Option<String>,
+    pub panel: usize,
+    pub selected: usize,
+    pub help: bool,
+    /// Some while typing a prompt to submit.
+    pub input: Option<String>,
+    pub message: Option<String>,
+}
+
+const PAST: usize = 180;
+
+impl App {
+    pub fn update(&mut self, s: Snapshot) {
+        if s.ci_now.is_finite() {
+            self.past_ci.push(s.ci_now);
+            if self.past_ci.len() > PAST {
+                self.past_ci.remove(0);
+            }
+        }
+        self.selected = self.selected.min(s.jobs.len().saturating_sub(1));
+        self.snapshot = Some(s);
+        self.error = None;
+    }
+
+    /// The poll failed: keep the last numbers, say so, keep trying.
+    pub fn disconnected(&mut self, why: String) {
+        self.error = Some(why);
+    }
+
+    pub fn selected_job(&self) -> Option<&JobRow> {
+        self.snapshot.as_ref()?.jobs.get(self.selected)
+    }
+
+    pub fn key(&mut self, k: KeyEvent) -> Action {
+        if let Some(text) = &mut self.input {
+            match k.code {
+                KeyCode::Enter => {
+                    let prompt = text.trim().to_string();
+                    self.input = None;
+                    return if prompt.is_empty() { Action::None } else { Action::Submit(prompt) };
+                }
+                KeyCode::Esc => self.input = None,
+                KeyCode::Backspace => {
+                    text.pop();
+                }
+                KeyCode::Char(c) => text.push(c),
+                _ => {}
+            }
+            return Action::None;
+        }
+        if k.modifiers.contains(KeyModifiers::CONTROL) && k.code == KeyCode::Char('c') {
+            return Action::Quit;
+        }
+        match k.code {
+            KeyCode::Char('q') => return Action::Quit,
+            KeyCode::Esc if self.help => self.help = false,
+            KeyCode::Char('?') => self.help = !self.help,
+            KeyCode::Tab | KeyCode::Right => self.panel = (self.panel + 1) % PANELS.len(),
+            KeyCode::BackTab | KeyCode::Left => self.panel = (self.panel + PANELS.len() - 1) % PANELS.len(),
+            KeyCode::Down | KeyCode::Char('j') => {
+                let n = self.snapshot.as_ref().map(|s| s.jobs.len()).unwrap_or(0);
+                self.selected = (self.selected + 1).min(n.saturating_sub(1));
+            }
+            KeyCode::Up | KeyCode::Char('k') => self.selected = self.selected.saturating_sub(1),
+            KeyCode::Char('s') => self.input = Some(String::new()),
+            KeyCode::Char('c') => match self.selected_job() {
+                Some(j) if j.cancellable() => return Action::Cancel(j.id.clone()),
+                Some(j) => self.message = Some(format!("{} is {}: nothing to cancel", j.id, j.state)),
+                None => self.message = Some("no job selected".into()),
+            },
+            _ => {}
+        }
+        Action::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(c: KeyCode) -> KeyEvent {
+        KeyEvent::new(c, KeyModifiers::NONE)
+    }
+
+    fn app_with_jobs() -> App {
+        let mut app = App::default();
+        let jobs = vec![
+            JobRow { id: "job-2".into(), state: "succeeded".into(), ..JobRow::default() },
+            JobRow { id: "job-1".into(), state: "queued".into(), ..JobRow::default() },
+        ];
+        app.update(Snapshot { jobs, ci_now: 100.0, ..Snapshot::default() });
+        app
+    }
+
+    #[test]
+    fn keys_move_select_submit_cancel_and_quit() {
+        let mut app = app_with_jobs();
+        assert_eq!(app.key(key(KeyCode::Tab)), Action::None);
+        assert_eq!(app.panel, 1);
+        app.key(key(KeyCode::BackTab));
+        app.key(key(KeyCode::Left));
+        assert_eq!(app.panel, 3);
+        // The finished job cannot be cancelled; the queued one can.
+        assert_eq!(app.key(key(KeyCode::Char('c'))), Action::None);
+        assert!(app.message.as_deref().unwrap().contains("nothing to cancel"));
+        app.key(key(KeyCode::Down));
+        app.key(key(KeyCode::Down));
+        assert_eq!(app.selected, 1);
+        assert_eq!(app.key(key(KeyCode::Char('c'))), Action::Cancel("job-1".into()));
+        // Typing a prompt: q is a letter there, not quit.
+        app.key(key(KeyCode::Char('s')));
+        for c in "hi q".chars() {
+            assert_eq!(app.key(key(KeyCode::Char(c))), Action::None);
+        }
+        app.key(key(KeyCode::Backspace));
+        assert_eq!(app.key(key(KeyCode::Enter)), Action::Submit("hi".into()));
+        app.key(key(KeyCode::Char('?')));
+        assert!(app.help);
+        app.key(key(KeyCode::Esc));
+        assert!(!app.help);
+        assert_eq!(app.key(key(KeyCode::Char('q'))), Action::Quit);
+    }
+
+    #[test]
+    fn a_failed_poll_keeps_the_numbers_and_recovers() {
+        let mut app = app_with_jobs();
+        app.disconnected("connection refused".into());
+        assert!(app.error.is_some() && app.snapshot.is_some());
+        app.update(Snapshot { ci_now: 120.0, ..Snapshot::default() });
+        assert!(app.error.is_none());
+        assert_eq!(app.past_ci, [100.0, 120.0]);
+        assert_eq!(app.selected, 0);
+    }
+}
