@@ -17,17 +17,21 @@ use serde_json::json;
 use crate::client::Client;
 use state::{Action, App, Snapshot};
 
-/// How often the daemon is polled: five small GETs every two seconds.
+/// How often the daemon is polled: six small GETs every two seconds.
 pub const POLL: Duration = Duration::from_secs(2);
 
 async fn fetch(client: &Client) -> Result<Snapshot, String> {
     let e = |e: crate::client::ClientError| e.to_string();
     let stats = client.stats(None).await.map_err(e)?;
+    let midnight = (crate::job::now_ms() / 1000 / 86_400 * 86_400) as f64;
+    let today = client.stats(Some(midnight)).await.map_err(e)?;
     let carbon = client.carbon().await.map_err(e)?;
     let plan = client.plan().await.map_err(e)?;
     let eval = client.eval_status().await.map_err(e)?;
     let jobs = client.jobs(None, 50).await.map_err(e)?;
-    Ok(Snapshot::from_json(&stats, &carbon, &plan, &eval, &jobs))
+    let mut snap = Snapshot::from_json(&stats, &carbon, &plan, &eval, &jobs);
+    snap.today(&today);
+    Ok(snap)
 }
 
 /// Runs the TUI until `q`. The daemon being down is shown, not fatal.

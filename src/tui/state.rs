@@ -42,6 +42,9 @@ pub struct Snapshot {
     pub carbon_g: f64,
     pub saved_g: Option<f64>,
     pub deferral_saved_g: f64,
+    /// Since midnight UTC.
+    pub carbon_today_g: f64,
+    pub saved_today_g: Option<f64>,
     pub requests: u64,
     pub measured: u64,
     pub estimated: u64,
@@ -116,6 +119,8 @@ impl Snapshot {
             carbon_g: stats["carbon_g"].as_f64().unwrap_or(0.0),
             saved_g: stats["savings"]["carbon_g"].as_f64(),
             deferral_saved_g: stats["deferral"]["saving_g"].as_f64().unwrap_or(0.0),
+            carbon_today_g: 0.0,
+            saved_today_g: None,
             requests: stats["requests"].as_u64().unwrap_or(0),
             measured: stats["measured_requests"].as_u64().unwrap_or(0),
             estimated: stats["estimated_requests"].as_u64().unwrap_or(0),
@@ -135,6 +140,14 @@ impl Snapshot {
             next_eval,
             eval_running: eval["running"] == true,
         }
+    }
+}
+
+impl Snapshot {
+    /// Today's figures, from `/v1/stats?since=<midnight UTC>`.
+    pub fn today(&mut self, stats: &Value) {
+        self.carbon_today_g = stats["carbon_g"].as_f64().unwrap_or(0.0);
+        self.saved_today_g = stats["savings"]["carbon_g"].as_f64();
     }
 }
 

@@ -158,10 +158,10 @@ pub fn emissions(f: &mut Frame, area: Rect, app: &App, focused: bool) {
     f.render_widget(Sparkline::default().block(Block::default().title(format!("recent polls ({})", app.past_ci.len()))).data(&past), parts[1]);
     let low = s.forecast.iter().cloned().fold(f64::INFINITY, f64::min);
     f.render_widget(Sparkline::default().block(Block::default().title(format!("next {} h forecast (low {low:.0})", s.forecast.len()))).data(&next), parts[2]);
-    let saved = s.saved_g.map(|g| format!("{g:.4} g")).unwrap_or_else(|| "- (no L0 baseline yet)".into());
+    let g = |v: Option<f64>| v.map(|g| format!("{g:.4} g")).unwrap_or_else(|| "-".into());
     let text = vec![
-        Line::from(format!("emitted {:.4} gCO2e in {} requests", s.carbon_g, s.requests)),
-        Line::from(format!("saved   {saved} by directives, {:.4} g by deferral", s.deferral_saved_g)),
+        Line::from(format!("emitted {:.4} g today, {:.4} gCO2e in all {} requests", s.carbon_today_g, s.carbon_g, s.requests)),
+        Line::from(format!("saved   {} today, {} in all by directives; {:.4} g by deferral", g(s.saved_today_g), g(s.saved_g), s.deferral_saved_g)),
         Line::from(format!("energy  {} measured, {} estimated ({})", s.measured, s.estimated, s.meter)),
     ];
     f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), parts[3]);
@@ -231,6 +231,8 @@ pub fn sample_snapshot() -> Snapshot {
         forecast: vec![200.0, 180.0, 150.0, 120.0, 100.0, 90.0, 110.0, 160.0],
         carbon_g: 0.1838,
         saved_g: Some(0.0901),
+        carbon_today_g: 0.0612,
+        saved_today_g: Some(0.0307),
         deferral_saved_g: 0.0125,
         requests: 10,
         measured: 0,
@@ -296,7 +298,7 @@ mod tests {
     #[test]
     fn emissions_panel() {
         let a = app();
-        snapshot("emissions", &render(60, 14, |f| emissions(f, f.area(), &a, false)));
+        snapshot("emissions", &render(60, 16, |f| emissions(f, f.area(), &a, false)));
     }
 
     #[test]
