@@ -746,7 +746,7 @@ async fn eval(client: &Client, command: EvalCommand) -> Result<(), CliError> {
                 println!("next run: {} (forecast {:.0} gCO2/kWh): {}", utc(n["at"].as_f64().unwrap_or(0.0)),
                     n["forecast_gco2_per_kwh"].as_f64().unwrap_or(f64::NAN), n["reason"].as_str().unwrap_or(""));
             }
-            println!("samples kept: {}", s["samples"]);
+            println!("samples kept: {} (a scheduled run needs {})", s["samples"], s["samples_needed"]);
             Ok(())
         }
         EvalCommand::History { limit, json } => {

@@ -324,6 +324,7 @@ pub fn status(svc: &Service) -> Result<Value, StoreError> {
         "enabled": svc.config.evaluator.enabled,
         "running": svc.evals.running(),
         "samples": svc.store.samples()?.len(),
+        "samples_needed": svc.config.evaluator.prompts,
         "levels": svc.directives.names().collect::<Vec<_>>(),
         "q": last.as_ref().and_then(|r| r.q.clone()).unwrap_or_else(|| svc.config.optimizer.prior_q.clone()),
         "q_source": if last.as_ref().is_some_and(|r| r.q.is_some()) { "evaluation" } else { "prior (optimizer.prior_q)" },
@@ -376,7 +377,8 @@ pub async fn scheduler(svc: Arc<Service>, stop: CancellationToken) {
         };
         let plan = decide(&svc, now_ms() as i64 / 1000, last.as_ref());
         *svc.evals.last_schedule.lock().expect("poisoned") = Some(plan.clone());
-        let has_samples = svc.store.samples().map(|s| !s.is_empty()).unwrap_or(false);
+        // A scheduled run waits for a full sample (a forced one may use fewer).
+        let has_samples = svc.store.samples().map(|s| s.len() >= svc.config.evaluator.prompts).unwrap_or(false);
         if plan.run && has_samples && !svc.evals.running() && !svc.is_shutting_down() {
             let svc = svc.clone();
             tokio::spawn(async move {
