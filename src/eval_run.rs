@@ -323,7 +323,7 @@ pub fn status(svc: &Service) -> Result<Value, StoreError> {
         "object": "eval.status",
         "enabled": svc.config.evaluator.enabled,
         "running": svc.evals.running(),
-        "samples": svc.store.samples()?.len(),
+        "samples": svc.store.samples_len(),
         "samples_needed": svc.config.evaluator.prompts,
         "levels": svc.directives.names().collect::<Vec<_>>(),
         "q": last.as_ref().and_then(|r| r.q.clone()).unwrap_or_else(|| svc.config.optimizer.prior_q.clone()),
@@ -378,7 +378,7 @@ pub async fn scheduler(svc: Arc<Service>, stop: CancellationToken) {
         let plan = decide(&svc, now_ms() as i64 / 1000, last.as_ref());
         *svc.evals.last_schedule.lock().expect("poisoned") = Some(plan.clone());
         // A scheduled run waits for a full sample (a forced one may use fewer).
-        let has_samples = svc.store.samples().map(|s| s.len() >= svc.config.evaluator.prompts).unwrap_or(false);
+        let has_samples = svc.store.samples_len() >= svc.config.evaluator.prompts;
         if plan.run && has_samples && !svc.evals.running() && !svc.is_shutting_down() {
             let svc = svc.clone();
             tokio::spawn(async move {

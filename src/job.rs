@@ -122,6 +122,22 @@ pub struct Job {
     pub deferral: Option<Deferral>,
 }
 
+/// When a job must be done: `"6h"` (from now) or a Unix time in seconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Deadline {
+    In(std::time::Duration),
+    AtUnixS(f64),
+}
+
+impl Deadline {
+    pub fn to_unix_ms(self, now_ms: u64) -> u64 {
+        match self {
+            Deadline::In(d) => now_ms + d.as_millis() as u64,
+            Deadline::AtUnixS(s) => (s * 1000.0) as u64,
+        }
+    }
+}
+
 /// Why and until when a job was held.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Deferral {
@@ -201,6 +217,9 @@ pub struct LedgerEntry {
     /// when it ran), gCO2e; the deferral's own saving, apart from the directives'.
     #[serde(default)]
     pub deferral_saving_g: f64,
+    /// The job was held for a low-carbon hour (`deferral_saving_g` is its saving).
+    #[serde(default)]
+    pub deferred: bool,
 }
 
 pub fn now_ms() -> u64 {

@@ -61,13 +61,13 @@ pub struct Planner {
 pub fn build_inputs(
     cfg: &OptimizerConfig,
     acct: &AccountingConfig,
-    levels: usize,
     entries: &[LedgerEntry],
     level_names: &[String],
     q_for: &dyn Fn(&str) -> Vec<f64>,
     ci: f64,
     range: (f64, f64),
 ) -> (Inputs, Vec<Vec<String>>) {
+    let levels = level_names.len();
     let classes: Vec<&str> = if cfg.policy == "best" { CLASSES.to_vec() } else { vec!["all"] };
     let usable: Vec<&LedgerEntry> =
         entries.iter().filter(|e| e.state == JobState::Succeeded && e.origin != Origin::Daemon).collect();
@@ -268,7 +268,7 @@ pub fn resolve(svc: &crate::service::Service, ci: f64, reason: String) -> Solved
         }
     };
     let (inputs, sources) =
-        build_inputs(&cfg.optimizer, &cfg.accounting, names.len(), &entries, &names, &q_for, ci, svc.carbon.range());
+        build_inputs(&cfg.optimizer, &cfg.accounting, &entries, &names, &q_for, ci, svc.carbon.range());
     svc.planner.install(inputs, sources, reason)
 }
 
@@ -295,6 +295,7 @@ mod tests {
             estimated: true,
             class: class.into(),
             deferral_saving_g: 0.0,
+            deferred: false,
         }
     }
 
@@ -304,7 +305,7 @@ mod tests {
         let names: Vec<String> = ["L0", "L1", "L2"].iter().map(|s| s.to_string()).collect();
         let mut entries: Vec<LedgerEntry> = (0..5).map(|_| entry("L0", "math", 720.0)).collect();
         entries.extend((0..3).map(|_| entry("L1", "math", 360.0)));
-        let (inp, src) = build_inputs(&c.optimizer, &c.accounting, 3, &entries, &names, &|_| c.optimizer.prior_q.clone(), 300.0, (50.0, 500.0));
+        let (inp, src) = build_inputs(&c.optimizer, &c.accounting, &entries, &names, &|_| c.optimizer.prior_q.clone(), 300.0, (50.0, 500.0));
         assert_eq!(inp.classes.len(), 4);
         let math = &inp.classes[1];
         assert_eq!(math.name, "math");
@@ -327,7 +328,7 @@ mod tests {
         assert_eq!(p.due(0, 100.0).as_deref(), Some("start"));
         assert!(p.mix_for("math").is_none());
         let names: Vec<String> = ["L0", "L1", "L2"].iter().map(|s| s.to_string()).collect();
-        let (inp, src) = build_inputs(&c.optimizer, &c.accounting, 3, &[], &names, &|_| c.optimizer.prior_q.clone(), 100.0, (50.0, 500.0));
+        let (inp, src) = build_inputs(&c.optimizer, &c.accounting, &[], &names, &|_| c.optimizer.prior_q.clone(), 100.0, (50.0, 500.0));
         let s = p.install(inp, src, "start".into());
         assert_eq!(s.plan.status, "optimal");
         let x = p.mix_for("math").unwrap();

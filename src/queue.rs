@@ -86,6 +86,10 @@ pub struct Store {
     /// `queue.len()` walks the tree; this is kept in step with it.
     queued: AtomicUsize,
     held: AtomicUsize,
+    /// Prompts offered to the reservoir so far, and samples kept (kept in
+    /// memory: `Tree::len` walks the tree, too slow for every submit).
+    samples_seen: AtomicU64,
+    samples_kept: AtomicUsize,
     /// Held by every write and every flush (see the module doc).
     write: Arc<Mutex<()>>,
     /// Tickets: writes made so far, and writes known to be on disk.
@@ -195,6 +199,11 @@ impl Store {
         let queued = AtomicUsize::new(queue.len());
         let deferred = db.open_tree("deferred")?;
         let held = AtomicUsize::new(deferred.len());
+        let samples = db.open_tree("samples")?;
+        let samples_kept = AtomicUsize::new(samples.len());
+        let samples_seen = AtomicU64::new(
+            meta.get("samples_seen")?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)).unwrap_or(0),
+        );
         let ledger = db.open_tree("ledger")?;
         let mut totals = Totals::default();
         for item in ledger.iter() {
@@ -210,7 +219,9 @@ impl Store {
             queued,
             deferred,
             held,
-            samples: db.open_tree("samples")?,
+            samples,
+            samples_seen,
+            samples_kept,
             evals: db.open_tree("evals")?,
             meta,
             db,
@@ -606,14 +617,18 @@ impl Store {
     /// kept; `r` is a random number). Not flushed: a sample lost in a crash
     /// costs nothing.
     pub fn sample_prompt(&self, sample: &PromptSample, cap: usize, r: u64) -> Result<(), StoreError> {
+        let seen = self.samples_seen.fetch_add(1, Ordering::SeqCst) + 1;
+        let kept = self.samples_kept.load(Ordering::SeqCst) as u64;
+        let slot = if kept < cap as u64 { Some(kept) } else { Some(r % seen).filter(|j| *j < cap as u64) };
+        // Most prompts are not kept once the reservoir is full: no write at
+        // all. The count of prompts seen is persisted with each kept one
+        // (after a crash a few uncounted prompts only favour newer ones).
+        let Some(slot) = slot else { return Ok(()) };
         self.write(|| {
-            let seen = self.meta.get("samples_seen")?.map(|v| v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0)).unwrap_or(0) + 1;
-            self.meta.insert("samples_seen", &seen.to_be_bytes())?;
-            let len = self.samples.len() as u64;
-            let slot = if len < cap as u64 { Some(len) } else { Some(r % seen).filter(|j| *j < cap as u64) };
-            if let Some(slot) = slot {
-                self.samples.insert(slot.to_be_bytes(), encode(sample))?;
+            if self.samples.insert(slot.to_be_bytes(), encode(sample))?.is_none() {
+                self.samples_kept.fetch_add(1, Ordering::SeqCst);
             }
+            self.meta.insert("samples_seen", &seen.to_be_bytes())?;
             Ok(())
         })?;
         Ok(())
@@ -631,7 +646,9 @@ impl Store {
             let (k, v) = item?;
             let s: PromptSample = decode(&k, &v)?;
             if s.at_ms < cutoff_ms {
-                self.write(|| Ok(self.samples.remove(&k)?))?;
+                if self.write(|| Ok(self.samples.remove(&k)?))?.0.is_some() {
+                    self.samples_kept.fetch_sub(1, Ordering::SeqCst);
+                }
                 n += 1;
             }
         }
@@ -649,9 +666,22 @@ impl Store {
         self.durable(ticket).await
     }
 
-    /// Evaluation runs, newest first.
+    /// Evaluation runs, newest first, decoded as they are read.
+    pub fn eval_runs_iter(&self) -> impl Iterator<Item = Result<EvalRun, StoreError>> + '_ {
+        self.evals.iter().rev().map(|item| item.map_err(StoreError::from).and_then(|(k, v)| decode(&k, &v)))
+    }
+
+    /// The newest `limit` evaluation runs, newest first.
     pub fn eval_runs(&self, limit: usize) -> Result<Vec<EvalRun>, StoreError> {
-        self.evals.iter().rev().take(limit).map(|item| item.map_err(StoreError::from).and_then(|(k, v)| decode(&k, &v))).collect()
+        self.eval_runs_iter().take(limit).collect()
+    }
+
+    pub fn eval_runs_len(&self) -> usize {
+        self.evals.len()
+    }
+
+    pub fn samples_len(&self) -> usize {
+        self.samples_kept.load(Ordering::SeqCst)
     }
 
     /// Number of deferred jobs.
@@ -828,6 +858,7 @@ mod tests {
             estimated: true,
             class: "question".into(),
             deferral_saving_g: 0.0,
+            deferred: false,
         }
     }
 

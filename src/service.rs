@@ -20,8 +20,7 @@ use crate::classify::classify;
 use crate::directive::{splitmix64, Directives};
 use crate::planner::Planner;
 use crate::engine::Engine;
-use crate::api::openai::Deadline;
-use crate::job::{now_ms, ChatRequest, Deferral, Job, Origin};
+use crate::job::{now_ms, ChatRequest, Deadline, Deferral, Job, Origin};
 use crate::queue::{job_id, CancelOutcome, NewJob, Store, StoreError};
 
 /// Where the model is in its life.

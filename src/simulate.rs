@@ -28,7 +28,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::carbon::trace::{forecast, Trace};
+use crate::carbon::trace::{forecast, range, Trace};
 use crate::classify::{self, CLASSES};
 use crate::optimizer::{self, ClassInputs, Inputs};
 
@@ -395,7 +395,7 @@ pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
         return Err("--hours must be at least 1".into());
     }
     let n = trace.len();
-    let (ci_min, ci_max) = trace.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let (ci_min, ci_max) = range(trace);
     let emb_per_s = cfg.embodied_g / cfg.lifetime_s;
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let w_mean = a.workload.iter().sum::<f64>() / a.workload.len() as f64;
@@ -447,7 +447,7 @@ pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
         let evaluate = match quality {
             None => true,
             Some(_) => {
-                let past: Vec<f64> = (0..=24 * 8).map(|k| trace[(abs + n * 2 - 24 * 8 + k) % n]).collect();
+                let past = crate::carbon::trace::history(trace, abs);
                 let next = forecast(&past, past.len() - 1, 1);
                 method_trigger(h - last_eval, trace[(abs + n - 1) % n], ci, next, ci_min, ci_max)
             }
@@ -696,22 +696,21 @@ pub struct RuleStats {
 pub fn eval_rules(a: &Artifact, region: &str, eval_prompts: usize) -> Result<(RuleStats, RuleStats), String> {
     let trace = a.traces.get(region).ok_or_else(|| format!("no trace for region {region:?}"))?;
     let n = trace.len();
-    let (ci_min, ci_max) = trace.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    let (ci_min, ci_max) = range(trace);
     let e_eval: f64 = a.prompts.iter().map(|p| p.e.iter().sum::<f64>()).sum::<f64>() / a.prompts.len() as f64 * eval_prompts as f64;
-    let past = |t: usize| -> Vec<f64> { (0..=24 * 8).map(|k| trace[(t + n * 2 - 24 * 8 + k) % n]).collect() };
     let mut out = Vec::new();
     for ours in [false, true] {
         let (mut last, mut runs, mut sum_ci, mut carbon, mut age_sum, mut age_max) = (0usize, 1usize, trace[0], trace[0] * e_eval, 0usize, 0usize);
         for t in 1..n {
             let since = t - last;
-            let history = past(t);
+            let past = crate::carbon::trace::history(trace, t);
             let run = if ours {
                 let fc: Vec<crate::carbon::Reading> = (1..=24)
-                    .map(|h| crate::carbon::Reading { at: (t + h) as i64 * 3600, gco2_per_kwh: forecast(&history, history.len() - 1, h) })
+                    .map(|h| crate::carbon::Reading { at: (t + h) as i64 * 3600, gco2_per_kwh: forecast(&past, past.len() - 1, h) })
                     .collect();
                 crate::evaluator::schedule(t as i64 * 3600, Some(last as i64 * 3600), trace[t], &fc, (ci_min, ci_max), 6 * 3600, 72 * 3600, 0.05).run
             } else {
-                method_trigger(since, trace[t - 1], trace[t], forecast(&history, history.len() - 1, 1), ci_min, ci_max)
+                method_trigger(since, trace[t - 1], trace[t], forecast(&past, past.len() - 1, 1), ci_min, ci_max)
             };
             if run {
                 last = t;
@@ -856,14 +855,19 @@ mod tests {
         assert!(!method_trigger(60, 100.0, 150.0, 400.0, 100.0, 500.0));
     }
 
-    #[test]
-    fn eval_rules_keep_their_limits_over_real_traces() {
+    /// The published artifact beside the checkout, if there.
+    fn shared_artifact() -> Option<Artifact> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/sprout_artifact");
         if !dir.is_dir() {
             eprintln!("skipping: ../shared/data not present");
-            return;
+            return None;
         }
-        let a = Artifact::load(&dir).unwrap();
+        Some(Artifact::load(&dir).unwrap())
+    }
+
+    #[test]
+    fn eval_rules_keep_their_limits_over_real_traces() {
+        let Some(a) = shared_artifact() else { return };
         for region in a.traces.keys() {
             let (method, ours) = eval_rules(&a, region, 100).unwrap();
             for r in [&method, &ours] {
@@ -878,12 +882,7 @@ mod tests {
 
     #[test]
     fn policies_on_the_shared_artifact() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/sprout_artifact");
-        if !dir.is_dir() {
-            eprintln!("skipping: ../shared/data not present");
-            return;
-        }
-        let a = Artifact::load(&dir).unwrap();
+        let Some(a) = shared_artifact() else { return };
         assert!(a.prompts.len() > 12_000, "{}", a.prompts.len());
         assert_eq!(a.traces.len(), 5);
         let run_p = |policy| run(&a, &SimConfig { region: "NL".into(), start_hour: 3900, hours: 72, seed: 3, policy, ..SimConfig::default() }).unwrap();

@@ -76,7 +76,7 @@ impl Totals {
             l.ok_completion_tokens += e.completion_tokens as u64;
             l.ok_duration_s += e.duration_s;
         }
-        if e.deferral_saving_g != 0.0 {
+        if e.deferred {
             self.deferred_jobs += 1;
             self.deferral_saving_g += e.deferral_saving_g;
         }
@@ -155,6 +155,7 @@ mod tests {
             estimated: true,
             class: "question".into(),
             deferral_saving_g: 0.0,
+            deferred: false,
         }
     }
 

@@ -171,6 +171,7 @@ async fn run_job(svc: &Service, engine: Arc<dyn Engine>, job: Job, interrupt: &C
         class: crate::classify::classify(job.request.last_user_text()).to_string(),
         // What holding it saved: its energy at the intensity it avoided.
         deferral_saving_g: job.deferral.map_or(0.0, |d| receipt.energy_j / 3.6e6 * (d.submit_gco2_per_kwh - intensity)),
+        deferred: job.deferral.is_some(),
     };
     let (state, result, error) = match outcome {
         Some(Ok(out)) => {

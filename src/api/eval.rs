@@ -53,7 +53,7 @@ pub async fn start(State(svc): State<AppState>, body: Result<Bytes, BytesRejecti
     if svc.evals.running() {
         return Err(EvalError::AlreadyRunning.into());
     }
-    if svc.store.samples()?.is_empty() {
+    if svc.store.samples_len() == 0 {
         return Err(EvalError::NoSamples.into());
     }
     let opts = RunOptions { prompts: b.prompts, judge_url: b.judge_url, judge_model: b.judge_model, reason: "forced".into() };
@@ -95,11 +95,11 @@ pub async fn history(State(svc): State<AppState>, Query(p): Query<HistoryParams>
 }
 
 pub async fn get(State(svc): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let run = svc
-        .store
-        .eval_runs(usize::MAX)?
-        .into_iter()
-        .find(|r| r.id == id)
-        .ok_or_else(|| ApiError::not_found("eval_run_not_found", format!("no evaluation run {id}")))?;
-    Ok(Json(json!(run)))
+    for run in svc.store.eval_runs_iter() {
+        let run = run?;
+        if run.id == id {
+            return Ok(Json(json!(run)));
+        }
+    }
+    Err(ApiError::not_found("eval_run_not_found", format!("no evaluation run {id}")))
 }

@@ -19,11 +19,11 @@ pub struct Params {
     format: Option<String>,
 }
 
-pub const CSV_HEADER: &str = "job_id,origin,state,finished_at,directive,prompt_tokens,completion_tokens,duration_s,energy_j,intensity_gco2_per_kwh,operational_g,embodied_g,carbon_g,estimated,class";
+pub const CSV_HEADER: &str = "job_id,origin,state,finished_at,directive,prompt_tokens,completion_tokens,duration_s,energy_j,intensity_gco2_per_kwh,operational_g,embodied_g,carbon_g,estimated,class,deferred,deferral_saving_g";
 
 pub fn csv_row(e: &LedgerEntry) -> String {
     format!(
-        "{},{},{},{:.3},{},{},{},{:.6},{:.6},{:.3},{:.9},{:.9},{:.9},{},{}",
+        "{},{},{},{:.3},{},{},{},{:.6},{:.6},{:.3},{:.9},{:.9},{:.9},{},{},{},{:.9}",
         e.job_id,
         serde_json::to_value(e.origin).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
         e.state.as_str(),
@@ -38,7 +38,9 @@ pub fn csv_row(e: &LedgerEntry) -> String {
         e.embodied_g,
         e.carbon_g,
         e.estimated,
-        e.class
+        e.class,
+        e.deferred,
+        e.deferral_saving_g
     )
 }
 

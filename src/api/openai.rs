@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use crate::config::Config;
 use crate::directive::Directives;
-use crate::job::{ChatRequest, Job, Message, Role};
+use crate::job::{ChatRequest, Deadline, Job, Message, Role};
 
 #[derive(Debug, Deserialize)]
 struct RawRequest {
@@ -61,22 +61,6 @@ pub struct Parsed {
     pub include_usage: bool,
     pub priority: i32,
     pub deadline: Option<Deadline>,
-}
-
-/// When a job must be done: `"6h"` (from now) or a Unix time in seconds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Deadline {
-    In(std::time::Duration),
-    AtUnixS(f64),
-}
-
-impl Deadline {
-    pub fn to_unix_ms(self, now_ms: u64) -> u64 {
-        match self {
-            Deadline::In(d) => now_ms + d.as_millis() as u64,
-            Deadline::AtUnixS(s) => (s * 1000.0) as u64,
-        }
-    }
 }
 
 /// Parses and validates a body. Unknown fields are ignored, as OpenAI's

@@ -121,12 +121,10 @@ pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
         metric(&mut out, "sproutd_plan_solve_seconds", "gauge", "Time of the last solve.", &[(String::new(), s.plan.solve_us as f64 / 1e6)]);
         metric(&mut out, "sproutd_plan_fallback", "gauge", "1 when the last solve fell back to all-baseline.", &[(String::new(), s.plan.is_fallback() as u8 as f64)]);
     }
-    if let Ok(runs) = svc.store.eval_runs(usize::MAX) {
-        metric(&mut out, "sproutd_evaluation_runs_total", "counter", "Quality evaluation runs stored.", &[(String::new(), runs.len() as f64)]);
-        if let Some(q) = runs.iter().find_map(|r| r.q.clone()) {
-            let qs: Vec<(String, f64)> = levels.iter().zip(q).map(|(l, v)| (format!("directive=\"{l}\""), v)).collect();
-            metric(&mut out, "sproutd_evaluation_quality", "gauge", "The newest evaluation's q: share of prompts each level won.", &qs);
-        }
+    metric(&mut out, "sproutd_evaluation_runs_total", "counter", "Quality evaluation runs stored.", &[(String::new(), svc.store.eval_runs_len() as f64)]);
+    if let Some(q) = svc.store.eval_runs_iter().find_map(|r| r.ok().and_then(|r| r.q)) {
+        let qs: Vec<(String, f64)> = levels.iter().zip(q).map(|(l, v)| (format!("directive=\"{l}\""), v)).collect();
+        metric(&mut out, "sproutd_evaluation_quality", "gauge", "The newest evaluation's q: share of prompts each level won.", &qs);
     }
     let t_now = now_ms() as i64 / 1000;
     let now = svc.carbon.now(t_now).gco2_per_kwh;

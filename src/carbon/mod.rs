@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{CarbonConfig, LiveCarbonConfig};
 use live::{Provider, Snapshot};
-use trace::{forecast, Trace};
+use trace::{forecast, history, Trace};
 
 /// The trace compiled into sproutd (see traces/README.md for its origin).
 pub const BUILTIN_TRACE: &str = include_str!("../../traces/GB_2023_hourly.csv");
@@ -292,14 +292,10 @@ impl TraceSource {
     /// Hourly forecast for the next `hours` (of trace time), computed from
     /// the trace's past only.
     pub fn forecast(&self, t: i64, hours: usize) -> Vec<Reading> {
-        let n = self.trace.values.len();
-        let now_idx = self.trace.index_at(self.trace_time(t));
-        // The past 8 days, oldest first, ending at now (wrapping around the year).
-        let back = (24 * 8).min(n - 1);
-        let history: Vec<f64> = (0..=back).map(|i| self.trace.values[(now_idx + n - back + i) % n]).collect();
+        let past = history(&self.trace.values, self.trace.index_at(self.trace_time(t)));
         let wall_per_hour = 3600.0 / self.speedup;
         (1..=hours)
-            .map(|h| Reading { at: t + (h as f64 * wall_per_hour) as i64, gco2_per_kwh: forecast(&history, back, h) })
+            .map(|h| Reading { at: t + (h as f64 * wall_per_hour) as i64, gco2_per_kwh: forecast(&past, past.len() - 1, h) })
             .collect()
     }
 

@@ -101,8 +101,25 @@ impl Trace {
 
     /// Lowest and highest values: the method's `CI_min`, `CI_max`.
     pub fn range(&self) -> (f64, f64) {
-        self.values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)))
+        range(&self.values)
     }
+}
+
+/// Lowest and highest of `values`.
+pub fn range(values: &[f64]) -> (f64, f64) {
+    values.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(*v), hi.max(*v)))
+}
+
+/// Hours of the past that [`forecast`] reads: 8 days.
+pub const HISTORY_H: usize = 24 * 8;
+
+/// The [`HISTORY_H`] hours up to and including hour `now` of an hourly
+/// trace (fewer if the trace is shorter), oldest first, wrapping around its
+/// start: the input of [`forecast`], whose `now` is then `len() - 1`.
+pub fn history(values: &[f64], now: usize) -> Vec<f64> {
+    let n = values.len();
+    let back = HISTORY_H.min(n - 1);
+    (0..=back).map(|i| values[(now % n + n - back + i) % n]).collect()
 }
 
 /// Forecast `h` hours ahead from the values up to and including `now`
