@@ -1052,7 +1052,11 @@ fn the_rapl_meter_measures_receipts_and_a_missing_meter_stops_startup() {
         while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(10));
             uj = (uj + 500_000) % 262_143_328_850;
-            std::fs::write(&energy, format!("{uj}\n")).unwrap();
+            // Written aside and renamed over the counter: a reader never sees a half-written
+            // (empty) file, as it never does in sysfs.
+            let tmp = energy.with_extension("tmp");
+            std::fs::write(&tmp, format!("{uj}\n")).unwrap();
+            std::fs::rename(&tmp, &energy).unwrap();
         }
     });
     let d = Daemon::start(&cfg);
