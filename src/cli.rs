@@ -379,10 +379,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             println!("requests:  {}  ({} prompt + {} completion tokens)", s["requests"], s["prompt_tokens"], s["completion_tokens"]);
             println!("energy:    {:.1} J  ({} estimated, {} measured requests)", f("energy_j"), s["estimated_requests"], s["measured_requests"]);
             println!("carbon:    {:.4} gCO2e  (operational {:.4}, embodied {:.4})", f("carbon_g"), f("operational_g"), f("embodied_g"));
+            let own = &s["own_work"];
+            println!(
+                "own work:  {} requests, {:.1} J, {:.4} gCO2e  (evaluation runs: in the totals, not in the savings or levels)",
+                own["requests"],
+                own["energy_j"].as_f64().unwrap_or(0.0),
+                own["carbon_g"].as_f64().unwrap_or(0.0)
+            );
             match s["savings"]["carbon_g"].as_f64() {
                 Some(g) => println!("saved:     {g:.4} gCO2e against serving everything at {}", s["savings"]["baseline"].as_str().unwrap_or("L0")),
                 None => println!("saved:     unknown until a {} request has succeeded", s["savings"]["baseline"].as_str().unwrap_or("L0")),
             }
+            println!("users' requests by level:");
             println!("{:<6} {:>8} {:>7} {:>12} {:>12} {:>12}", "LEVEL", "REQUESTS", "SHARE", "MEAN TOKENS", "MEAN J", "MEAN gCO2e");
             if let Some(levels) = s["levels"].as_object() {
                 for (name, l) in levels {

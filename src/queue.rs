@@ -614,17 +614,24 @@ impl Store {
 
     /// Offers a prompt to the evaluator's reservoir of `cap` samples
     /// (reservoir sampling: every prompt seen has the same chance to be
-    /// kept; `r` is a random number). Not flushed: a sample lost in a crash
-    /// costs nothing.
+    /// kept; `r` is a random number). Slots `0..kept` are always the filled
+    /// ones (collection compacts them), so a reservoir that is not full
+    /// fills its next slot. Not flushed: a sample lost in a crash costs
+    /// nothing.
     pub fn sample_prompt(&self, sample: &PromptSample, cap: usize, r: u64) -> Result<(), StoreError> {
         let seen = self.samples_seen.fetch_add(1, Ordering::SeqCst) + 1;
-        let kept = self.samples_kept.load(Ordering::SeqCst) as u64;
-        let slot = if kept < cap as u64 { Some(kept) } else { Some(r % seen).filter(|j| *j < cap as u64) };
-        // Most prompts are not kept once the reservoir is full: no write at
-        // all. The count of prompts seen is persisted with each kept one
-        // (after a crash a few uncounted prompts only favour newer ones).
-        let Some(slot) = slot else { return Ok(()) };
+        let cap = cap as u64;
+        // Most prompts are not kept once the reservoir is full: no lock and
+        // no write at all. The count of prompts seen is persisted with each
+        // kept one (after a crash a few uncounted prompts only favour newer ones).
+        if self.samples_kept.load(Ordering::SeqCst) as u64 >= cap && r % seen >= cap {
+            return Ok(());
+        }
         self.write(|| {
+            // Decided again under the lock: concurrent offers and a
+            // collection may have moved the count.
+            let kept = self.samples_kept.load(Ordering::SeqCst) as u64;
+            let slot = if kept < cap { kept } else if r % seen < cap { r % seen } else { return Ok(()) };
             if self.samples.insert(slot.to_be_bytes(), encode(sample))?.is_none() {
                 self.samples_kept.fetch_add(1, Ordering::SeqCst);
             }
@@ -634,25 +641,28 @@ impl Store {
         Ok(())
     }
 
-    /// The reservoir, oldest slot first.
+    /// The reservoir, slot order.
     pub fn samples(&self) -> Result<Vec<PromptSample>, StoreError> {
         self.samples.iter().map(|item| item.map_err(StoreError::from).and_then(|(k, v)| decode(&k, &v))).collect()
     }
 
-    /// Drops samples taken before `cutoff_ms` (the reservoir refills).
+    /// Drops samples taken before `cutoff_ms` and moves the rest down to
+    /// slots `0..kept`, so the freed slots refill with new prompts.
     pub fn collect_samples(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
-        let mut n = 0;
-        for item in self.samples.iter() {
-            let (k, v) = item?;
-            let s: PromptSample = decode(&k, &v)?;
-            if s.at_ms < cutoff_ms {
-                if self.write(|| Ok(self.samples.remove(&k)?))?.0.is_some() {
-                    self.samples_kept.fetch_sub(1, Ordering::SeqCst);
-                }
-                n += 1;
+        let (dropped, _) = self.write(|| {
+            let all = self.samples()?;
+            let keep: Vec<&PromptSample> = all.iter().filter(|s| s.at_ms >= cutoff_ms).collect();
+            if keep.len() == all.len() {
+                return Ok(0);
             }
-        }
-        Ok(n)
+            self.samples.clear()?;
+            for (slot, s) in keep.iter().enumerate() {
+                self.samples.insert((slot as u64).to_be_bytes(), encode(*s))?;
+            }
+            self.samples_kept.store(keep.len(), Ordering::SeqCst);
+            Ok(all.len() - keep.len())
+        })?;
+        Ok(dropped)
     }
 
     /// Stores a finished evaluation run (flushed).
@@ -1037,5 +1047,33 @@ mod tests {
             db.flush().unwrap();
         }
         assert!(matches!(Store::open(dir.path()), Err(StoreError::Schema { found: 99, .. })));
+    }
+
+    #[test]
+    fn the_reservoir_refills_the_slots_that_retention_freed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let sample = |i: u64| PromptSample { text: format!("prompt {i}"), class: "chat".into(), at_ms: i };
+        for i in 0..5 {
+            s.sample_prompt(&sample(i), 4, 0).unwrap();
+        }
+        // Full at 4; r = 0 always lands in a slot once full: the 5th replaced slot 0.
+        assert_eq!(s.samples_len(), 4);
+        assert_eq!(s.samples().unwrap().iter().map(|p| p.at_ms).collect::<Vec<_>>(), vec![4, 1, 2, 3]);
+        // Retention drops those taken before t = 3: two left, moved down to slots 0 and 1.
+        assert_eq!(s.collect_samples(3).unwrap(), 2);
+        assert_eq!(s.samples_len(), 2);
+        assert_eq!(s.samples().unwrap().iter().map(|p| p.at_ms).collect::<Vec<_>>(), vec![4, 3]);
+        // The next prompts fill the freed slots whatever the draw, up to the cap again.
+        for i in 10..13 {
+            s.sample_prompt(&sample(i), 4, u64::MAX).unwrap();
+        }
+        assert_eq!(s.samples_len(), 4);
+        assert_eq!(s.samples().unwrap().iter().map(|p| p.at_ms).collect::<Vec<_>>(), vec![4, 3, 10, 11]);
+        // Nothing to collect: nothing moves. The count survives a reopen.
+        assert_eq!(s.collect_samples(3).unwrap(), 0);
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.samples_len(), 4);
     }
 }

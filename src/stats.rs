@@ -5,12 +5,17 @@
 //! shorter level would have cost at the baseline level, from the running mean
 //! energy and embodied carbon of baseline requests, at the grid intensity the
 //! request actually met. Only succeeded requests feed the means.
+//!
+//! The daemon's own work (evaluation runs, which answer every prompt at every
+//! level on purpose) is emitted carbon like any other and counts in the
+//! totals, but it is kept apart from users' requests: it neither moves the
+//! directive mix and per-level means nor counts as a saving.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::job::{JobState, LedgerEntry};
+use crate::job::{JobState, LedgerEntry, Origin};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct LevelTotals {
@@ -38,9 +43,56 @@ pub struct LevelTotals {
     ok_duration_s: f64,
 }
 
+impl LevelTotals {
+    fn sum<'a>(parts: impl IntoIterator<Item = &'a LevelTotals>) -> LevelTotals {
+        let mut t = LevelTotals::default();
+        for l in parts {
+            t.requests += l.requests;
+            t.succeeded += l.succeeded;
+            t.prompt_tokens += l.prompt_tokens;
+            t.completion_tokens += l.completion_tokens;
+            t.energy_j += l.energy_j;
+            t.operational_g += l.operational_g;
+            t.embodied_g += l.embodied_g;
+            t.carbon_g += l.carbon_g;
+            t.duration_s += l.duration_s;
+            t.ok_energy_j += l.ok_energy_j;
+            t.ok_embodied_g += l.ok_embodied_g;
+            t.ok_carbon_g += l.ok_carbon_g;
+            t.ok_intensity_sum += l.ok_intensity_sum;
+            t.ok_completion_tokens += l.ok_completion_tokens;
+            t.ok_duration_s += l.ok_duration_s;
+        }
+        t
+    }
+
+    fn add(&mut self, e: &LedgerEntry) {
+        self.requests += 1;
+        self.prompt_tokens += e.prompt_tokens as u64;
+        self.completion_tokens += e.completion_tokens as u64;
+        self.energy_j += e.energy_j;
+        self.operational_g += e.operational_g;
+        self.embodied_g += e.embodied_g;
+        self.carbon_g += e.carbon_g;
+        self.duration_s += e.duration_s;
+        if e.state == JobState::Succeeded {
+            self.succeeded += 1;
+            self.ok_energy_j += e.energy_j;
+            self.ok_embodied_g += e.embodied_g;
+            self.ok_carbon_g += e.carbon_g;
+            self.ok_intensity_sum += e.intensity_gco2_per_kwh;
+            self.ok_completion_tokens += e.completion_tokens as u64;
+            self.ok_duration_s += e.duration_s;
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Totals {
+    /// Users' requests (chat and jobs) by directive level.
     pub by_level: BTreeMap<String, LevelTotals>,
+    /// The daemon's own work by directive level.
+    pub own_by_level: BTreeMap<String, LevelTotals>,
     pub estimated: u64,
     pub measured: u64,
     /// Jobs that were held for a low-carbon hour, and what that saved, gCO2e.
@@ -58,24 +110,8 @@ impl Totals {
     }
 
     pub fn add(&mut self, e: &LedgerEntry) {
-        let l = self.by_level.entry(e.directive.clone()).or_default();
-        l.requests += 1;
-        l.prompt_tokens += e.prompt_tokens as u64;
-        l.completion_tokens += e.completion_tokens as u64;
-        l.energy_j += e.energy_j;
-        l.operational_g += e.operational_g;
-        l.embodied_g += e.embodied_g;
-        l.carbon_g += e.carbon_g;
-        l.duration_s += e.duration_s;
-        if e.state == JobState::Succeeded {
-            l.succeeded += 1;
-            l.ok_energy_j += e.energy_j;
-            l.ok_embodied_g += e.embodied_g;
-            l.ok_carbon_g += e.carbon_g;
-            l.ok_intensity_sum += e.intensity_gco2_per_kwh;
-            l.ok_completion_tokens += e.completion_tokens as u64;
-            l.ok_duration_s += e.duration_s;
-        }
+        let by_level = if e.origin == Origin::Daemon { &mut self.own_by_level } else { &mut self.by_level };
+        by_level.entry(e.directive.clone()).or_default().add(e);
         if e.deferred {
             self.deferred_jobs += 1;
             self.deferral_saving_g += e.deferral_saving_g;
@@ -87,15 +123,37 @@ impl Totals {
         }
     }
 
-    pub fn requests(&self) -> u64 {
+    /// Every record, users' and the daemon's own.
+    pub fn all(&self) -> impl Iterator<Item = &LevelTotals> {
+        self.by_level.values().chain(self.own_by_level.values())
+    }
+
+    /// Records of users' requests.
+    pub fn user_requests(&self) -> u64 {
         self.by_level.values().map(|l| l.requests).sum()
     }
 
-    pub fn carbon_g(&self) -> f64 {
-        self.by_level.values().map(|l| l.carbon_g).sum()
+    /// All records, users' and the daemon's own.
+    pub fn requests(&self) -> u64 {
+        self.all().map(|l| l.requests).sum()
     }
 
-    /// Grams saved against serving every succeeded request at `baseline`;
+    /// All emitted carbon, users' requests and the daemon's own work.
+    pub fn carbon_g(&self) -> f64 {
+        self.all().map(|l| l.carbon_g).sum()
+    }
+
+    /// The daemon's own work summed over levels.
+    pub fn own(&self) -> LevelTotals {
+        LevelTotals::sum(self.own_by_level.values())
+    }
+
+    /// Everything summed over levels and origins.
+    pub fn overall(&self) -> LevelTotals {
+        LevelTotals::sum(self.all())
+    }
+
+    /// Grams saved against serving every succeeded user request at `baseline`;
     /// `None` until a baseline request has succeeded (no counterfactual yet).
     pub fn savings_g(&self, baseline: &str) -> Option<f64> {
         let b = self.by_level.get(baseline).filter(|b| b.succeeded > 0)?;
@@ -109,9 +167,10 @@ impl Totals {
         )
     }
 
-    /// Per level: share of requests, and means over succeeded requests.
+    /// Per level, over users' requests: share of requests, and means over
+    /// succeeded requests.
     pub fn per_level_json(&self) -> serde_json::Value {
-        let total = self.requests().max(1) as f64;
+        let total = self.user_requests().max(1) as f64;
         let mut out = serde_json::Map::new();
         for (name, l) in &self.by_level {
             let n = l.succeeded.max(1) as f64;
@@ -134,7 +193,6 @@ impl Totals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::Origin;
 
     fn entry(level: &str, state: JobState, energy_j: f64, intensity: f64, embodied_g: f64, tokens: usize) -> LedgerEntry {
         let operational_g = energy_j / 3.6e6 * intensity;
@@ -183,6 +241,26 @@ mod tests {
         let per = t.per_level_json();
         assert_eq!(per["L0"]["mean_completion_tokens"], 250.0);
         assert_eq!(per["L2"]["share"], 0.5);
+    }
+
+    #[test]
+    fn the_daemons_own_work_counts_as_emitted_but_not_in_the_mix_or_savings() {
+        let user = [entry("L0", JobState::Succeeded, 3600.0, 100.0, 0.1, 200), entry("L2", JobState::Succeeded, 360.0, 100.0, 0.01, 20)];
+        let mut own = [entry("L0", JobState::Succeeded, 3600.0, 100.0, 0.1, 200), entry("L1", JobState::Succeeded, 1800.0, 100.0, 0.05, 90)];
+        for e in &mut own {
+            e.origin = Origin::Daemon;
+        }
+        let users_only = Totals::from_entries(&user);
+        let t = Totals::from_entries(user.iter().chain(&own));
+        assert_eq!((t.requests(), t.user_requests()), (4, 2));
+        let all: f64 = user.iter().chain(&own).map(|e| e.carbon_g).sum();
+        assert!((t.carbon_g() - all).abs() < 1e-12);
+        assert_eq!(t.own().requests, 2);
+        assert!((t.own().carbon_g - own.iter().map(|e| e.carbon_g).sum::<f64>()).abs() < 1e-12);
+        // The evaluator's L1 answer is no saving, and the mix and means are the users'.
+        assert_eq!(t.savings_g("L0"), users_only.savings_g("L0"));
+        assert_eq!(t.per_level_json(), users_only.per_level_json());
+        assert!(t.per_level_json().get("L1").is_none());
     }
 
     #[test]

@@ -937,15 +937,16 @@ samples = {}
 for fam in text_string_to_metric_families(text):
     for s in fam.samples:
         samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-print(samples[("sproutd_requests_total", (("directive", "L0"),))])
-print(samples[("sproutd_tokens_total", (("directive", "L0"), ("kind", "completion")))])
+print(samples[("sproutd_requests_total", (("directive", "L0"), ("origin", "user")))])
+print(samples[("sproutd_tokens_total", (("directive", "L0"), ("kind", "completion"), ("origin", "user")))])
+print(samples[("sproutd_requests_total", (("directive", "L0"), ("origin", "daemon")))])
 print(samples[("sproutd_jobs", (("state", "queued"),))])
 print(samples[("sproutd_up", ())])
 "#;
     let out = std::process::Command::new(python).args(["-c", script, &d.url]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<f64> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.parse().unwrap()).collect();
-    assert_eq!(lines, [2.0, 10.0, 0.0, 1.0]);
+    assert_eq!(lines, [2.0, 10.0, 0.0, 0.0, 1.0]);
 }
 
 // ---------------------------------------------------------------------------
@@ -1253,6 +1254,16 @@ fn an_evaluation_run_queues_its_own_metered_work_and_counts_unreadable_verdicts(
     assert!((run["carbon_g"].as_f64().unwrap() - carbon).abs() < 1e-12);
     let levels: std::collections::BTreeSet<&str> = own.iter().map(|e| e["directive"].as_str().unwrap()).collect();
     assert_eq!(levels.len(), 3, "an answer at every level");
+    // Stats count it as emitted, apart from users' requests: no saving, no share.
+    let (_, stats) = http("GET", &format!("{}/v1/stats", d.url), None);
+    assert_eq!((stats["requests"].as_u64(), stats["user_requests"].as_u64()), (Some(entries.len() as u64), Some(3)), "{stats}");
+    assert_eq!(stats["own_work"]["requests"], 12, "{stats}");
+    assert!((stats["own_work"]["carbon_g"].as_f64().unwrap() - carbon).abs() < 1e-12, "{stats}");
+    let user_levels = stats["levels"].as_object().unwrap();
+    assert_eq!(user_levels.values().map(|l| l["totals"]["requests"].as_u64().unwrap()).sum::<u64>(), 3, "{stats}");
+    let (code, out, _) = sproutctl(&d.url, &["stats"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("own work:  12 requests"), "{out}");
     let (code, out, _) = sproutctl(&d.url, &["eval", "history"]);
     assert_eq!(code, 0);
     assert!(out.contains(run["id"].as_str().unwrap()), "{out}");

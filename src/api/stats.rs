@@ -28,21 +28,30 @@ pub async fn stats(State(svc): State<AppState>, Query(p): Query<Params>) -> Resu
         Some(_) => return Err(ApiError::invalid("since", "since must be a Unix time in seconds")),
     };
     let baseline = svc.directives.names().next().unwrap_or("L0").to_string();
-    let sum = |f: fn(&crate::stats::LevelTotals) -> f64| totals.by_level.values().map(f).sum::<f64>();
+    let (all, own) = (totals.overall(), totals.own());
     Ok(Json(json!({
         "object": "stats",
         "since": p.since,
-        "requests": totals.requests(),
-        "prompt_tokens": totals.by_level.values().map(|l| l.prompt_tokens).sum::<u64>(),
-        "completion_tokens": totals.by_level.values().map(|l| l.completion_tokens).sum::<u64>(),
-        "energy_j": sum(|l| l.energy_j),
-        "operational_g": sum(|l| l.operational_g),
-        "embodied_g": sum(|l| l.embodied_g),
-        "carbon_g": totals.carbon_g(),
+        // Everything the service emitted: users' requests and its own work.
+        "requests": all.requests,
+        "prompt_tokens": all.prompt_tokens,
+        "completion_tokens": all.completion_tokens,
+        "energy_j": all.energy_j,
+        "operational_g": all.operational_g,
+        "embodied_g": all.embodied_g,
+        "carbon_g": all.carbon_g,
+        "user_requests": totals.user_requests(),
+        "own_work": {
+            "requests": own.requests,
+            "completion_tokens": own.completion_tokens,
+            "energy_j": own.energy_j,
+            "carbon_g": own.carbon_g,
+            "what": "the daemon's own work (quality evaluation runs): in the totals above, not in the savings, the directive mix or the per-level means",
+        },
         "savings": {
             "baseline": baseline,
             "carbon_g": totals.savings_g(&baseline),
-            "method": "each request at another level against the running mean energy and embodied carbon of succeeded baseline requests, at the intensity it met",
+            "method": "each user request at another level against the running mean energy and embodied carbon of succeeded baseline user requests, at the intensity it met",
         },
         "deferral": {
             "jobs": totals.deferred_jobs,
@@ -72,11 +81,19 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
 pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
     let t = svc.store.totals();
     let levels: Vec<&str> = svc.directives.names().collect();
-    let per = |f: &dyn Fn(&crate::stats::LevelTotals) -> f64| -> Vec<(String, f64)> {
-        levels
-            .iter()
-            .map(|l| (format!("directive=\"{l}\""), t.by_level.get(*l).map(f).unwrap_or(0.0)))
-            .collect()
+    // Counters by directive level and origin (users' requests, or the
+    // daemon's own evaluation work).
+    let by_origin = |f: &dyn Fn(&crate::stats::LevelTotals) -> Vec<(&'static str, f64)>| -> Vec<(String, f64)> {
+        let mut out = Vec::new();
+        for (origin, map) in [("user", &t.by_level), ("daemon", &t.own_by_level)] {
+            for l in &levels {
+                for (kind, v) in f(&map.get(*l).cloned().unwrap_or_default()) {
+                    let kind = if kind.is_empty() { String::new() } else { format!(",kind=\"{kind}\"") };
+                    out.push((format!("directive=\"{l}\",origin=\"{origin}\"{kind}"), v));
+                }
+            }
+        }
+        out
     };
     let mut out = String::new();
     metric(&mut out, "sproutd_up", "gauge", "1 while sproutd serves with its model loaded.", &[(
@@ -88,30 +105,22 @@ pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
         ("state=\"queued\"".into(), svc.store.queued_len() as f64),
         ("state=\"running\"".into(), svc.store.running_len() as f64),
     ]);
-    metric(&mut out, "sproutd_requests_total", "counter", "Requests that reached the engine, by directive level.", &per(&|l| l.requests as f64));
-    let mut tokens = Vec::new();
-    for l in &levels {
-        let lt = t.by_level.get(*l).cloned().unwrap_or_default();
-        tokens.push((format!("directive=\"{l}\",kind=\"prompt\""), lt.prompt_tokens as f64));
-        tokens.push((format!("directive=\"{l}\",kind=\"completion\""), lt.completion_tokens as f64));
-    }
-    metric(&mut out, "sproutd_tokens_total", "counter", "Tokens processed, by directive level and kind.", &tokens);
-    metric(&mut out, "sproutd_energy_joules_total", "counter", "Energy attributed to requests (see sproutd_requests_estimated_total).", &per(&|l| l.energy_j));
-    let mut carbon = Vec::new();
-    for l in &levels {
-        let lt = t.by_level.get(*l).cloned().unwrap_or_default();
-        carbon.push((format!("directive=\"{l}\",kind=\"operational\""), lt.operational_g));
-        carbon.push((format!("directive=\"{l}\",kind=\"embodied\""), lt.embodied_g));
-    }
-    metric(&mut out, "sproutd_carbon_grams_total", "counter", "Carbon attributed to requests, gCO2e.", &carbon);
+    metric(&mut out, "sproutd_requests_total", "counter", "Requests that reached the engine, by directive level and origin.", &by_origin(&|l| vec![("", l.requests as f64)]));
+    metric(&mut out, "sproutd_tokens_total", "counter", "Tokens processed, by directive level, origin and kind.", &by_origin(&|l| {
+        vec![("prompt", l.prompt_tokens as f64), ("completion", l.completion_tokens as f64)]
+    }));
+    metric(&mut out, "sproutd_energy_joules_total", "counter", "Energy attributed to requests (see sproutd_requests_estimated_total).", &by_origin(&|l| vec![("", l.energy_j)]));
+    metric(&mut out, "sproutd_carbon_grams_total", "counter", "Carbon attributed to requests, gCO2e.", &by_origin(&|l| vec![("operational", l.operational_g), ("embodied", l.embodied_g)]));
     metric(&mut out, "sproutd_requests_estimated_total", "counter", "Requests whose energy was estimated rather than measured.", &[(String::new(), t.estimated as f64)]);
     metric(&mut out, "sproutd_requests_measured_total", "counter", "Requests whose energy was measured.", &[(String::new(), t.measured as f64)]);
     if let Some(s) = t.savings_g(levels.first().copied().unwrap_or("L0")) {
-        metric(&mut out, "sproutd_carbon_saved_grams_total", "counter", "Carbon saved against serving every request at the baseline level, gCO2e.", &[(String::new(), s)]);
+        metric(&mut out, "sproutd_carbon_saved_grams_total", "counter", "Carbon saved against serving every user request at the baseline level, gCO2e.", &[(String::new(), s)]);
     }
     metric(&mut out, "sproutd_deferral_saved_grams_total", "counter", "Carbon saved by holding jobs with a deadline for low-carbon hours, gCO2e.", &[(String::new(), t.deferral_saving_g)]);
-    let total = t.requests().max(1) as f64;
-    metric(&mut out, "sproutd_directive_share", "gauge", "Share of requests served at each level so far.", &per(&|l| l.requests as f64 / total));
+    let total = t.user_requests().max(1) as f64;
+    let share: Vec<(String, f64)> =
+        levels.iter().map(|l| (format!("directive=\"{l}\""), t.by_level.get(*l).map(|x| x.requests as f64 / total).unwrap_or(0.0))).collect();
+    metric(&mut out, "sproutd_directive_share", "gauge", "Share of users' requests served at each level so far.", &share);
     let plan = svc.planner.current();
     let planned = svc.planner.history().last().map(|h| h.x.clone()).unwrap_or_else(|| svc.config.directives.mix.clone());
     let mix: Vec<(String, f64)> = levels.iter().zip(&planned).map(|(l, w)| (format!("directive=\"{l}\""), *w)).collect();

@@ -40,17 +40,44 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// `2023-01-01 00:00:00`, `2023-01-01T00:00Z`, `2023-01-01T00:00:00+00:00` → Unix seconds (UTC).
 pub fn parse_utc(s: &str) -> Option<i64> {
-    let s = s.trim().trim_end_matches('Z');
-    let s = s.split('+').next()?;
+    let s = s.trim();
     let (date, time) = s.split_once([' ', 'T']).unwrap_or((s, "00:00"));
+    // A zone designator after the time: `Z`, `+HH:MM`, `-HH:MM`, `+HHMM` or `+HH`.
+    let (time, offset_s) = match time.find(['Z', 'z', '+', '-']) {
+        None => (time, 0),
+        Some(i) => (&time[..i], parse_offset(&time[i..])?),
+    };
     let mut d = date.split('-').map(|p| p.parse::<i64>());
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut t = time.split(':').map(|p| p.parse::<f64>());
-    let (h, min) = (t.next()?.ok()?, t.next().unwrap_or(Ok(0.0)).ok()?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
         return None;
     }
-    Some(days_from_civil(y, m, day) * 86_400 + (h * 3600.0 + min * 60.0) as i64)
+    let mut t = time.split(':').map(|p| p.parse::<f64>());
+    let (h, min) = (t.next()?.ok()?, t.next().unwrap_or(Ok(0.0)).ok()?);
+    let sec = t.next().unwrap_or(Ok(0.0)).ok()?;
+    if !(0.0..24.0).contains(&h) || !(0.0..60.0).contains(&min) || !(0.0..61.0).contains(&sec) {
+        return None;
+    }
+    Some(days_from_civil(y, m, day) * 86_400 + (h * 3600.0 + min * 60.0 + sec).floor() as i64 - offset_s)
+}
+
+/// Seconds east of UTC of an ISO 8601 zone designator.
+fn parse_offset(z: &str) -> Option<i64> {
+    if z.eq_ignore_ascii_case("z") {
+        return Some(0);
+    }
+    let sign = match z.as_bytes()[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digits: String = z[1..].chars().filter(|c| *c != ':').collect();
+    if !digits.chars().all(|c| c.is_ascii_digit()) || !matches!(digits.len(), 2 | 4) {
+        return None;
+    }
+    let h: i64 = digits[..2].parse().ok()?;
+    let m: i64 = if digits.len() == 4 { digits[2..].parse().ok()? } else { 0 };
+    (h <= 23 && m <= 59).then_some(sign * (h * 3600 + m * 60))
 }
 
 impl Trace {
@@ -178,6 +205,14 @@ mod tests {
         assert_eq!(parse_utc("2023-03-14T03:30Z"), Some(1_678_764_600));
         assert_eq!(parse_utc("2024-02-29T12:00:00+00:00"), Some(1_709_208_000));
         assert_eq!(parse_utc("yesterday"), None);
+        // Zone offsets move the instant; seconds count.
+        assert_eq!(parse_utc("2023-01-01T01:00:00+01:00"), Some(1_672_531_200));
+        assert_eq!(parse_utc("2022-12-31T19:00:00-05:00"), Some(1_672_531_200));
+        assert_eq!(parse_utc("2022-12-31T18:30-0530"), Some(1_672_531_200));
+        assert_eq!(parse_utc("2023-01-01T00:00:30.5Z"), Some(1_672_531_230));
+        assert_eq!(parse_utc("2023-01-01T00:00:00+5"), None);
+        assert_eq!(parse_utc("2023-01-01T25:00:00Z"), None);
+        assert_eq!(parse_utc("2023-01-01-02 00:00"), None);
     }
 
     #[test]

@@ -44,10 +44,19 @@ pub fn draw(f: &mut Frame, app: &App) {
         .split(rows[1]);
     let top = Layout::default().direction(Direction::Horizontal).constraints([Constraint::Percentage(55), Constraint::Percentage(45)]).split(halves[0]);
     let bottom = Layout::default().direction(Direction::Horizontal).constraints([Constraint::Percentage(55), Constraint::Percentage(45)]).split(halves[1]);
-    queue(f, top[0], app, app.panel == 0);
-    emissions(f, top[1], app, app.panel == 1);
-    mix(f, bottom[0], app, app.panel == 2);
-    evaluator(f, bottom[1], app, app.panel == 3);
+    match &app.snapshot {
+        // Never reached yet: one message, not four empty panels.
+        None => f.render_widget(
+            Paragraph::new("waiting for sproutd... (the line above says why)").block(Block::default().borders(Borders::ALL)),
+            rows[1],
+        ),
+        Some(s) => {
+            queue(f, top[0], app, s, app.panel == 0);
+            emissions(f, top[1], app, s, app.panel == 1);
+            mix(f, bottom[0], s, app.panel == 2);
+            evaluator(f, bottom[1], s, app.panel == 3);
+        }
+    }
     let footer = match (&app.input, &app.message) {
         (Some(text), _) => Line::from(vec![Span::styled(" prompt> ", Style::default().fg(Color::Yellow)), Span::raw(format!("{text}_  (Enter submits, Esc cancels)"))]),
         (None, Some(m)) => Line::from(format!(" {m}")),
@@ -78,12 +87,8 @@ fn help(f: &mut Frame, area: Rect) {
     f.render_widget(Paragraph::new(text).block(block("Help", true)), r);
 }
 
-pub fn queue(f: &mut Frame, area: Rect, app: &App, focused: bool) {
+pub fn queue(f: &mut Frame, area: Rect, app: &App, s: &Snapshot, focused: bool) {
     let b = block(PANELS[0], focused);
-    let Some(s) = &app.snapshot else {
-        f.render_widget(Paragraph::new("waiting for sproutd...").block(b), area);
-        return;
-    };
     let inner = b.inner(area);
     f.render_widget(b, area);
     let parts = Layout::default().direction(Direction::Vertical).constraints([Constraint::Length(1), Constraint::Min(1)]).split(inner);
@@ -133,12 +138,8 @@ pub fn queue(f: &mut Frame, area: Rect, app: &App, focused: bool) {
     f.render_widget(table, parts[1]);
 }
 
-pub fn emissions(f: &mut Frame, area: Rect, app: &App, focused: bool) {
+pub fn emissions(f: &mut Frame, area: Rect, app: &App, s: &Snapshot, focused: bool) {
     let b = block(PANELS[1], focused);
-    let Some(s) = &app.snapshot else {
-        f.render_widget(Paragraph::new("waiting for sproutd...").block(b), area);
-        return;
-    };
     let inner = b.inner(area);
     f.render_widget(b, area);
     let parts = Layout::default()
@@ -167,12 +168,8 @@ pub fn emissions(f: &mut Frame, area: Rect, app: &App, focused: bool) {
     f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), parts[3]);
 }
 
-pub fn mix(f: &mut Frame, area: Rect, app: &App, focused: bool) {
+pub fn mix(f: &mut Frame, area: Rect, s: &Snapshot, focused: bool) {
     let b = block(PANELS[2], focused);
-    let Some(s) = &app.snapshot else {
-        f.render_widget(Paragraph::new("waiting for sproutd...").block(b), area);
-        return;
-    };
     let mut lines = vec![Line::from(format!(
         "plan: {}  quality floor {}",
         s.plan_status,
@@ -193,12 +190,8 @@ pub fn mix(f: &mut Frame, area: Rect, app: &App, focused: bool) {
     f.render_widget(Paragraph::new(lines).block(b), area);
 }
 
-pub fn evaluator(f: &mut Frame, area: Rect, app: &App, focused: bool) {
+pub fn evaluator(f: &mut Frame, area: Rect, s: &Snapshot, focused: bool) {
     let b = block(PANELS[3], focused);
-    let Some(s) = &app.snapshot else {
-        f.render_widget(Paragraph::new("waiting for sproutd...").block(b), area);
-        return;
-    };
     let q = match &s.q {
         Some(q) => s.levels.iter().zip(q).map(|(l, v)| format!("{l} {v:.2}")).collect::<Vec<_>>().join("  "),
         None => "-".into(),
@@ -292,25 +285,25 @@ mod tests {
     #[test]
     fn queue_panel() {
         let a = app();
-        snapshot("queue", &render(78, 9, |f| queue(f, f.area(), &a, true)));
+        snapshot("queue", &render(78, 9, |f| queue(f, f.area(), &a, a.snapshot.as_ref().unwrap(), true)));
     }
 
     #[test]
     fn emissions_panel() {
         let a = app();
-        snapshot("emissions", &render(60, 16, |f| emissions(f, f.area(), &a, false)));
+        snapshot("emissions", &render(60, 16, |f| emissions(f, f.area(), &a, a.snapshot.as_ref().unwrap(), false)));
     }
 
     #[test]
     fn mix_panel() {
         let a = app();
-        snapshot("mix", &render(60, 9, |f| mix(f, f.area(), &a, false)));
+        snapshot("mix", &render(60, 9, |f| mix(f, f.area(), a.snapshot.as_ref().unwrap(), false)));
     }
 
     #[test]
     fn evaluator_panel() {
         let a = app();
-        snapshot("evaluator", &render(60, 7, |f| evaluator(f, f.area(), &a, false)));
+        snapshot("evaluator", &render(60, 7, |f| evaluator(f, f.area(), a.snapshot.as_ref().unwrap(), false)));
     }
 
     #[test]
@@ -323,5 +316,11 @@ mod tests {
         a.help = false;
         let small = render(50, 12, |f| draw(f, &a));
         assert!(small.contains("RECONNECTING"));
+        // Never connected: one message in place of the panels.
+        let mut never = App::default();
+        never.disconnected("cannot reach sproutd at http://127.0.0.1:7878".into());
+        let screen = render(80, 14, |f| draw(f, &never));
+        assert_eq!(screen.matches("waiting for sproutd").count(), 1, "{screen}");
+        assert!(screen.contains("RECONNECTING") && !screen.contains("Queue"), "{screen}");
     }
 }
