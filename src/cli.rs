@@ -397,7 +397,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     println!(
                         "{:<6} {:>8} {:>6.0}% {:>12.1} {:>12.1} {:>12.5}",
                         name,
-                        l["totals"]["requests"],
+                        l["totals"]["requests"].as_u64().unwrap_or(0),
                         100.0 * l["share"].as_f64().unwrap_or(0.0),
                         l["mean_completion_tokens"].as_f64().unwrap_or(0.0),
                         l["mean_energy_j"].as_f64().unwrap_or(0.0),
@@ -763,11 +763,11 @@ async fn eval(client: &Client, command: EvalCommand) -> Result<(), CliError> {
                 print_json(&h);
                 return Ok(());
             }
-            println!("{:<20} {:<17} {:>7} {:<18} {:>5} {:>9}  reason", "ID", "STARTED (UTC)", "gCO2/kWh", "q", "FAILS", "gCO2e");
+            println!("{:<20} {:<17} {:>8} {:<18} {:>5} {:>9}  reason", "ID", "STARTED (UTC)", "gCO2/kWh", "q", "FAILS", "gCO2e");
             for r in h["data"].as_array().into_iter().flatten() {
-                println!("{:<20} {:<17} {:>7.0} {:<18} {:>5} {:>9.4}  {}",
+                println!("{:<20} {:<17} {:>8.0} {:<18} {:>5} {:>9.4}  {}",
                     r["id"].as_str().unwrap_or("?"), utc(r["started_ms"].as_f64().unwrap_or(0.0) / 1000.0).trim_end_matches(" UTC"),
-                    r["intensity_gco2_per_kwh"].as_f64().unwrap_or(f64::NAN), fmt_q(&r["q"]), r["failures"], r["carbon_g"].as_f64().unwrap_or(0.0),
+                    r["intensity_gco2_per_kwh"].as_f64().unwrap_or(f64::NAN), fmt_q(&r["q"]), r["failures"].as_u64().unwrap_or(0), r["carbon_g"].as_f64().unwrap_or(0.0),
                     r["reason"].as_str().unwrap_or(""));
             }
             Ok(())

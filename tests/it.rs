@@ -202,7 +202,7 @@ fn acknowledged_jobs_survive_sigkill() {
         ids.push(j["id"].as_str().unwrap().to_string());
     }
     let reuse = d.kill();
-    let d = Daemon::spawn(&cfg, Some(reuse));
+    let mut d = Daemon::spawn(&cfg, Some(reuse));
     d.wait_ready(Duration::from_secs(30));
     for (i, id) in ids.iter().enumerate() {
         let (s, j) = http("GET", &format!("{}/v1/jobs/{id}?wait=60", d.url), None);
@@ -404,7 +404,7 @@ fn real_model_jobs_survive_sigkill() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let reuse = d.kill();
-    let d = Daemon::spawn(&cfg, Some(reuse));
+    let mut d = Daemon::spawn(&cfg, Some(reuse));
     d.wait_ready(Duration::from_secs(120));
     for id in &ids {
         let (_, j) = http("GET", &format!("{}/v1/jobs/{id}?wait=120", d.url), None);
@@ -500,7 +500,7 @@ fn hundreds_of_concurrent_submits_survive_sigkill_and_complete_exactly_once() {
     }
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() >= 150);
-    let d = Daemon::spawn(&cfg, Some(reuse));
+    let mut d = Daemon::spawn(&cfg, Some(reuse));
     d.wait_ready(Duration::from_secs(30));
     for (id, text) in &acked {
         let (s, j) = http("GET", &format!("{}/v1/jobs/{id}?wait=120", d.url), None);
@@ -698,7 +698,7 @@ fn sigterm_drains_running_jobs_then_exits_zero() {
         (dir, port)
     };
     drop(d);
-    let d = Daemon::spawn(&echo_config(0, 2, &[]), Some(reuse));
+    let mut d = Daemon::spawn(&echo_config(0, 2, &[]), Some(reuse));
     d.wait_ready(Duration::from_secs(30));
     let (_, j) = http("GET", &format!("{}/v1/jobs/{short}", d.url), None);
     assert_eq!(j["state"], "succeeded", "the short job finished during the drain: {j}");
@@ -788,7 +788,7 @@ fn the_checked_in_store_fixture_still_opens() {
     let dir = tempfile::tempdir().unwrap();
     let src = repo().join("tests/fixtures/store-v1");
     copy_dir(&src, &dir.path().join("data"));
-    let d = Daemon::spawn(&echo_config(0, 1, &[]), Some((dir, free_port())));
+    let mut d = Daemon::spawn(&echo_config(0, 1, &[]), Some((dir, free_port())));
     d.wait_ready(Duration::from_secs(30));
     let (_, all) = http("GET", &format!("{}/v1/jobs", d.url), None);
     let all = all["data"].as_array().unwrap().clone();

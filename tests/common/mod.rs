@@ -91,7 +91,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts sproutd and waits until `/healthz` is 200.
     pub fn start(config: &str) -> Daemon {
-        let d = Self::spawn(config, None);
+        let mut d = Self::spawn(config, None);
         d.wait_ready(Duration::from_secs(180));
         d
     }
@@ -121,7 +121,7 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("sproutd.log")).unwrap_or_default()
     }
 
-    pub fn wait_ready(&self, timeout: Duration) {
+    pub fn wait_ready(&mut self, timeout: Duration) {
         let t0 = Instant::now();
         let http = reqwest::blocking::Client::new();
         loop {
@@ -129,6 +129,10 @@ impl Daemon {
                 if r.status() == 200 {
                     return;
                 }
+            }
+            // A daemon that exited will never be ready: say so now, not after the timeout.
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("sproutd exited ({status}) before it was ready; log:\n{}", self.log());
             }
             assert!(t0.elapsed() < timeout, "sproutd not ready after {timeout:?}; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(100));
