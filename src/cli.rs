@@ -291,6 +291,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     carbon,
                     prompt_preview(j, 50)
                 );
+                if j["state"] == "deferred" {
+                    println!("{:<22} {}", "", state_text(j));
+                }
             }
             if jobs.is_empty() {
                 println!("(no jobs)");
@@ -561,12 +564,12 @@ fn print_answer(job: &Value) -> Result<(), CliError> {
     }
 }
 
-/// "queued (position 3, directive L1)" and the like.
 /// `2026-11-22 03:00 UTC` from Unix seconds.
 fn utc(secs: f64) -> String {
     crate::carbon::live::format_utc_minutes(secs as i64).replace('T', " ").replace('Z', " UTC")
 }
 
+/// "queued (position 3, directive L1)", "deferred until ... (forecast ...)" and the like.
 fn state_text(job: &Value) -> String {
     let state = job["state"].as_str().unwrap_or("?");
     if state == "deferred" {

@@ -1180,6 +1180,9 @@ fn a_job_with_a_deadline_waits_for_the_low_carbon_hour_and_its_saving_is_counted
     let (code, out, _) = sproutctl(&d.url, &["status", &id]);
     assert_eq!(code, 0);
     assert!(out.contains("deferred until") && out.contains("forecast 50 gCO2/kWh"), "{out}");
+    let (code, out, _) = sproutctl(&d.url, &["list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("deferred until") && out.contains("forecast 50 gCO2/kWh"), "the queue shows it too: {out}");
     // Not run before its hour; run in it, before the deadline.
     let (_, done) = http("GET", &format!("{}/v1/jobs/{id}?wait=30", d.url), None);
     assert_eq!(done["state"], "succeeded", "{done}");
