@@ -1366,11 +1366,15 @@ fn the_tui_in_tmux_shows_the_panels_resizes_submits_survives_a_dead_daemon_and_q
     let screen = wait_screen(&socket, &["RECONNECTING"], 10);
     assert!(screen.contains("RECONNECTING"), "{screen}");
     tmux(&socket, &["send-keys", "-t", "tui", "q"]);
+    // The shell creates the file before it writes the status: wait for the line.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !exit_file.exists() && Instant::now() < deadline {
+    let code = loop {
+        let code = std::fs::read_to_string(&exit_file).unwrap_or_default();
+        if code.ends_with('\n') || Instant::now() > deadline {
+            break code;
+        }
         std::thread::sleep(Duration::from_millis(100));
-    }
-    let code = std::fs::read_to_string(&exit_file).unwrap_or_default();
+    };
     tmux(&socket, &["kill-server"]);
     assert_eq!(code.trim(), "0", "sproutctl tui exit status");
 }
