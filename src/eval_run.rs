@@ -164,14 +164,37 @@ async fn ask_openai(
     Err(last)
 }
 
-/// One evaluation run, start to end (minutes on a CPU).
-pub async fn run(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, EvalError> {
-    if svc.evals.running.swap(true, Ordering::SeqCst) {
-        return Err(EvalError::AlreadyRunning);
+/// The one run in progress: taken before a run starts, released when it
+/// ends however it ends (error, panic, or the task dropped).
+pub struct RunSlot(Arc<Service>);
+
+impl RunSlot {
+    pub fn take(svc: &Arc<Service>) -> Result<RunSlot, EvalError> {
+        if svc.evals.running.swap(true, Ordering::SeqCst) {
+            return Err(EvalError::AlreadyRunning);
+        }
+        Ok(RunSlot(svc.clone()))
     }
-    let out = run_inner(svc, opts).await;
-    svc.evals.running.store(false, Ordering::SeqCst);
-    out
+}
+
+impl Drop for RunSlot {
+    fn drop(&mut self) {
+        self.0.evals.running.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Starts one evaluation run (minutes on a CPU) in its own task, so that
+/// nobody waiting for it (an HTTP client that hangs up) can cut it short;
+/// the handle gives its result.
+pub fn spawn(slot: RunSlot, opts: RunOptions) -> tokio::task::JoinHandle<Result<EvalRun, EvalError>> {
+    tokio::spawn(async move {
+        let out = run_inner(&slot.0, opts).await;
+        if let Err(e) = &out {
+            tracing::warn!(error = %e, "evaluation run failed");
+        }
+        drop(slot);
+        out
+    })
 }
 
 async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, EvalError> {
@@ -379,14 +402,10 @@ pub async fn scheduler(svc: Arc<Service>, stop: CancellationToken) {
         *svc.evals.last_schedule.lock().expect("poisoned") = Some(plan.clone());
         // A scheduled run waits for a full sample (a forced one may use fewer).
         let has_samples = svc.store.samples_len() >= svc.config.evaluator.prompts;
-        if plan.run && has_samples && !svc.evals.running() && !svc.is_shutting_down() {
-            let svc = svc.clone();
-            tokio::spawn(async move {
-                let reason = plan.reason.clone();
-                if let Err(e) = run(&svc, RunOptions { reason, ..RunOptions::default() }).await {
-                    tracing::warn!(error = %e, "scheduled evaluation failed");
-                }
-            });
+        if plan.run && has_samples && !svc.is_shutting_down() {
+            if let Ok(slot) = RunSlot::take(&svc) {
+                spawn(slot, RunOptions { reason: plan.reason.clone(), ..RunOptions::default() });
+            }
         }
     }
 }

@@ -162,14 +162,6 @@ impl Service {
             None => self.directives.choose(request.directive.as_deref(), seq),
         };
         let seed = request.seed.unwrap_or_else(|| splitmix64(self.config.directives.seed.wrapping_add(seq)) >> 1);
-        // Register the listener before the job exists, so the worker cannot
-        // start it and send tokens before anyone listens.
-        let id = job_id(seq);
-        let mut rx = listen.then(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            self.listeners.lock().expect("poisoned").insert(id.clone(), tx);
-            rx
-        });
         let now = now_ms();
         let deadline_ms = deadline.map(|d| d.to_unix_ms(now));
         let deferral = match deadline_ms {
@@ -184,6 +176,14 @@ impl Service {
             }
             Some(d) => self.deferral(now, d),
         };
+        // Register the listener before the job exists, so the worker cannot
+        // start it and send tokens before anyone listens.
+        let id = job_id(seq);
+        let mut rx = listen.then(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.listeners.lock().expect("poisoned").insert(id.clone(), tx);
+            rx
+        });
         let new = NewJob { origin, priority, request, idempotency_key, deadline_ms, deferral };
         let submitted = match self.store.submit(seq, new, directive, seed).await {
             Ok(s) => s,

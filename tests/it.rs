@@ -1276,6 +1276,32 @@ fn an_evaluation_run_queues_its_own_metered_work_and_counts_unreadable_verdicts(
 }
 
 #[test]
+fn a_client_hanging_up_on_a_waited_evaluation_neither_stops_it_nor_blocks_the_next() {
+    let d = Daemon::start(&echo_config(20, 1, &[]));
+    let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user("What is the capital of France?")}).to_string()));
+    assert_eq!(s, 200, "{b}");
+    // Waits for the run, but gives up after 300 ms: the run takes seconds.
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    let r = client.post(format!("{}/v1/eval/runs", d.url)).body(json!({"prompts": 1, "wait": true}).to_string()).send();
+    assert!(r.is_err(), "the run should outlast the client's patience");
+    // The run goes on to the end and is stored ...
+    let t0 = Instant::now();
+    loop {
+        let (_, h) = http("GET", &format!("{}/v1/eval/runs", d.url), None);
+        if h["data"].as_array().map_or(0, |a| a.len()) == 1 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "the abandoned run never finished: {h}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // ... and the evaluator is free for the next one.
+    let (s, run) = http("POST", &format!("{}/v1/eval/runs", d.url), Some(&json!({"prompts": 1, "wait": true}).to_string()));
+    assert_eq!(s, 200, "{run}");
+    let (_, h) = http("GET", &format!("{}/v1/eval/runs", d.url), None);
+    assert_eq!(h["data"].as_array().unwrap().len(), 2, "{h}");
+}
+
+#[test]
 fn real_model_judged_by_a_second_sproutd_over_loopback() {
     let Some(model) = model_path() else { return };
     let judge = Daemon::start(&model_config(&model, &[]));

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::{body_bytes, AppState};
-use crate::eval_run::{self, EvalError, RunOptions};
+use crate::eval_run::{self, EvalError, RunOptions, RunSlot};
 
 impl From<EvalError> for ApiError {
     fn from(e: EvalError) -> Self {
@@ -50,23 +50,20 @@ pub async fn start(State(svc): State<AppState>, body: Result<Bytes, BytesRejecti
             return Err(ApiError::invalid("judge_url", format!("{u:?} is not an http:// or https:// URL")));
         }
     }
-    if svc.evals.running() {
-        return Err(EvalError::AlreadyRunning.into());
-    }
     if svc.store.samples_len() == 0 {
         return Err(EvalError::NoSamples.into());
     }
+    let slot = RunSlot::take(&svc)?;
     let opts = RunOptions { prompts: b.prompts, judge_url: b.judge_url, judge_model: b.judge_model, reason: "forced".into() };
+    // The run is its own task: a client that hangs up while waiting does not stop it.
+    let task = eval_run::spawn(slot, opts);
     if b.wait {
-        let run = eval_run::run(&svc, opts).await?;
+        let run = task.await.map_err(|e| {
+            tracing::error!(error = %e, "the evaluation run panicked");
+            ApiError::internal()
+        })??;
         return Ok((StatusCode::OK, Json(json!(run))));
     }
-    let bg = svc.clone();
-    tokio::spawn(async move {
-        if let Err(e) = eval_run::run(&bg, opts).await {
-            tracing::warn!(error = %e, "forced evaluation failed");
-        }
-    });
     Ok((StatusCode::ACCEPTED, Json(json!({"object": "eval.run", "state": "running"}))))
 }
 
