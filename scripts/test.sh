@@ -19,3 +19,5 @@ cd "$root"
 # Release profile: the real-model tests need optimized kernels, and it reuses
 # the build setup.sh just made.
 cargo test --release --locked -- --test-threads="${SPROUT_TEST_THREADS:-2}"
+# The benchmarks (run by hand: README "Benchmarks") must keep building.
+cargo bench --locked --no-run
