@@ -275,7 +275,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             println!("{:<22} {:<12} {:>4} {:<5} {:>8} {:>10}  prompt", "ID", "STATE", "PRIO", "LEVEL", "TOKENS", "gCO2e");
             for j in &jobs {
                 let usage = &j["result"]["usage"];
-                let tokens = usage["completion_tokens"].as_u64().map(|t| t.to_string()).unwrap_or_else(|| "-".into());
+                // Running jobs: the tokens so far.
+                let tokens = usage["completion_tokens"].as_u64().or(j["tokens_so_far"].as_u64()).map(|t| t.to_string()).unwrap_or_else(|| "-".into());
                 let carbon = usage["sprout"]["carbon_g"].as_f64().map(|c| format!("{c:.4}")).unwrap_or_else(|| "-".into());
                 let state = match j["position"].as_u64() {
                     Some(p) => format!("queued #{}", p + 1),
@@ -595,6 +596,9 @@ fn print_status(job: &Value) {
     println!("priority:  {}", job["priority"]);
     println!("attempts:  {}", job["attempts"]);
     println!("prompt:    {}", prompt_preview(job, 70));
+    if let Some(n) = job["tokens_so_far"].as_u64() {
+        println!("tokens:    {n} so far");
+    }
     if job["state"] == "succeeded" {
         println!("receipt:   {}", receipt_line(job));
     }

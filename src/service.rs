@@ -61,6 +61,13 @@ pub enum JobEvent {
     Finished(Job),
 }
 
+/// A job in the engine: how to abort it, and the tokens it has produced.
+#[derive(Default)]
+struct RunningJob {
+    cancel: CancellationToken,
+    tokens: u64,
+}
+
 /// The furthest deadline accepted: the forecast reaches 72 hours.
 const MAX_DEADLINE_MS: u64 = 72 * 3_600_000;
 
@@ -82,7 +89,7 @@ pub struct Service {
     /// Bumped on every job state change; `GET /v1/jobs/{id}?wait=` waits on it.
     changed: watch::Sender<u64>,
     listeners: Mutex<HashMap<String, mpsc::UnboundedSender<JobEvent>>>,
-    running: Mutex<HashMap<String, CancellationToken>>,
+    running: Mutex<HashMap<String, RunningJob>>,
     shutting_down: AtomicBool,
     /// The worker has stopped: no job will change state any more.
     stopped: AtomicBool,
@@ -275,7 +282,12 @@ impl Service {
         self.listeners.lock().expect("poisoned").remove(id);
     }
 
+    /// A piece of a running job's answer (about one token): counted, and
+    /// sent to whoever listens.
     pub fn send_delta(&self, id: &str, piece: String) {
+        if let Some(r) = self.running.lock().expect("poisoned").get_mut(id) {
+            r.tokens += 1;
+        }
         if let Some(tx) = self.listeners.lock().expect("poisoned").get(id) {
             let _ = tx.send(JobEvent::Delta(piece));
         }
@@ -293,9 +305,14 @@ impl Service {
     /// Called by the worker when it starts a job; the token aborts it (it may
     /// already be cancelled, when the cancel came between claim and start).
     pub fn started(&self, id: &str) -> CancellationToken {
-        let token = self.running.lock().expect("poisoned").entry(id.to_string()).or_default().clone();
+        let token = self.running.lock().expect("poisoned").entry(id.to_string()).or_default().cancel.clone();
         self.bump();
         token
+    }
+
+    /// Completion tokens a running job has produced so far.
+    pub fn tokens_so_far(&self, id: &str) -> Option<u64> {
+        self.running.lock().expect("poisoned").get(id).map(|r| r.tokens)
     }
 
     /// Cancels a job: queued ones at once; running ones are aborted by the
@@ -307,7 +324,7 @@ impl Service {
                 Ok(job)
             }
             CancelOutcome::Running(_) => {
-                self.running.lock().expect("poisoned").entry(id.to_string()).or_default().cancel();
+                self.running.lock().expect("poisoned").entry(id.to_string()).or_default().cancel.cancel();
                 let job = self.wait_finished(id).await;
                 if job.as_ref().is_ok_and(|j| j.state.is_terminal()) {
                     self.running.lock().expect("poisoned").remove(id);

@@ -110,6 +110,16 @@ fn job_lifecycle_and_cancel() {
         assert!(t0.elapsed() < Duration::from_secs(10));
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A running job reports the tokens it has produced so far, and they grow.
+    let so_far = || http("GET", &format!("{}/v1/jobs/{long}", d.url), None).1["tokens_so_far"].as_u64().unwrap();
+    let first = so_far();
+    while so_far() <= first {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, out, _) = sproutctl(&d.url, &["status", &long]);
+    assert_eq!(code, 0);
+    assert!(out.contains("so far"), "{out}");
     // Cancelling a queued job is immediate.
     let (s, j) = http("DELETE", &format!("{}/v1/jobs/{waiting}", d.url), None);
     assert_eq!(s, 200, "{j}");

@@ -42,7 +42,8 @@ pub async fn submit(
 }
 
 /// Jobs as the API shows them, each with its queue position (one walk of
-/// the queue for all of them; `null` unless queued).
+/// the queue for all of them; `null` unless queued) and, while running, the
+/// completion tokens produced so far.
 fn views(svc: &Service, jobs: &[Job]) -> Result<Vec<Value>, ApiError> {
     let positions = svc.store.positions(jobs)?;
     Ok(jobs
@@ -50,6 +51,9 @@ fn views(svc: &Service, jobs: &[Job]) -> Result<Vec<Value>, ApiError> {
         .map(|j| {
             let mut v = job_view(j);
             v["position"] = json!(positions.get(&j.id));
+            if j.state == JobState::Running {
+                v["tokens_so_far"] = json!(svc.tokens_so_far(&j.id));
+            }
             v
         })
         .collect())
@@ -96,7 +100,7 @@ pub async fn list(State(svc): State<AppState>, Query(params): Query<ListParams>)
     let state = match params.state.as_deref() {
         None => None,
         Some(s) => Some(parse_state(s).ok_or_else(|| {
-            ApiError::invalid("state", format!("unknown state {s:?}: expected queued, running, succeeded, failed or cancelled"))
+            ApiError::invalid("state", format!("unknown state {s:?}: expected deferred, queued, running, succeeded, failed or cancelled"))
         })?),
     };
     let limit = params.limit.unwrap_or(100).clamp(1, 10_000);

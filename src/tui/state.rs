@@ -81,7 +81,8 @@ impl Snapshot {
                 id: j["id"].as_str().unwrap_or("?").to_string(),
                 state: j["state"].as_str().unwrap_or("?").to_string(),
                 directive: j["directive"].as_str().unwrap_or("?").to_string(),
-                tokens: j["result"]["usage"]["completion_tokens"].as_u64(),
+                // Running jobs: the tokens so far.
+                tokens: j["result"]["usage"]["completion_tokens"].as_u64().or(j["tokens_so_far"].as_u64()),
                 carbon_g: j["result"]["usage"]["sprout"]["carbon_g"].as_f64(),
                 position: j["position"].as_u64(),
                 deferred_until: j["deferred"]["until"].as_f64(),

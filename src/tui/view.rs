@@ -215,7 +215,7 @@ pub fn sample_snapshot() -> Snapshot {
         jobs: vec![
             JobRow { id: "job-0000000000000012".into(), state: "deferred".into(), directive: "L1".into(), deferred_until: Some(1_700_020_800.0), deferred_forecast: Some(48.0), prompt: "Summarise the logs".into(), ..JobRow::default() },
             JobRow { id: "job-0000000000000011".into(), state: "queued".into(), directive: "L2".into(), position: Some(0), prompt: "What is 12 x 7?".into(), ..JobRow::default() },
-            JobRow { id: "job-0000000000000010".into(), state: "running".into(), directive: "L0".into(), prompt: "Why is the sky blue?".into(), ..JobRow::default() },
+            JobRow { id: "job-0000000000000010".into(), state: "running".into(), directive: "L0".into(), prompt: "Why is the sky blue?".into(), tokens: Some(12), ..JobRow::default() },
             JobRow { id: "job-0000000000000009".into(), state: "succeeded".into(), directive: "L2".into(), tokens: Some(10), carbon_g: Some(0.0043), prompt: "Capital of Australia?".into(), ..JobRow::default() },
         ],
         ci_now: 212.0,
