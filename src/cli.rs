@@ -444,9 +444,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     src["forecast"].as_str().unwrap_or("?")
                 );
             }
-            let line: Vec<String> =
-                forecast.iter().filter_map(|r| r["gco2_per_kwh"].as_f64()).map(|v| format!("{v:.0}")).collect();
-            println!("next hours:    {}", line.join(" "));
+            let values = |v: &Value| -> String {
+                v.as_array().into_iter().flatten().filter_map(|r| r["gco2_per_kwh"].as_f64()).map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(" ")
+            };
+            println!("past hours:    {}", values(&c["past"]));
+            println!("next hours:    {}", values(&c["forecast"]));
             Ok(())
         }
         Command::Ledger { command: LedgerCommand::Export { format, since } } => {

@@ -890,10 +890,13 @@ fn receipts_use_the_trace_intensity_and_carbon_is_reported() {
     assert_eq!(s, 200);
     assert_eq!(c["now"]["gco2_per_kwh"], 250.0);
     assert_eq!(c["forecast"].as_array().unwrap().len(), 24);
+    let past = c["past"].as_array().unwrap();
+    assert_eq!(past.len(), 24, "{c}");
+    assert!(past.iter().all(|r| r["gco2_per_kwh"] == 250.0), "{c}");
     assert!(c["source"]["name"].as_str().unwrap().ends_with("flat.csv"));
     let (code, out, _) = sproutctl(&d.url, &["carbon"]);
     assert_eq!(code, 0);
-    assert!(out.contains("intensity now: 250 gCO2e/kWh"), "{out}");
+    assert!(out.contains("intensity now: 250 gCO2e/kWh") && out.contains(&format!("past hours:    {}", ["250"; 24].join(" "))), "{out}");
 }
 
 #[test]
@@ -1380,7 +1383,7 @@ fn the_tui_in_tmux_shows_the_panels_resizes_submits_survives_a_dead_daemon_and_q
     let cmd = format!("{SPROUTCTL} --url {} tui; echo $? > {}", d.url, exit_file.display());
     tmux(&socket, &["new-session", "-d", "-s", "tui", "-x", "120", "-y", "36", &cmd]);
     let screen = wait_screen(&socket, &["Queue", "Emissions", "Directive mix", "Evaluator", "1 requests"], 15);
-    for want in ["Queue", "Emissions", "Directive mix", "Evaluator", "sproutd: connected", "1 requests", "gCO2/kWh", "hello there", "plan:", "q: L0"] {
+    for want in ["Queue", "Emissions", "Directive mix", "Evaluator", "sproutd: connected", "1 requests", "gCO2/kWh", "past 24 h", "next 24 h", "hello there", "plan:", "q: L0"] {
         assert!(screen.contains(want), "{want:?} not on screen:\n{screen}");
     }
     // Resize: still all four panels.

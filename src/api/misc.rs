@@ -46,6 +46,7 @@ pub async fn carbon(State(svc): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({
         "object": "carbon",
         "now": svc.carbon.now(now),
+        "past": svc.carbon.past(now, crate::carbon::PAST_HOURS),
         "forecast": svc.carbon.forecast(now, 24),
         "source": svc.carbon.status(now),
         "range": {"min": min, "max": max},

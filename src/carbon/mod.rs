@@ -57,8 +57,14 @@ pub struct CarbonStatus {
     pub fallback_name: Option<String>,
 }
 
+/// Hours of the recent past `GET /v1/carbon` shows.
+pub const PAST_HOURS: usize = 24;
+
 struct LiveState {
     last: Option<(Snapshot, i64)>,
+    /// The intensity served at each poll, one per wall-clock hour (the
+    /// newest of that hour), oldest first, at most [`PAST_HOURS`].
+    past: std::collections::VecDeque<Reading>,
     last_error: Option<String>,
     failures: u32,
 }
@@ -95,7 +101,7 @@ impl Carbon {
                 Some(Live {
                     provider,
                     cfg: l.clone(),
-                    state: Mutex::new(LiveState { last: None, last_error: None, failures: 0 }),
+                    state: Mutex::new(LiveState { last: None, past: Default::default(), last_error: None, failures: 0 }),
                 })
             }
         };
@@ -141,6 +147,34 @@ impl Carbon {
         match self.fallback_constant() {
             Some(v) => (1..=hours as i64).map(|h| Reading { at: t + 3600 * h, gco2_per_kwh: v }).collect(),
             None => self.trace.forecast(t, hours),
+        }
+    }
+
+    /// The intensity over the last `hours` before `t`, oldest first: the
+    /// trace's own values for the trace (one per trace hour); for a live
+    /// source, what was served at its polls, one per hour (fewer after a
+    /// start: it keeps no history across restarts).
+    pub fn past(&self, t: i64, hours: usize) -> Vec<Reading> {
+        match &self.live {
+            None => self.trace.past(t, hours),
+            Some(live) => {
+                let st = live.state.lock().expect("poisoned");
+                let from = t - 3600 * hours as i64;
+                st.past.iter().filter(|r| r.at > from && r.at <= t).cloned().collect()
+            }
+        }
+    }
+
+    /// Notes the intensity served at `t` in the live source's recent past.
+    fn remember(&self, live: &Live, t: i64) {
+        let reading = self.now(t);
+        let mut st = live.state.lock().expect("poisoned");
+        if st.past.back().is_some_and(|r| r.at.div_euclid(3600) == t.div_euclid(3600)) {
+            st.past.pop_back();
+        }
+        st.past.push_back(reading);
+        while st.past.len() > PAST_HOURS {
+            st.past.pop_front();
         }
     }
 
@@ -200,6 +234,13 @@ impl Carbon {
     /// source, nothing.
     pub async fn poll_once(&self, now_unix: impl Fn() -> i64) -> Result<(), live::FetchError> {
         let Some(live) = &self.live else { return Ok(()) };
+        let out = self.poll_live(live, &now_unix).await;
+        // Whatever the poll gave, the value now served joins the recent past.
+        self.remember(live, now_unix());
+        out
+    }
+
+    async fn poll_live(&self, live: &Live, now_unix: &impl Fn() -> i64) -> Result<(), live::FetchError> {
         let mut attempt = 0;
         loop {
             let result = live.provider.fetch(now_unix()).await;
@@ -299,6 +340,13 @@ impl TraceSource {
             .collect()
     }
 
+    /// The trace's values over the last `hours` (of trace time) before `t`,
+    /// oldest first, at the wall times they played.
+    pub fn past(&self, t: i64, hours: usize) -> Vec<Reading> {
+        let wall_per_hour = 3600.0 / self.speedup;
+        (1..=hours).rev().map(|h| self.now(t - (h as f64 * wall_per_hour) as i64)).collect()
+    }
+
     /// Lowest and highest intensity of the trace.
     pub fn range(&self) -> (f64, f64) {
         self.trace.range()
@@ -323,6 +371,20 @@ mod tests {
         assert!(f.iter().all(|r| r.gco2_per_kwh >= 0.0));
         let (lo, hi) = s.range();
         assert!(lo < 50.0 && hi > 250.0, "{lo} {hi}");
+    }
+
+    #[test]
+    fn the_trace_past_is_the_hours_before_now() {
+        let jan1 = 1_672_531_200;
+        let s = TraceSource::load(None, 0.0, 1.0, jan1).unwrap();
+        let past = s.past(jan1 + 3 * 3600, 3);
+        assert_eq!(past.iter().map(|r| r.at).collect::<Vec<_>>(), vec![jan1, jan1 + 3600, jan1 + 7200]);
+        assert_eq!(past[0].gco2_per_kwh, 71.54);
+        assert_eq!(past[1].gco2_per_kwh, 65.29);
+        // Played 3600x faster, a trace hour is a wall second.
+        let fast = TraceSource::load(None, 0.0, 3600.0, jan1).unwrap();
+        assert_eq!(fast.past(jan1 + 2, 2).iter().map(|r| r.gco2_per_kwh).collect::<Vec<_>>(), vec![71.54, 65.29]);
+        assert_eq!(Carbon::from_trace(s.clone()).past(jan1 + 3 * 3600, 3), past);
     }
 
     #[test]
@@ -521,7 +583,7 @@ mod live_tests {
         let provider = Provider::new(kind, url, zone, secret.map(str::to_string), cfg.username.clone(), cfg.timeout);
         Carbon {
             trace,
-            live: Some(Live { provider, cfg, state: Mutex::new(LiveState { last: None, last_error: None, failures: 0 }) }),
+            live: Some(Live { provider, cfg, state: Mutex::new(LiveState { last: None, past: Default::default(), last_error: None, failures: 0 }) }),
         }
     }
 
@@ -575,6 +637,11 @@ mod live_tests {
         *fake.mode.lock().unwrap() = Mode::Ok;
         c.poll_once(|| later).await.unwrap();
         assert!(!c.status(later).fallback);
+        // The recent past is what each poll served, one per hour (the
+        // newest of an hour: the polls at T and T + 600 are one hour).
+        let past: Vec<(i64, f64)> = c.past(later, 24).iter().map(|r| (r.at, r.gco2_per_kwh)).collect();
+        assert_eq!(past, vec![(T + 600, 180.0), (later, c.now(later).gco2_per_kwh)], "{past:?}");
+        assert_eq!(c.past(later, 1).len(), 1, "only the last hour");
     }
 
     #[tokio::test]

@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub ci_now: f64,
     pub ci_source: String,
     pub ci_fallback: bool,
+    /// Hourly intensity over the recent past (oldest first) and ahead.
+    pub past: Vec<f64>,
     pub forecast: Vec<f64>,
     pub carbon_g: f64,
     pub saved_g: Option<f64>,
@@ -116,6 +118,7 @@ impl Snapshot {
             ci_now: carbon["now"]["gco2_per_kwh"].as_f64().unwrap_or(f64::NAN),
             ci_source: carbon["source"]["name"].as_str().unwrap_or("?").to_string(),
             ci_fallback: carbon["source"]["fallback"] == true,
+            past: carbon["past"].as_array().into_iter().flatten().filter_map(|r| r["gco2_per_kwh"].as_f64()).collect(),
             forecast: carbon["forecast"].as_array().into_iter().flatten().filter_map(|r| r["gco2_per_kwh"].as_f64()).collect(),
             carbon_g: stats["carbon_g"].as_f64().unwrap_or(0.0),
             saved_g: stats["savings"]["carbon_g"].as_f64(),
@@ -170,8 +173,6 @@ pub enum Action {
 #[derive(Debug, Default)]
 pub struct App {
     pub snapshot: Option<Snapshot>,
-    /// Intensity at each successful poll, oldest first (the recent past).
-    pub past_ci: Vec<f64>,
     /// Why the last poll failed; Some while reconnecting.
     pub error: Option<String>,
     pub panel: usize,
@@ -182,16 +183,8 @@ pub struct App {
     pub message: Option<String>,
 }
 
-const PAST: usize = 180;
-
 impl App {
     pub fn update(&mut self, s: Snapshot) {
-        if s.ci_now.is_finite() {
-            self.past_ci.push(s.ci_now);
-            if self.past_ci.len() > PAST {
-                self.past_ci.remove(0);
-            }
-        }
         self.selected = self.selected.min(s.jobs.len().saturating_sub(1));
         self.snapshot = Some(s);
         self.error = None;
@@ -303,7 +296,7 @@ mod tests {
         assert!(app.error.is_some() && app.snapshot.is_some());
         app.update(Snapshot { ci_now: 120.0, ..Snapshot::default() });
         assert!(app.error.is_none());
-        assert_eq!(app.past_ci, [100.0, 120.0]);
+        assert_eq!(app.snapshot.as_ref().unwrap().ci_now, 120.0);
         assert_eq!(app.selected, 0);
     }
 }

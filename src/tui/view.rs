@@ -52,7 +52,7 @@ pub fn draw(f: &mut Frame, app: &App) {
         ),
         Some(s) => {
             queue(f, top[0], app, s, app.panel == 0);
-            emissions(f, top[1], app, s, app.panel == 1);
+            emissions(f, top[1], s, app.panel == 1);
             mix(f, bottom[0], s, app.panel == 2);
             evaluator(f, bottom[1], s, app.panel == 3);
         }
@@ -138,7 +138,7 @@ pub fn queue(f: &mut Frame, area: Rect, app: &App, s: &Snapshot, focused: bool) 
     f.render_widget(table, parts[1]);
 }
 
-pub fn emissions(f: &mut Frame, area: Rect, app: &App, s: &Snapshot, focused: bool) {
+pub fn emissions(f: &mut Frame, area: Rect, s: &Snapshot, focused: bool) {
     let b = block(PANELS[1], focused);
     let inner = b.inner(area);
     f.render_widget(b, area);
@@ -152,11 +152,13 @@ pub fn emissions(f: &mut Frame, area: Rect, app: &App, s: &Snapshot, focused: bo
     }
     now.push(Span::raw(format!("  ({})", s.ci_source)));
     f.render_widget(Paragraph::new(Line::from(now)).wrap(Wrap { trim: true }), parts[0]);
-    let max = s.forecast.iter().chain(&app.past_ci).cloned().fold(1.0, f64::max);
+    let max = s.forecast.iter().chain(&s.past).cloned().fold(1.0, f64::max);
     let spark = |v: &[f64]| v.iter().map(|x| (x / max * 100.0).round() as u64).collect::<Vec<u64>>();
-    let past = spark(&app.past_ci);
+    let past = spark(&s.past);
     let next = spark(&s.forecast);
-    f.render_widget(Sparkline::default().block(Block::default().title(format!("recent polls ({})", app.past_ci.len()))).data(&past), parts[1]);
+    let high = s.past.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let title = if s.past.is_empty() { "past: none yet".to_string() } else { format!("past {} h (high {high:.0})", s.past.len()) };
+    f.render_widget(Sparkline::default().block(Block::default().title(title)).data(&past), parts[1]);
     let low = s.forecast.iter().cloned().fold(f64::INFINITY, f64::min);
     f.render_widget(Sparkline::default().block(Block::default().title(format!("next {} h forecast (low {low:.0})", s.forecast.len()))).data(&next), parts[2]);
     let g = |v: Option<f64>| v.map(|g| format!("{g:.4} g")).unwrap_or_else(|| "-".into());
@@ -221,6 +223,7 @@ pub fn sample_snapshot() -> Snapshot {
         ci_now: 212.0,
         ci_source: "trace GB 2023".into(),
         ci_fallback: false,
+        past: vec![150.0, 170.0, 190.0, 230.0, 240.0, 225.0, 212.0],
         forecast: vec![200.0, 180.0, 150.0, 120.0, 100.0, 90.0, 110.0, 160.0],
         carbon_g: 0.1838,
         saved_g: Some(0.0901),
@@ -254,8 +257,6 @@ mod tests {
 
     fn app() -> App {
         let mut app = App::default();
-        app.update(sample_snapshot());
-        app.update(Snapshot { ci_now: 230.0, ..sample_snapshot() });
         app.update(sample_snapshot());
         app
     }
@@ -291,7 +292,7 @@ mod tests {
     #[test]
     fn emissions_panel() {
         let a = app();
-        snapshot("emissions", &render(60, 16, |f| emissions(f, f.area(), &a, a.snapshot.as_ref().unwrap(), false)));
+        snapshot("emissions", &render(60, 16, |f| emissions(f, f.area(), a.snapshot.as_ref().unwrap(), false)));
     }
 
     #[test]
