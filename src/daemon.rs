@@ -88,6 +88,10 @@ pub async fn run(
     let metering = energy::Metering::new(meter, &config.accounting);
     let store = Store::open(&config.data_dir)?;
     store.recover(config.queue.max_attempts)?;
+    let orphans = store.cancel_orphaned_daemon_work().await?;
+    if orphans > 0 {
+        tracing::info!(jobs = orphans, "cancelled the queued answers of an evaluation run a restart interrupted");
+    }
     let (engine_tx, engine_rx) = watch::channel(EngineStatus::Loading);
     let svc = Arc::new(Service::new(config, store, carbon, metering, engine_rx));
     tracing::info!(

@@ -516,6 +516,33 @@ impl Store {
     /// Cancels a queued or deferred job at once; a running one is reported
     /// so the worker can abort it.
     pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, StoreError> {
+        self.cancel_because(id, "by request").await
+    }
+
+    /// Cancels the daemon's own queued work left by an evaluation run that a
+    /// restart interrupted (nobody waits for those answers any more). Run at
+    /// startup, before the worker claims anything. The daemon queues its
+    /// work at the lowest priority, so only the end of the queue is read.
+    pub async fn cancel_orphaned_daemon_work(&self) -> Result<usize, StoreError> {
+        let lowest = queue_key(i32::MAX, 0);
+        let mut ids = Vec::new();
+        for item in self.queue.iter().rev() {
+            let (k, id) = item?;
+            if k[..4] != lowest[..4] {
+                break;
+            }
+            let id = String::from_utf8_lossy(&id).into_owned();
+            if self.get(&id)?.origin == Origin::Daemon {
+                ids.push(id);
+            }
+        }
+        for id in &ids {
+            self.cancel_because(id, "at startup: the evaluation run it belonged to was interrupted by a restart;").await?;
+        }
+        Ok(ids.len())
+    }
+
+    async fn cancel_because(&self, id: &str, by: &str) -> Result<CancelOutcome, StoreError> {
         let job = self.get(id)?;
         let (tree, key, counter, why) = match job.state {
             JobState::Queued => (&self.queue, queue_key(job.priority, job.seq).to_vec(), &self.queued, "before it ran"),
@@ -538,7 +565,7 @@ impl Store {
             index.remove(key.as_slice())?;
             job.state = JobState::Cancelled;
             job.finished_ms = Some(now_ms());
-            job.error = Some(format!("cancelled by request {why}"));
+            job.error = Some(format!("cancelled {by} {why}"));
             jobs.insert(id.as_bytes(), encode(&job))?;
             Ok(Ok(job))
         })?))?;
@@ -550,7 +577,7 @@ impl Store {
             }
             Err(job) if job.state == JobState::Running => Ok(CancelOutcome::Running(job)),
             // Promoted to the queue meanwhile: cancel it there.
-            Err(job) if job.state == JobState::Queued => Box::pin(self.cancel(id)).await,
+            Err(job) if job.state == JobState::Queued => Box::pin(self.cancel_because(id, by)).await,
             Err(job) => Err(StoreError::Conflict { id: id.into(), state: job.state.as_str() }),
         }
     }
@@ -1075,5 +1102,23 @@ mod tests {
         drop(s);
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.samples_len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_restart_cancels_only_the_daemons_own_queued_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut ids = Vec::new();
+        for (origin, priority) in [(Origin::Daemon, i32::MAX), (Origin::Job, i32::MAX), (Origin::Job, 0), (Origin::Daemon, i32::MAX)] {
+            let seq = s.next_seq().unwrap();
+            let new = NewJob { origin, priority, request: req("x"), idempotency_key: None, deadline_ms: None, deferral: None };
+            ids.push(s.submit(seq, new, "L0".into(), seq).await.unwrap().job.id);
+        }
+        assert_eq!(s.cancel_orphaned_daemon_work().await.unwrap(), 2);
+        let states: Vec<JobState> = ids.iter().map(|id| s.get(id).unwrap().state).collect();
+        assert_eq!(states, [JobState::Cancelled, JobState::Queued, JobState::Queued, JobState::Cancelled]);
+        assert!(s.get(&ids[0]).unwrap().error.unwrap().contains("interrupted by a restart"));
+        assert_eq!(s.queued_len(), 2);
+        assert_eq!(s.cancel_orphaned_daemon_work().await.unwrap(), 0);
     }
 }

@@ -1315,6 +1315,41 @@ fn a_client_hanging_up_on_a_waited_evaluation_neither_stops_it_nor_blocks_the_ne
 }
 
 #[test]
+fn a_restart_cancels_the_queued_answers_of_an_interrupted_evaluation() {
+    // 300 ms a token: the run's three answers are still queued or running when it dies.
+    let d = Daemon::start(&echo_config(300, 1, &[]));
+    let (s, b) = http("POST", &format!("{}/v1/jobs", d.url), Some(&json!({"messages": user("What is the capital of France?")}).to_string()));
+    assert_eq!(s, 202, "{b}");
+    let (_, done) = http("GET", &format!("{}/v1/jobs/{}?wait=30", d.url, b["id"].as_str().unwrap()), None);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (s, r) = http("POST", &format!("{}/v1/eval/runs", d.url), Some(&json!({"prompts": 1}).to_string()));
+    assert_eq!(s, 202, "{r}");
+    let own = |url: &str| -> Vec<Value> {
+        let (_, list) = http("GET", &format!("{url}/v1/jobs"), None);
+        list["data"].as_array().unwrap().iter().filter(|j| j["origin"] == "daemon").cloned().collect()
+    };
+    let t0 = Instant::now();
+    while own(&d.url).len() < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no evaluation work queued");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (dir, port) = d.kill();
+    let mut d = Daemon::spawn(&echo_config(300, 1, &[]), Some((dir, port)));
+    d.wait_ready(Duration::from_secs(30));
+    let jobs = own(&d.url);
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
+    for j in &jobs {
+        assert_eq!(j["state"], "cancelled", "{j}");
+        assert!(j["error"]["message"].as_str().unwrap().contains("interrupted by a restart"), "{j}");
+    }
+    // The user's job is untouched, and nothing of the lost run was stored.
+    let (_, user_job) = http("GET", &format!("{}/v1/jobs/{}", d.url, b["id"].as_str().unwrap()), None);
+    assert_eq!(user_job["state"], "succeeded");
+    let (_, h) = http("GET", &format!("{}/v1/eval/runs", d.url), None);
+    assert_eq!(h["data"].as_array().unwrap().len(), 0, "{h}");
+}
+
+#[test]
 fn real_model_judged_by_a_second_sproutd_over_loopback() {
     let Some(model) = model_path() else { return };
     let judge = Daemon::start(&model_config(&model, &[]));

@@ -299,6 +299,7 @@ pub fn job_view(job: &Job) -> Value {
     json!({
         "id": job.id,
         "object": "job",
+        "origin": job.origin,
         "state": job.state.as_str(),
         "priority": job.priority,
         "directive": job.directive,
