@@ -537,7 +537,7 @@ impl Store {
             }
         }
         for id in &ids {
-            self.cancel_because(id, "at startup: the evaluation run it belonged to was interrupted by a restart;").await?;
+            self.cancel_because(id, "at startup (the evaluation run it belonged to was interrupted by a restart)").await?;
         }
         Ok(ids.len())
     }
