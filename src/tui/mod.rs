@@ -17,20 +17,30 @@ use serde_json::json;
 use crate::client::Client;
 use state::{Action, App, Snapshot};
 
-/// How often the daemon is polled: six small GETs every two seconds.
+/// How often the daemon is polled: five small GETs every two seconds (the
+/// totals come from running sums, not a ledger scan) ...
 pub const POLL: Duration = Duration::from_secs(2);
+/// ... and today's figures, which sum the ledger since midnight, every 30 s.
+pub const TODAY_POLL: Duration = Duration::from_secs(30);
 
-async fn fetch(client: &Client) -> Result<Snapshot, String> {
+/// Today's stats and when they were fetched.
+type Today = Option<(Instant, serde_json::Value)>;
+
+async fn fetch(client: &Client, today: &mut Today) -> Result<Snapshot, String> {
     let e = |e: crate::client::ClientError| e.to_string();
     let stats = client.stats(None).await.map_err(e)?;
     let midnight = (crate::job::now_ms() / 1000 / 86_400 * 86_400) as f64;
-    let today = client.stats(Some(midnight)).await.map_err(e)?;
+    if today.as_ref().is_none_or(|(at, _)| at.elapsed() >= TODAY_POLL) {
+        *today = Some((Instant::now(), client.stats(Some(midnight)).await.map_err(e)?));
+    }
     let carbon = client.carbon().await.map_err(e)?;
     let plan = client.plan().await.map_err(e)?;
     let eval = client.eval_status().await.map_err(e)?;
     let jobs = client.jobs(None, 50).await.map_err(e)?;
     let mut snap = Snapshot::from_json(&stats, &carbon, &plan, &eval, &jobs);
-    snap.today(&today);
+    if let Some((_, t)) = today {
+        snap.today(t);
+    }
     Ok(snap)
 }
 
@@ -50,9 +60,10 @@ pub async fn run(client: Client) -> io::Result<()> {
 async fn event_loop<B: ratatui::backend::Backend>(terminal: &mut ratatui::Terminal<B>, client: &Client) -> io::Result<()> {
     let mut app = App::default();
     let mut last_poll: Option<Instant> = None;
+    let mut today: Today = None;
     loop {
         if last_poll.is_none_or(|t| t.elapsed() >= POLL) {
-            match fetch(client).await {
+            match fetch(client, &mut today).await {
                 Ok(s) => app.update(s),
                 Err(e) => app.disconnected(e),
             }
