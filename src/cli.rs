@@ -391,7 +391,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 own["carbon_g"].as_f64().unwrap_or(0.0)
             );
             match s["savings"]["carbon_g"].as_f64() {
-                Some(g) => println!("saved:     {g:.4} gCO2e against serving everything at {}", s["savings"]["baseline"].as_str().unwrap_or("L0")),
+                Some(g) => println!("saved:     {g:.4} gCO2e against serving every user request at {}", s["savings"]["baseline"].as_str().unwrap_or("L0")),
                 None => println!("saved:     unknown until a {} request has succeeded", s["savings"]["baseline"].as_str().unwrap_or("L0")),
             }
             println!("users' requests by level:");
