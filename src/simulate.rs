@@ -472,17 +472,8 @@ pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
             let w: Vec<f64> = m.share.to_vec();
             let e: Vec<f64> = (0..LEVELS).map(|l| (0..4).map(|c| w[c] * m.e[c][l]).sum::<f64>() / w.iter().sum::<f64>().max(1e-12)).collect();
             let p: Vec<f64> = (0..LEVELS).map(|l| (0..4).map(|c| w[c] * m.t[c][l]).sum::<f64>() / w.iter().sum::<f64>().max(1e-12)).collect();
-            let inp = Inputs {
-                classes: vec![ClassInputs { name: "all".into(), weight: 1.0, e, p, q: q.all.to_vec() }],
-                ci: ci_for,
-                ci_min,
-                ci_max,
-                xi: cfg.xi,
-                embodied_g: cfg.embodied_g,
-                lifetime_s: cfg.lifetime_s,
-                margin: 0.0,
-            };
-            optimizer::solve(&inp).classes[0].x.clone()
+            let all = ClassInputs { name: "all".into(), weight: 1.0, e, p, q: q.all.to_vec() };
+            solve_mixes(vec![all], ci_for, ci_min, ci_max, 0.0, cfg).swap_remove(0)
         };
         let costs: Vec<[f64; LEVELS]> =
             sample.iter().map(|&i| std::array::from_fn(|l| a.prompts[i].e[l] * ci + a.prompts[i].t[l] * emb_per_s)).collect();
@@ -492,23 +483,14 @@ pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
         let base: f64 = costs.iter().map(|c| c[0]).sum();
         let (carbon, num, mix): (f64, f64, Vec<f64>) = match cfg.policy {
             Policy::SmallModel => {
-                let inp = Inputs {
-                    classes: vec![ClassInputs {
-                        name: "all".into(),
-                        weight: 1.0,
-                        e: vec![m.e.iter().zip(m.share).map(|(e, w)| e[0] * w).sum::<f64>(), m.e_small],
-                        p: vec![m.t.iter().zip(m.share).map(|(t, w)| t[0] * w).sum::<f64>(), m.t_small],
-                        q: vec![q.all[0], cfg.small_model_quality * q.all[0]],
-                    }],
-                    ci,
-                    ci_min,
-                    ci_max,
-                    xi: cfg.xi,
-                    embodied_g: cfg.embodied_g,
-                    lifetime_s: cfg.lifetime_s,
-                    margin: 0.0,
+                let models = ClassInputs {
+                    name: "all".into(),
+                    weight: 1.0,
+                    e: vec![m.e.iter().zip(m.share).map(|(e, w)| e[0] * w).sum::<f64>(), m.e_small],
+                    p: vec![m.t.iter().zip(m.share).map(|(t, w)| t[0] * w).sum::<f64>(), m.t_small],
+                    q: vec![q.all[0], cfg.small_model_quality * q.all[0]],
                 };
-                let x = optimizer::solve(&inp).classes[0].x.clone();
+                let x = solve_mixes(vec![models], ci, ci_min, ci_max, 0.0, cfg).swap_remove(0);
                 let carbon = sample
                     .iter()
                     .zip(&costs)
@@ -608,16 +590,13 @@ fn best_mixes(m: &Means, q: &Quality, ci: f64, ci_min: f64, ci_max: f64, cfg: &S
             q: q.class[c].to_vec(),
         })
         .collect();
-    let inp = Inputs {
-        classes,
-        ci,
-        ci_min,
-        ci_max,
-        xi: cfg.xi,
-        embodied_g: cfg.embodied_g,
-        lifetime_s: cfg.lifetime_s,
-        margin: cfg.best_margin,
-    };
+    solve_mixes(classes, ci, ci_min, ci_max, cfg.best_margin, cfg)
+}
+
+/// The optimizer's mix for each of `classes` at intensity `ci`, under the
+/// simulation's xi and embodied carbon.
+fn solve_mixes(classes: Vec<ClassInputs>, ci: f64, ci_min: f64, ci_max: f64, margin: f64, cfg: &SimConfig) -> Vec<Vec<f64>> {
+    let inp = Inputs { classes, ci, ci_min, ci_max, xi: cfg.xi, embodied_g: cfg.embodied_g, lifetime_s: cfg.lifetime_s, margin };
     optimizer::solve(&inp).classes.into_iter().map(|c| c.x).collect()
 }
 

@@ -291,6 +291,17 @@ fn number_of(v: &Value, key: &str) -> Result<f64, String> {
         .ok_or_else(|| format!("missing or bad \"{key}\""))
 }
 
+/// Points of a list as readings (`time_key` a UTC time, `value_key` the
+/// intensity in the provider's unit, times `factor` for g/kWh), oldest first.
+fn series(list: &[Value], time_key: &str, value_key: &str, factor: f64) -> Result<Vec<Reading>, String> {
+    let mut out = list
+        .iter()
+        .map(|p| Ok(Reading { at: time_of(p, time_key)?, gco2_per_kwh: number_of(p, value_key)? * factor }))
+        .collect::<Result<Vec<_>, String>>()?;
+    out.sort_by_key(|r| r.at);
+    Ok(out)
+}
+
 /// Electricity Maps `latest`: `{"zone", "carbonIntensity", "datetime", ...}`.
 pub fn em_reading(v: &Value) -> Result<Reading, String> {
     Ok(Reading { at: time_of(v, "datetime")?, gco2_per_kwh: number_of(v, "carbonIntensity")? })
@@ -299,9 +310,7 @@ pub fn em_reading(v: &Value) -> Result<Reading, String> {
 /// Electricity Maps `history` / `forecast` / `past-range` (`data`): a list under `key`.
 pub fn em_series(v: &Value, key: &str) -> Result<Vec<Reading>, String> {
     let list = v.get(key).or_else(|| v.get("data")).and_then(Value::as_array).ok_or_else(|| format!("missing \"{key}\" list"))?;
-    let mut out = list.iter().map(em_reading).collect::<Result<Vec<_>, _>>()?;
-    out.sort_by_key(|r| r.at);
-    Ok(out)
+    series(list, "datetime", "carbonIntensity", 1.0)
 }
 
 /// WattTime v3 `forecast` / `historical`: `{"data": [{"point_time", "value"}], "meta": {"units"}}`,
@@ -314,12 +323,7 @@ pub fn watttime_points(v: &Value) -> Result<Vec<Reading>, String> {
         other => return Err(format!("units {other:?} are not an emission rate")),
     };
     let list = v.get("data").and_then(Value::as_array).ok_or("missing \"data\" list")?;
-    let mut out = list
-        .iter()
-        .map(|p| Ok(Reading { at: time_of(p, "point_time")?, gco2_per_kwh: number_of(p, "value")? * factor }))
-        .collect::<Result<Vec<_>, String>>()?;
-    out.sort_by_key(|r| r.at);
-    Ok(out)
+    series(list, "point_time", "value", factor)
 }
 
 /// GB Carbon Intensity: national `{"data": [{"from", "intensity": {"forecast", "actual"}}]}`,
@@ -356,24 +360,14 @@ pub fn uk_points(v: &Value) -> Result<Vec<Reading>, String> {
 /// Carbon Aware SDK `emissions/bylocation`: `[{"location", "time", "rating", "duration"}]`.
 pub fn sdk_emissions(v: &Value) -> Result<Vec<Reading>, String> {
     let list = v.as_array().ok_or("expected a list")?;
-    let mut out = list
-        .iter()
-        .map(|p| Ok(Reading { at: time_of(p, "time")?, gco2_per_kwh: number_of(p, "rating")? }))
-        .collect::<Result<Vec<_>, String>>()?;
-    out.sort_by_key(|r| r.at);
-    Ok(out)
+    series(list, "time", "rating", 1.0)
 }
 
 /// Carbon Aware SDK `emissions/forecasts/current`: `[{"forecastData": [{"timestamp", "value"}], ...}]`.
 pub fn sdk_forecast(v: &Value) -> Result<Vec<Reading>, String> {
     let first = v.as_array().and_then(|l| l.first()).ok_or("expected a non-empty list")?;
     let list = first.get("forecastData").and_then(Value::as_array).ok_or("missing \"forecastData\"")?;
-    let mut out = list
-        .iter()
-        .map(|p| Ok(Reading { at: time_of(p, "timestamp")?, gco2_per_kwh: number_of(p, "value")? }))
-        .collect::<Result<Vec<_>, String>>()?;
-    out.sort_by_key(|r| r.at);
-    Ok(out)
+    series(list, "timestamp", "value", 1.0)
 }
 
 /// Resamples points (any resolution) into hourly means for the hours after
