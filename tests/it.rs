@@ -1384,6 +1384,26 @@ fn real_model_judged_by_a_second_sproutd_over_loopback() {
     eprintln!("real judged run: q = {}, failures = {}", run["q"], run["failures"]);
 }
 
+#[test]
+fn sproutctl_piped_into_a_reader_that_stops_early_ends_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    // ~270 kB of JSON: more than a pipe holds, so it is still writing when the reader goes.
+    let data = repo().join("../shared/data/sprout_artifact");
+    let mut child = std::process::Command::new(SPROUTCTL)
+        .args(["simulate", "--data", data.to_str().unwrap(), "--region", "NL", "--hours", "720", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap(); // and the pipe closes
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{:?} {err}", out.status);
+}
+
 // ---------------------------------------------------------------------------
 // sproutctl tui, for real, in tmux.
 
