@@ -1390,6 +1390,10 @@ fn sproutctl_piped_into_a_reader_that_stops_early_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;
     // ~270 kB of JSON: more than a pipe holds, so it is still writing when the reader goes.
     let data = repo().join("../shared/data/sprout_artifact");
+    if !data.is_dir() {
+        eprintln!("skipping: ../shared/data not present");
+        return;
+    }
     let mut child = std::process::Command::new(SPROUTCTL)
         .args(["simulate", "--data", data.to_str().unwrap(), "--region", "NL", "--hours", "720", "--json"])
         .stdout(std::process::Stdio::piped())
