@@ -16,6 +16,14 @@ export SPROUT_PYTHON="$venv/bin/python"
 export SPROUT_REQUIRE_MODEL=1
 
 cd "$root"
+# The vendored crates are the published ones plus vendor/patches, byte for byte.
+bash scripts/vendor.sh --check
+# The patches' own tests inside the vendored crates (vendor/README.md), in the
+# release profile. Built together with sprout so the crates' features match
+# the build setup.sh made (sprout's own unit tests are filtered out here and
+# run below).
+cargo test --release --locked -p sprout -p candle-core -p mistralrs-core --lib -- \
+    q5_tests matmul_tests single_q_batched_matches_naive_per_sequence never_runs_more_than_max_num_seqs
 # Release profile: the real-model tests need optimized kernels, and it reuses
 # the build setup.sh just made.
 cargo test --release --locked -- --test-threads="${SPROUT_TEST_THREADS:-2}"

@@ -1,5 +1,6 @@
 use super::k_quants::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0, QK8_0, QK_K,
+    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K,
+    BlockQ8_0, BlockQ8_1, QK5_0, QK5_1, QK8_0, QK_K,
 };
 use byteorder::{ByteOrder, LittleEndian};
 use half::f16;
@@ -83,6 +84,77 @@ pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) ->
             acc = _mm256_fmadd_ps(d, q, acc);
         }
         hsum_float_8(acc)
+    }
+}
+
+/// Spreads the 32 bits of `bits` over 32 bytes: byte `i` is 0xFF where bit
+/// `i` is set and 0x00 where it is clear (the mask Q5 blocks need for their
+/// fifth bit).
+#[inline(always)]
+pub(crate) unsafe fn bytes_from_bits_32(bits: u32) -> __m256i {
+    // Byte i of the result first takes byte i / 8 of `bits` (shuffles work
+    // within each 128-bit half, which holds the 4 bytes of `bits` repeated)...
+    let which_byte = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0x0000_0000_0000_0000,
+    );
+    let spread = _mm256_shuffle_epi8(_mm256_set1_epi32(bits as i32), which_byte);
+    // ...then keeps only bit i % 8 of it and compares.
+    let which_bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(spread, which_bit), which_bit)
+}
+
+/// Q5_0 x Q8_0: each weight is (4 low bits | fifth bit << 4) - 16. Where the
+/// fifth bit is clear that is the nibble - 16, i.e. the nibble with the high
+/// four bits set in two's complement, so one OR gives signed bytes.
+#[inline(always)]
+pub(crate) fn vec_dot_q5_0_q8_0(n: usize, xs: &[BlockQ5_0], ys: &[BlockQ8_0]) -> f32 {
+    debug_assert!(
+        n.is_multiple_of(QK5_0),
+        "vec_dot_q5_0_q8_0: {n} is not divisible by {QK5_0}"
+    );
+    unsafe {
+        let high_nibble = _mm256_set1_epi8(0xF0u8 as i8);
+        let mut acc = _mm256_setzero_ps();
+        for (x, y) in xs.iter().zip(ys.iter()) {
+            let d = _mm256_set1_ps(f16::to_f32(x.d) * f16::to_f32(y.d));
+            let low = bytes_from_nibbles_32(x.qs.as_ptr());
+            let fifth = bytes_from_bits_32(LittleEndian::read_u32(&x.qh));
+            let bx = _mm256_or_si256(low, _mm256_andnot_si256(fifth, high_nibble));
+            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            let q = mul_sum_i8_pairs_float(bx, by);
+            acc = _mm256_fmadd_ps(d, q, acc);
+        }
+        hsum_float_8(acc)
+    }
+}
+
+/// Q5_1 x Q8_1: each weight is d * (4 low bits | fifth bit << 4) + m, unsigned
+/// 0..=31, so the bytes multiply directly (unsigned x signed) and the offset
+/// adds m * (d_y * sum of the activations), which Q8_1 carries as `s`.
+#[inline(always)]
+pub(crate) fn vec_dot_q5_1_q8_1(n: usize, xs: &[BlockQ5_1], ys: &[BlockQ8_1]) -> f32 {
+    debug_assert!(
+        n.is_multiple_of(QK5_1),
+        "vec_dot_q5_1_q8_1: {n} is not divisible by {QK5_1}"
+    );
+    unsafe {
+        let bit4 = _mm256_set1_epi8(0x10);
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = 0f32;
+        for (x, y) in xs.iter().zip(ys.iter()) {
+            offsets += f16::to_f32(x.m) * f16::to_f32(y.s);
+            let d = _mm256_set1_ps(f16::to_f32(x.d) * f16::to_f32(y.d));
+            let low = bytes_from_nibbles_32(x.qs.as_ptr());
+            let fifth = _mm256_and_si256(bytes_from_bits_32(LittleEndian::read_u32(&x.qh)), bit4);
+            let bx = _mm256_or_si256(low, fifth);
+            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            let q = mul_sum_us8_pairs_float(bx, by);
+            acc = _mm256_fmadd_ps(d, q, acc);
+        }
+        hsum_float_8(acc) + offsets
     }
 }
 
@@ -665,5 +737,107 @@ pub(crate) fn vec_dot_q8k_q8k(n: usize, xs: &[BlockQ8K], ys: &[BlockQ8K]) -> f32
             acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
         }
         hsum_float_8(acc)
+    }
+}
+
+#[cfg(test)]
+mod q5_tests {
+    use super::super::k_quants::GgmlType;
+    use super::*;
+
+    /// A small deterministic generator (xorshift), so failures reproduce.
+    struct Rng(u64);
+    impl Rng {
+        fn next_f32(&mut self) -> f32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+        fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+            (0..n).map(|_| self.next_f32() * scale).collect()
+        }
+    }
+
+    // Both sides sum the same integer products per block; only the order of
+    // the f32 additions differs (8 lanes, then a horizontal sum).
+    fn close(simd: f32, scalar: f32, magnitude: f32) -> bool {
+        (simd - scalar).abs() <= 1e-5 * magnitude.max(1.0)
+    }
+
+    fn check<T: GgmlType>(simd: fn(usize, &[T], &[T::VecDotType]) -> f32, set_qh: fn(&mut T, u32)) {
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        // Even block counts: the scalar Q5 paths assert an even count.
+        for (case, &blocks) in [2usize, 4, 28, 152].iter().enumerate() {
+            let n = blocks * 32;
+            for scale in [1e-3f32, 1.0, 37.0] {
+                let w = rng.vec(n, scale);
+                // Activations with an offset, so Q8_1's sum term matters.
+                let a: Vec<f32> = rng.vec(n, scale).iter().map(|v| v + 0.3 * scale).collect();
+                let mut xs = vec![T::zeros(); blocks];
+                let mut ys = vec![T::VecDotType::zeros(); blocks];
+                T::from_float(&w, &mut xs);
+                T::VecDotType::from_float(&a, &mut ys);
+                let scalar = T::vec_dot_unopt(n, &xs, &ys);
+                let fast = simd(n, &xs, &ys);
+                let magnitude: f32 = w.iter().zip(&a).map(|(x, y)| (x * y).abs()).sum();
+                assert!(
+                    close(fast, scalar, magnitude),
+                    "case {case} ({blocks} blocks, scale {scale}): simd {fast} scalar {scalar}"
+                );
+            }
+        }
+        // Every fifth-bit pattern: all set, none set, alternating.
+        for bits in [u32::MAX, 0, 0xAAAA_AAAA, 0x0000_FFFF] {
+            let w = rng.vec(64, 1.0);
+            let a = rng.vec(64, 1.0);
+            let mut xs = vec![T::zeros(); 2];
+            let mut ys = vec![T::VecDotType::zeros(); 2];
+            T::from_float(&w, &mut xs);
+            T::VecDotType::from_float(&a, &mut ys);
+            for x in xs.iter_mut() {
+                set_qh(x, bits);
+            }
+            let scalar = T::vec_dot_unopt(64, &xs, &ys);
+            let fast = simd(64, &xs, &ys);
+            assert!(close(fast, scalar, 128.0), "qh {bits:#x}: simd {fast} scalar {scalar}");
+        }
+    }
+
+    #[test]
+    fn bytes_from_bits_matches_each_bit() {
+        for bits in [0u32, 1, 0x8000_0001, 0xDEAD_BEEF, u32::MAX] {
+            let mut out = [0u8; 32];
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, bytes_from_bits_32(bits)) };
+            for (i, byte) in out.iter().enumerate() {
+                let want = if bits >> i & 1 == 1 { 0xFF } else { 0 };
+                assert_eq!(*byte, want, "bit {i} of {bits:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn q5_0_simd_matches_scalar() {
+        check::<BlockQ5_0>(vec_dot_q5_0_q8_0, |b, bits| b.qh = bits.to_le_bytes());
+    }
+
+    #[test]
+    fn q5_1_simd_matches_scalar() {
+        check::<BlockQ5_1>(vec_dot_q5_1_q8_1, |b, bits| b.qh = bits.to_le_bytes());
+    }
+
+    #[test]
+    fn q5_types_dispatch_to_simd() {
+        let w: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut x0 = vec![BlockQ5_0::zeros(); 2];
+        let mut y0 = vec![BlockQ8_0::zeros(); 2];
+        BlockQ5_0::from_float(&w, &mut x0);
+        BlockQ8_0::from_float(&w, &mut y0);
+        assert_eq!(BlockQ5_0::vec_dot(64, &x0, &y0), vec_dot_q5_0_q8_0(64, &x0, &y0));
+        let mut x1 = vec![BlockQ5_1::zeros(); 2];
+        let mut y1 = vec![BlockQ8_1::zeros(); 2];
+        BlockQ5_1::from_float(&w, &mut x1);
+        BlockQ8_1::from_float(&w, &mut y1);
+        assert_eq!(BlockQ5_1::vec_dot(64, &x1, &y1), vec_dot_q5_1_q8_1(64, &x1, &y1));
     }
 }

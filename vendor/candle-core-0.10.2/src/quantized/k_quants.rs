@@ -387,6 +387,10 @@ impl GgmlType for BlockQ5_0 {
             (n / qk).is_multiple_of(2),
             "vec_dot_q5_0_q8_0: {n}, nb is not divisible by 2"
         );
+        #[cfg(target_feature = "avx2")]
+        return super::avx::vec_dot_q5_0_q8_0(n, xs, ys);
+
+        #[cfg(not(target_feature = "avx2"))]
         Self::vec_dot_unopt(n, xs, ys)
     }
 
@@ -483,6 +487,10 @@ impl GgmlType for BlockQ5_1 {
     type VecDotType = BlockQ8_1;
 
     fn vec_dot(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
+        #[cfg(target_feature = "avx2")]
+        return super::avx::vec_dot_q5_1_q8_1(n, xs, ys);
+
+        #[cfg(not(target_feature = "avx2"))]
         Self::vec_dot_unopt(n, xs, ys)
     }
 
@@ -2290,28 +2298,78 @@ pub fn matmul<T: GgmlType>(
     if T::DIRECT_COPY {
         T::VecDotType::direct_copy(lhs, &mut lhs_b);
     } else {
-        for row_idx in 0..m {
-            let lhs_b_mut = &mut lhs_b[row_idx * k_in_blocks..(row_idx + 1) * k_in_blocks];
-            let lhs = &lhs[row_idx * k..(row_idx + 1) * k];
-            T::VecDotType::from_float(lhs, lhs_b_mut)
+        // Activation rows are quantized independently: in parallel when
+        // there are several (prefill, batched decoding).
+        lhs_b
+            .par_chunks_mut(k_in_blocks)
+            .zip(lhs.par_chunks(k))
+            .for_each(|(lhs_b_row, lhs_row)| T::VecDotType::from_float(lhs_row, lhs_b_row));
+    }
+
+    // Each weight row (a column of the product) is read once and multiplied
+    // with every activation row while it is in cache, rather than streamed
+    // from memory once per activation row; a batch of m sequences then costs
+    // about one pass over the weights. Work is split over weight rows in
+    // pieces of about MIN_BLOCKS_PER_TASK block products, so that small
+    // projections (a few hundred rows) still use every thread.
+    const MIN_BLOCKS_PER_TASK: usize = 1024;
+    let min_cols = MIN_BLOCKS_PER_TASK.div_ceil(k_in_blocks * m).max(1);
+    let lhs_b = lhs_b.as_slice();
+    let dot_col = |col_idx: usize, out: &mut [f32]| {
+        let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
+        for (row_idx, out) in out.iter_mut().enumerate() {
+            let lhs_row = &lhs_b[row_idx * k_in_blocks..(row_idx + 1) * k_in_blocks];
+            *out = T::vec_dot(k, rhs_col, lhs_row);
+        }
+    };
+    if m == 1 {
+        dst.par_iter_mut()
+            .enumerate()
+            .with_min_len(min_cols)
+            .for_each(|(col_idx, dst)| dot_col(col_idx, std::slice::from_mut(dst)));
+    } else {
+        // Computed column-major, then transposed into dst (m x n, row-major).
+        let mut dst_t = vec![0f32; n * m];
+        dst_t
+            .par_chunks_mut(m)
+            .enumerate()
+            .with_min_len(min_cols)
+            .for_each(|(col_idx, col)| dot_col(col_idx, col));
+        for (col_idx, col) in dst_t.chunks_exact(m).enumerate() {
+            for (row_idx, v) in col.iter().enumerate() {
+                dst[row_idx * n + col_idx] = *v;
+            }
         }
     }
-
-    for row_idx in 0..m {
-        let lhs_row = &lhs_b[row_idx * k_in_blocks..(row_idx + 1) * k_in_blocks];
-        let dst_row = &mut dst[row_idx * n..(row_idx + 1) * n];
-
-        dst_row
-            .into_par_iter()
-            .enumerate()
-            .with_min_len(128)
-            .with_max_len(512)
-            .for_each(|(col_idx, dst)| {
-                let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
-                *dst = T::vec_dot(k, rhs_col, lhs_row);
-            });
-    }
     Ok(())
+}
+
+#[cfg(test)]
+mod matmul_tests {
+    use super::*;
+
+    /// The reordered loops give exactly the products of the plain
+    /// row-by-row loop (each entry is the same vec_dot call).
+    #[test]
+    fn batched_matmul_matches_row_by_row() {
+        let (k, n) = (256, 300);
+        let weights: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let mut rhs_t = vec![BlockQ5_0::zeros(); n * k / QK5_0];
+        BlockQ5_0::from_float(&weights, &mut rhs_t);
+        for m in [1usize, 3, 17] {
+            let lhs: Vec<f32> = (0..m * k).map(|i| ((i * 104729) % 997) as f32 / 498.0 - 1.0).collect();
+            let mut dst = vec![0f32; m * n];
+            matmul((m, k, n), &lhs, &rhs_t, &mut dst).unwrap();
+            for row in 0..m {
+                let mut lhs_b = vec![BlockQ8_0::zeros(); k / QK8_0];
+                BlockQ8_0::from_float(&lhs[row * k..(row + 1) * k], &mut lhs_b);
+                for col in 0..n {
+                    let want = BlockQ5_0::vec_dot(k, &rhs_t[col * k / QK5_0..(col + 1) * k / QK5_0], &lhs_b);
+                    assert_eq!(dst[row * n + col], want, "m {m} row {row} col {col}");
+                }
+            }
+        }
+    }
 }
 
 pub fn matmul_f16<T: GgmlType>(

@@ -223,11 +223,19 @@ impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
                 };
             }
             (_, 0) => {
+                // Admit the oldest waiting sequences, at most the limit; the
+                // rest keep waiting (their state unchanged).
+                waiting.sort_ascending_ids();
+                let mut still_waiting = Backer::new();
                 for seq in waiting.into_iter() {
-                    seq.set_state(SequenceState::RunningPrompt);
-                    self.running.push(seq);
+                    if self.sequence_fits(&self.running, &seq) {
+                        seq.set_state(SequenceState::RunningPrompt);
+                        self.running.push(seq);
+                    } else {
+                        still_waiting.add(seq);
+                    }
                 }
-                self.waiting = Backer::new();
+                self.waiting = still_waiting;
                 let running = std::mem::take(&mut self.running);
                 self.running = self.bucket_and_waitlist_seqs(running);
                 logger.set_num_running(self.running.len());
@@ -346,5 +354,84 @@ impl Scheduler for DefaultScheduler<VecDeque<Sequence>> {
     }
     fn set_prefix_caching_enabled(&mut self, _enabled: bool) {
         // DefaultScheduler doesn't use PagedAttention prefix caching
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampler::Sampler;
+    use crate::sequence::{SeqStepType, SequenceGroup, SequenceRecognizer};
+    use std::time::Duration;
+    use tokio::sync::{mpsc::channel, Mutex};
+
+    fn waiting_sequence(id: usize, prompt_len: usize) -> Sequence {
+        let (tx, _rx) = channel(1);
+        let sampler =
+            Sampler::new(None, 0, None, None, None, None, None, 32, 1.0, 0.0, vec![]).unwrap();
+        let group = Arc::new(Mutex::new(SequenceGroup::new(1, false, true, None)));
+        Sequence::new_waiting(
+            vec![1; prompt_len],
+            "prompt".to_string(),
+            id,
+            id as u128,
+            0,
+            tx,
+            sampler,
+            vec![],
+            vec![],
+            None,
+            false,
+            false,
+            group,
+            0,
+            0,
+            SequenceRecognizer::None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            SeqStepType::PromptAndDecode,
+            None,
+            None,
+            None,
+            false,
+            vec![],
+        )
+    }
+
+    fn ids(seqs: &[&mut Sequence]) -> Vec<usize> {
+        seqs.iter().map(|s| *s.id()).collect()
+    }
+
+    /// Equal-length prompts arriving while nothing runs used to be admitted
+    /// all at once, whatever `max_num_seqs` said.
+    #[test]
+    fn never_runs_more_than_max_num_seqs() {
+        let logger = IntervalLogger::new(Duration::from_secs(3600), None);
+        for limit in [1usize, 2, 3] {
+            let mut scheduler: DefaultScheduler<VecDeque<Sequence>> =
+                DefaultScheduler::new(DefaultSchedulerMethod::Fixed(limit.try_into().unwrap()));
+            for id in 0..5 {
+                scheduler.add_seq(waiting_sequence(id, 8));
+            }
+            let out = scheduler.schedule(&logger);
+            assert_eq!(ids(&out.prompt), (0..limit).collect::<Vec<_>>(), "limit {limit}: oldest first");
+            assert!(out.completion.is_empty());
+            assert_eq!(scheduler.running.len(), limit);
+            assert_eq!(scheduler.waiting.len(), 5 - limit);
+            // The admitted ones finish their prompt; the next step still
+            // holds at most `limit`.
+            for seq in scheduler.running.iter() {
+                seq.set_state(SequenceState::RunningCompletion);
+            }
+            let out = scheduler.schedule(&logger);
+            assert!(out.prompt.len() + out.completion.len() <= limit, "limit {limit}");
+            assert!(scheduler.running.len() <= limit, "limit {limit}");
+        }
     }
 }

@@ -5,8 +5,10 @@ use candle_core::{Context, Device, Result, Storage, Tensor, WithDType};
 use half::bf16;
 use half::f16;
 use rayon::prelude::*;
+#[cfg(target_os = "macos")]
 use rayon::ThreadPool;
 
+#[cfg(target_os = "macos")]
 use std::sync::LazyLock;
 use std::{f32, iter::Sum};
 
@@ -48,14 +50,9 @@ unsafe fn set_thread_affinity() {
     pthread_set_qos_class_self_np(QOS_CLASS_USER_INTERACTIVE, 0);
 }
 
-#[cfg(not(target_os = "macos"))]
-#[inline(always)]
-unsafe fn set_thread_affinity() {
-    // On non‑macOS platforms we currently leave affinity untouched.
-}
-
-/// Rayon pool used by the flash‑attention CPU kernels, with a per‑thread
-/// start handler that applies our affinity hint exactly once.
+/// Rayon pool used by the flash‑attention CPU kernels on macOS, with a
+/// per‑thread start handler that applies our affinity hint exactly once.
+#[cfg(target_os = "macos")]
 static FLASH_ATTN_POOL: LazyLock<ThreadPool> = LazyLock::new(|| {
     rayon::ThreadPoolBuilder::new()
         .start_handler(|_| unsafe {
@@ -65,25 +62,44 @@ static FLASH_ATTN_POOL: LazyLock<ThreadPool> = LazyLock::new(|| {
         .expect("Failed to build custom Rayon thread‑pool for flash‑attention")
 });
 
-const DOT_CHUNK: usize = 4;
+/// Runs an attention kernel's parallel loops: on macOS in the pool above
+/// (its threads ask for performance cores); elsewhere in rayon's global
+/// pool, the one candle's matmuls use. A second pool with a thread per core
+/// beside the global one oversubscribes the cores: each layer alternates
+/// between attention and matmuls, and the threads of the pool that just
+/// finished spin while the other pool's threads work.
+#[inline]
+fn attention_install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    #[cfg(target_os = "macos")]
+    {
+        FLASH_ATTN_POOL.install(f)
+    }
+    #[cfg(not(target_os = "macos"))]
+    {
+        f()
+    }
+}
 
 /// Size (in KV positions) processed by each inner‑tile job.
 const TILE_KV: usize = 16;
 
-/// Unrolled dot‑product that works purely in `f32`.
+/// Dot product in `f32` with eight independent partial sums, which the
+/// compiler keeps in one vector register (a single running sum is a serial
+/// chain of additions it may not reorder, so it stays scalar).
 #[inline]
 fn vec_dot_f32<T: UpcastF32 + Copy>(a: &[T], b: &[T]) -> f32 {
-    let mut sum = 0f32;
-    let chunks = a.len() / DOT_CHUNK;
-    for i in 0..chunks {
-        let i_chunk = i * DOT_CHUNK;
-        sum += a[i_chunk].to_f32() * b[i_chunk].to_f32()
-            + a[i_chunk + 1].to_f32() * b[i_chunk + 1].to_f32()
-            + a[i_chunk + 2].to_f32() * b[i_chunk + 2].to_f32()
-            + a[i_chunk + 3].to_f32() * b[i_chunk + 3].to_f32();
+    const LANES: usize = 8;
+    let mut acc = [0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
+    for (ca, cb) in a_chunks.zip(b_chunks) {
+        for j in 0..LANES {
+            acc[j] += ca[j].to_f32() * cb[j].to_f32();
+        }
     }
-    for i in (chunks * DOT_CHUNK)..a.len() {
-        sum += a[i].to_f32() * b[i].to_f32();
+    let mut sum = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in a_rest.iter().zip(b_rest) {
+        sum += x.to_f32() * y.to_f32();
     }
     sum
 }
@@ -414,160 +430,145 @@ where
     let rv2 = h / v_h;
     let n2 = 2_usize.pow((h as f32).log2().ceil() as u32);
 
-    // final output
-    let mut out = vec![T::cast(0.0); b * h * dv];
-    // scratch: one tile  ×  heads ×  dv  (flattened)
-    let mut scratch = vec![0f32; kv_tiles * h * dv];
-    let mut scratch_s = vec![0f32; kv_tiles * h]; // softmax S per tile
-    let mut scratch_m = vec![f32::NEG_INFINITY; kv_tiles * h];
-
-    // Store as plain usize so the capture is Sync (raw *mut T is not Sync)
-    let scratch_ptr = scratch.as_mut_ptr() as usize;
-    let scratch_s_ptr = scratch_s.as_mut_ptr() as usize;
-    let scratch_m_ptr = scratch_m.as_mut_ptr() as usize;
-
     let mask_info = match (mask_vec, mask_dims) {
         (Some(data), Some(dims)) => Some(MaskInfo { data, dims, b, h }),
         _ => None,
     };
 
-    FLASH_ATTN_POOL.install(|| {
-        (0..kv_tiles).into_par_iter().for_each(|tile_idx| {
-            let start = tile_idx * TILE_KV;
-            let end = (start + TILE_KV).min(kv_len);
+    // One partial result per (sequence, head, KV tile): the tile's weighted
+    // V sum, its softmax denominator and its running max. Each partial has
+    // its own slot, so sequences batched together never share scratch.
+    let parts = b * h * kv_tiles;
+    let mut part_vkq = vec![0f32; parts * dv];
+    let mut part_s = vec![0f32; parts];
+    let mut part_m = vec![f32::NEG_INFINITY; parts];
 
-            for b_i in 0..b {
-                for h_i in 0..h {
-                    // Per‑head slope for ALiBi / NTK bias.
-                    let slope = if max_bias > 0.0 {
-                        2.0f32.powf(-max_bias * ((h_i + 1) as f32) / n2 as f32)
+    attention_install(|| {
+        part_vkq
+            .par_chunks_mut(dv)
+            .zip(part_s.par_iter_mut())
+            .zip(part_m.par_iter_mut())
+            .enumerate()
+            .with_min_len(4)
+            .for_each(|(part, ((vkq, s_out), m_out))| {
+                let tile_idx = part % kv_tiles;
+                let h_i = (part / kv_tiles) % h;
+                let b_i = part / (kv_tiles * h);
+                let start = tile_idx * TILE_KV;
+                let end = (start + TILE_KV).min(kv_len);
+
+                // Per‑head slope for ALiBi / NTK bias.
+                let slope = if max_bias > 0.0 {
+                    2.0f32.powf(-max_bias * ((h_i + 1) as f32) / n2 as f32)
+                } else {
+                    1.0
+                };
+                let k_head = h_i / rk2;
+                let v_head = h_i / rv2;
+
+                let q_base = b_i * qstride[0] + h_i * qstride[2];
+                let q_row = &q_data[q_base..q_base + d];
+
+                let mut s = 0f32;
+                let mut m = f32::NEG_INFINITY;
+
+                for kv_pos in start..end {
+                    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+                    {
+                        // One‑step look‑ahead prefetch of the next K and V rows.
+                        let next_pos = kv_pos + 1;
+                        if next_pos < end {
+                            let next_k_base =
+                                b_i * kstride[0] + next_pos * kstride[1] + k_head * kstride[2];
+                            let next_v_base =
+                                b_i * vstride[0] + next_pos * vstride[1] + v_head * vstride[2];
+                            unsafe {
+                                prefetch(k_data.as_ptr().add(next_k_base) as *const u8);
+                                prefetch(v_data.as_ptr().add(next_v_base) as *const u8);
+                            }
+                        }
+                    }
+                    // ---------- dot(Q,K) ----------
+                    let k_base = b_i * kstride[0] + kv_pos * kstride[1] + k_head * kstride[2];
+                    let k_row = &k_data[k_base..k_base + d];
+
+                    let mut s_val = vec_dot_f32(q_row, k_row) * scale;
+
+                    if logit_softcap != 0.0 {
+                        s_val = logit_softcap * (s_val / logit_softcap).tanh();
+                    }
+                    let mask_delta = mask_info
+                        .as_ref()
+                        .map(|mask| slope * mask.value(b_i, h_i, 0, kv_pos))
+                        .unwrap_or(0.0);
+                    s_val += mask_delta;
+
+                    // -------- tile-local softmax ----------
+                    let m_old = m;
+                    let mut ms = 1.0;
+                    let mut vs = 1.0;
+                    if s_val > m {
+                        m = s_val;
+                        ms = (m_old - m).exp();
+                        for v in vkq.iter_mut() {
+                            *v *= ms;
+                        }
                     } else {
-                        1.0
-                    };
-                    let k_head = h_i / rk2;
-                    let v_head = h_i / rv2;
-
-                    // pointers into scratch
-                    let base_vk = ((tile_idx * h + h_i) * dv) as isize;
-                    let base_s = (tile_idx * h + h_i) as isize;
-
-                    let q_base = b_i * qstride[0] + h_i * qstride[2];
-                    let q_row = &q_data[q_base..q_base + d];
-
-                    // Re‑materialise the pointer from the captured usize.
-                    let vkq: &mut [f32] = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            (scratch_ptr as *mut f32).add(base_vk as usize),
-                            dv,
-                        )
-                    };
-                    let mut s = 0f32;
-                    let mut m = f32::NEG_INFINITY;
-
-                    for kv_pos in start..end {
-                        #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-                        {
-                            // One‑step look‑ahead prefetch of the next K and V rows.
-                            let next_pos = kv_pos + 1;
-                            if next_pos < end {
-                                let next_k_base =
-                                    b_i * kstride[0] + next_pos * kstride[1] + k_head * kstride[2];
-                                let next_v_base =
-                                    b_i * vstride[0] + next_pos * vstride[1] + v_head * vstride[2];
-                                unsafe {
-                                    prefetch(k_data.as_ptr().add(next_k_base) as *const u8);
-                                    prefetch(v_data.as_ptr().add(next_v_base) as *const u8);
-                                }
-                            }
-                        }
-                        // ---------- dot(Q,K) ----------
-                        let k_base = b_i * kstride[0] + kv_pos * kstride[1] + k_head * kstride[2];
-                        let k_row = &k_data[k_base..k_base + d];
-
-                        let mut s_val = vec_dot_f32(q_row, k_row) * scale;
-
-                        if logit_softcap != 0.0 {
-                            s_val = logit_softcap * (s_val / logit_softcap).tanh();
-                        }
-                        let mask_delta = mask_info
-                            .as_ref()
-                            .map(|mask| slope * mask.value(b_i, h_i, 0, kv_pos))
-                            .unwrap_or(0.0);
-                        s_val += mask_delta;
-
-                        // -------- tile-local softmax ----------
-                        let m_old = m;
-                        let mut ms = 1.0;
-                        let mut vs = 1.0;
-                        if s_val > m {
-                            m = s_val;
-                            ms = (m_old - m).exp();
-                            for v in vkq.iter_mut() {
-                                *v *= ms;
-                            }
-                        } else {
-                            vs = (s_val - m).exp();
-                        }
-
-                        // -------- add V ----------
-                        let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                        for d_i in 0..dv {
-                            vkq[d_i] += v_data[v_base + d_i].to_f32() * vs;
-                        }
-
-                        s = s * ms + vs;
+                        vs = (s_val - m).exp();
                     }
 
-                    unsafe {
-                        *((scratch_s_ptr as *mut f32).add(base_s as usize)) = s;
-                        *((scratch_m_ptr as *mut f32).add(base_s as usize)) = m;
+                    // -------- add V ----------
+                    let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
+                    for d_i in 0..dv {
+                        vkq[d_i] += v_data[v_base + d_i].to_f32() * vs;
                     }
+
+                    s = s * ms + vs;
                 }
-            }
-        });
+
+                *s_out = s;
+                *m_out = m;
+            });
     });
 
-    // -------- serial reduction over tiles (per head) --------
-    for b_i in 0..b {
-        for h_i in 0..h {
-            let out_off = (b_i * h + h_i) * dv;
+    // -------- reduction over tiles, per (sequence, head) --------
+    let mut out = vec![T::cast(0.0); b * h * dv];
+    attention_install(|| {
+        out.par_chunks_mut(dv)
+            .enumerate()
+            .for_each(|(bh, out_row)| {
+                let first = bh * kv_tiles;
+                let mut vkq = part_vkq[first * dv..(first + 1) * dv].to_vec();
+                let mut s = part_s[first];
+                let mut m = part_m[first];
 
-            // start with tile 0
-            let mut vkq = vec![0f32; dv];
-            vkq.copy_from_slice(&scratch[(h_i * dv)..(h_i * dv + dv)]);
-            let mut s = scratch_s[h_i];
-            let mut m = scratch_m[h_i];
+                for part in first + 1..first + kv_tiles {
+                    let m_b = part_m[part];
+                    let s_b = part_s[part];
+                    let vkq_b = &part_vkq[part * dv..(part + 1) * dv];
 
-            for tile_idx in 1..kv_tiles {
-                let base = (tile_idx * h + h_i) * dv;
-                let base_s = tile_idx * h + h_i;
-
-                let m_b = scratch_m[base_s];
-                let s_b = scratch_s[base_s];
-                let vkq_b = &scratch[base..base + dv];
-
-                if m >= m_b {
-                    let factor = (m_b - m).exp();
-                    for (v, v_b) in vkq.iter_mut().zip(vkq_b) {
-                        *v += v_b * factor;
+                    if m >= m_b {
+                        let factor = (m_b - m).exp();
+                        for (v, v_b) in vkq.iter_mut().zip(vkq_b) {
+                            *v += v_b * factor;
+                        }
+                        s += s_b * factor;
+                    } else {
+                        let factor = (m - m_b).exp();
+                        for (v, v_a) in vkq.iter_mut().zip(vkq_b) {
+                            *v = v_a + *v * factor;
+                        }
+                        s = s_b + s * factor;
+                        m = m_b;
                     }
-                    s += s_b * factor;
-                } else {
-                    let factor = (m - m_b).exp();
-                    for (v, v_a) in vkq.iter_mut().zip(vkq_b) {
-                        *v = v_a + *v * factor;
-                    }
-                    s = s_b + s * factor;
-                    m = m_b;
                 }
-            }
 
-            let inv_s = 1.0 / s;
-            for (o, v) in out[out_off..][..dv].iter_mut().zip(vkq.iter()) {
-                *o = T::cast(*v * inv_s);
-            }
-        }
-    }
+                let inv_s = 1.0 / s;
+                for (o, v) in out_row.iter_mut().zip(vkq.iter()) {
+                    *o = T::cast(*v * inv_s);
+                }
+            });
+    });
 
     Tensor::from_vec(out, (b, h, 1, dv), &Device::Cpu)
 }
@@ -615,7 +616,7 @@ where
         _ => None,
     };
 
-    FLASH_ATTN_POOL.install(|| {
+    attention_install(|| {
         out.par_chunks_mut(dv)
             .with_min_len(64)
             .enumerate()
@@ -787,6 +788,119 @@ mod tests {
             assert!((f_val - n_val).abs() < EPS);
         }
 
+        Ok(())
+    }
+
+    /// Plain softmax(q k^T * scale + mask) v for one (sequence, head), in
+    /// f64 loops: the reference the kernels are checked against.
+    #[allow(clippy::too_many_arguments)]
+    fn naive_head(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        mask: Option<&[f32]>,
+        (b_i, h_i, q_pos): (usize, usize, usize),
+        (q_len, kv_len, h, k_h, d): (usize, usize, usize, usize, usize),
+        scale: f32,
+    ) -> Vec<f32> {
+        let kv_head = h_i / (h / k_h);
+        let q_row = &q[((b_i * q_len + q_pos) * h + h_i) * d..][..d];
+        let logits: Vec<f64> = (0..kv_len)
+            .map(|t| {
+                let k_row = &k[((b_i * kv_len + t) * k_h + kv_head) * d..][..d];
+                let dot: f64 = q_row.iter().zip(k_row).map(|(a, b)| *a as f64 * *b as f64).sum();
+                dot * scale as f64 + mask.map_or(0.0, |m| m[b_i * kv_len + t] as f64)
+            })
+            .collect();
+        let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        (0..d)
+            .map(|j| {
+                (0..kv_len)
+                    .map(|t| weights[t] * v[((b_i * kv_len + t) * k_h + kv_head) * d + j] as f64)
+                    .sum::<f64>()
+                    / total
+            })
+            .map(|x| x as f32)
+            .collect()
+    }
+
+    /// Decoding several sequences at once (one query token each): every
+    /// sequence must get its own attention, whatever else is in the batch.
+    /// Batch 3, 4 query heads over 2 KV heads, 37 KV positions (three tiles,
+    /// the last partial), different contents per sequence, with and without
+    /// a per-sequence mask.
+    #[test]
+    fn single_q_batched_matches_naive_per_sequence() -> CandleResult<()> {
+        let (b, h, k_h, d, kv_len) = (3, 4, 2, 8, 37);
+        let gen = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0) * 1.7)
+                .collect()
+        };
+        let q = gen(b * h * d, 1);
+        let k = gen(b * kv_len * k_h * d, 2);
+        let v = gen(b * kv_len * k_h * d, 3);
+        // Sequence 1 masks its first 5 positions, sequence 2 its last 3.
+        let mut mask = vec![0f32; b * kv_len];
+        for t in 0..5 {
+            mask[kv_len + t] = f32::NEG_INFINITY;
+        }
+        for t in kv_len - 3..kv_len {
+            mask[2 * kv_len + t] = f32::NEG_INFINITY;
+        }
+        let sdpa = SdpaParams {
+            softmax_scale: 0.35,
+            softcap: None,
+            n_kv_groups: h / k_h,
+            sliding_window: None,
+            sinks: None,
+        };
+        let qt = Tensor::from_vec(q.clone(), (b, 1, h, d), &Device::Cpu)?;
+        let kt = Tensor::from_vec(k.clone(), (b, kv_len, k_h, d), &Device::Cpu)?;
+        let vt = Tensor::from_vec(v.clone(), (b, kv_len, k_h, d), &Device::Cpu)?;
+        let mt = Tensor::from_vec(mask.clone(), (b, 1, 1, kv_len), &Device::Cpu)?;
+        for masked in [false, true] {
+            let out = run_flash_attn_cpu::<f32>(&qt, &kt, &vt, masked.then_some(&mt), &sdpa)?;
+            assert_eq!(out.shape().dims(), &[b, h, 1, d]);
+            let got = out.flatten_all()?.to_vec1::<f32>()?;
+            for b_i in 0..b {
+                for h_i in 0..h {
+                    let want = naive_head(
+                        &q,
+                        &k,
+                        &v,
+                        masked.then_some(mask.as_slice()),
+                        (b_i, h_i, 0),
+                        (1, kv_len, h, k_h, d),
+                        sdpa.softmax_scale,
+                    );
+                    let row = &got[(b_i * h + h_i) * d..][..d];
+                    for (j, (g, w)) in row.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() < EPS,
+                            "masked {masked}, sequence {b_i}, head {h_i}, dim {j}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+            // Each sequence alone gives the same answer as in the batch.
+            for b_i in 0..b {
+                let one = |t: &Tensor| t.narrow(0, b_i, 1).and_then(|t| t.contiguous());
+                let m1 = one(&mt)?;
+                let alone = run_flash_attn_cpu::<f32>(
+                    &one(&qt)?,
+                    &one(&kt)?,
+                    &one(&vt)?,
+                    masked.then_some(&m1),
+                    &sdpa,
+                )?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+                assert_eq!(alone.as_slice(), &got[b_i * h * d..(b_i + 1) * h * d], "sequence {b_i}");
+            }
+        }
         Ok(())
     }
 
