@@ -27,5 +27,7 @@ cargo test --release --locked -p sprout -p candle-core -p mistralrs-core --lib -
 # Release profile: the real-model tests need optimized kernels, and it reuses
 # the build setup.sh just made.
 cargo test --release --locked -- --test-threads="${SPROUT_TEST_THREADS:-2}"
-# The benchmarks (run by hand: README "Benchmarks") must keep building.
-cargo bench --locked --no-run
+# The benchmarks (run by hand: README "Benchmarks") must keep building. Built in
+# the release profile with the test build's features, so nothing is rebuilt
+# for them (`cargo bench --no-run` would rebuild the engine in the bench profile).
+cargo build --release --locked --benches

@@ -375,7 +375,7 @@ mod tests {
             "prompt".to_string(),
             id,
             id as u128,
-            0,
+            1,
             tx,
             sampler,
             vec![],

@@ -501,6 +501,11 @@ where
                         .as_ref()
                         .map(|mask| slope * mask.value(b_i, h_i, 0, kv_pos))
                         .unwrap_or(0.0);
+                    // A masked position adds nothing (and exp(-inf - -inf)
+                    // would make the whole row NaN when it comes first).
+                    if mask_delta == f32::NEG_INFINITY {
+                        continue;
+                    }
                     s_val += mask_delta;
 
                     // -------- tile-local softmax ----------
@@ -544,6 +549,9 @@ where
 
                 for part in first + 1..first + kv_tiles {
                     let m_b = part_m[part];
+                    if m_b == f32::NEG_INFINITY {
+                        continue; // every position of that tile was masked
+                    }
                     let s_b = part_s[part];
                     let vkq_b = &part_vkq[part * dv..(part + 1) * dv];
 
