@@ -211,15 +211,17 @@ fn http_single(usage: &Value, ttft: f64, total: f64) -> Single {
     }
 }
 
-fn body(prompt: &str, max_tokens: usize, model: &str) -> Value {
+/// No "model": each server answers with the one it serves (sproutd refuses
+/// a name it does not serve).
+fn body(prompt: &str, max_tokens: usize) -> Value {
     json!({
-        "model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
         "temperature": 0, "stream": true, "stream_options": {"include_usage": true}, "directive": "L0"
     })
 }
 
 fn llama_body(prompt: &str, max_tokens: usize) -> Value {
-    let mut b = body(prompt, max_tokens, "default");
+    let mut b = body(prompt, max_tokens);
     b.as_object_mut().unwrap().remove("directive");
     b["repeat_penalty"] = json!(1.0);
     b
@@ -257,7 +259,7 @@ async fn concurrent(url: &str, pid: u32, concurrency: usize, llama: bool) -> Con
                 if i >= PROMPTS.len() {
                     return out;
                 }
-                let b = if llama { llama_body(PROMPTS[i], CONC_TOKENS) } else { body(PROMPTS[i], CONC_TOKENS, "default") };
+                let b = if llama { llama_body(PROMPTS[i], CONC_TOKENS) } else { body(PROMPTS[i], CONC_TOKENS) };
                 let (usage, _, _, text) = stream_chat(&http, &url, b).await;
                 out.push((i, usage, text));
             }
@@ -359,7 +361,7 @@ async fn main() {
     // Warm-up, one short answer each.
     llama_py.run(PROMPTS[0], 16);
     mistral_single(&engine, PROMPTS[0]).await;
-    stream_chat(&http, &sprout_url, body(PROMPTS[0], 16, "default")).await;
+    stream_chat(&http, &sprout_url, body(PROMPTS[0], 16)).await;
     stream_chat(&http, &llama_url, llama_body(PROMPTS[0], 16)).await;
 
     // 1. Single stream.
@@ -368,7 +370,7 @@ async fn main() {
         for p in SINGLE_PROMPTS {
             lp.add(llama_py.run(p, SINGLE_TOKENS));
             mr.add(mistral_single(&engine, p).await);
-            let (u, ttft, total, _) = stream_chat(&http, &sprout_url, body(p, SINGLE_TOKENS, "default")).await;
+            let (u, ttft, total, _) = stream_chat(&http, &sprout_url, body(p, SINGLE_TOKENS)).await;
             sp.add(http_single(&u, ttft, total));
         }
     }

@@ -19,9 +19,9 @@ cd "$root"
 # The vendored crates are the published ones plus vendor/patches, byte for byte.
 bash scripts/vendor.sh --check
 # The patches' own tests inside the vendored crates (vendor/README.md), in the
-# release profile. Built together with sprout so the crates' features match
-# the build setup.sh made (sprout's own unit tests are filtered out here and
-# run below).
+# release profile. Built together with sprout, whose dev-dependencies name
+# candle's, so this and the next command share one build of the engine
+# (sprout's own unit tests are filtered out here and run below).
 cargo test --release --locked -p sprout -p candle-core -p mistralrs-core --lib -- \
     q5_tests matmul_tests single_q_batched_matches_naive_per_sequence never_runs_more_than_max_num_seqs
 # Release profile: the real-model tests need optimized kernels, and it reuses
