@@ -20,6 +20,7 @@ fn inputs(classes: usize, k: usize) -> Inputs {
                 e: vec![1.1e-4 + j * 1e-6, 4.0e-5, 2.0e-5],
                 p: vec![3.0, 1.0, 0.5],
                 q: vec![0.38 + 0.01 * c as f64, 0.34, 0.28 - 0.01 * c as f64],
+                allowed: vec![],
             })
             .collect(),
         ci: 50.0 + (k % 400) as f64,

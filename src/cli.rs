@@ -107,6 +107,9 @@ pub enum Command {
     /// Replay the Sprout method over the published artifact with sproutd's
     /// optimizer (runs here; needs no daemon).
     Simulate(SimulateArgs),
+    /// Measure carbon at kept quality: labelled prompts through the running
+    /// daemon, pinned at each level and unpinned, scored against references.
+    Bench(BenchArgs),
     /// Print a finished job's answer and receipt.
     Result {
         id: String,
@@ -116,6 +119,48 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The prompts folder (gsm8k/, mmlu/, natural_questions/, triviaqa/ as in the Sprout data).
+    #[arg(long, env = "SPROUT_BENCH_DATA")]
+    pub data: std::path::PathBuf,
+    /// Datasets, comma-separated.
+    #[arg(long, default_value = "gsm8k,mmlu,nq,triviaqa", value_delimiter = ',')]
+    pub datasets: Vec<String>,
+    /// `tune`: each file's first 100 items (choose wordings here); `test`: spread over the rest (report here).
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Skip this many items of the split.
+    #[arg(long, default_value_t = 0)]
+    pub offset: usize,
+    /// Items per dataset.
+    #[arg(long, default_value_t = 50)]
+    pub n: usize,
+    /// Modes in order, comma-separated: levels to pin, and `auto` (the daemon chooses). The first is the baseline.
+    #[arg(long, default_value = "L0,L1,L2,auto", value_delimiter = ',')]
+    pub modes: Vec<String>,
+    #[arg(long, default_value_t = 384)]
+    pub max_tokens: u32,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Before `auto`: force a quality evaluation run and wait for it.
+    #[arg(long)]
+    pub eval_first: bool,
+    /// Prompts per class in that run.
+    #[arg(long)]
+    pub eval_prompts: Option<usize>,
+    /// Print every answer and the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write that JSON to this file.
+    #[arg(long)]
+    pub save: Option<std::path::PathBuf>,
+    /// Write an SVG of carbon against accuracy (both relative to the baseline).
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -311,6 +356,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Simulate(_) => unreachable!("handled above"),
+        Command::Bench(args) => bench(&client, args).await,
         Command::Eval { command } => eval(&client, command).await,
         Command::Tui => crate::tui::run(client).await.map_err(|e| CliError::Usage(format!("the terminal: {e}"))),
         Command::Plan { json } => {
@@ -351,16 +397,21 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 p["reason"].as_str().unwrap_or("")
             );
             println!("mix {}: {}", levels.join(" / "), fmt(&p["x"], 1.0, 2));
-            println!("{:<12} {:>6}  {:<20} {:<20} {:<20} {}", "class", "share", "x", "q", "e (J)", "p (s)");
+            println!("{:<12} {:>6}  {:<20} {:<20} {:<20} {:<16} {}", "class", "share", "x", "q (kept, lower bound)", "e (J)", "p (s)", "samples");
             for c in p["classes"].as_array().into_iter().flatten() {
+                let kept: Vec<String> = c["kept"].as_array().into_iter().flatten().map(|k| k["n"].to_string()).collect();
+                let allowed: Vec<&str> = c["allowed"].as_array().into_iter().flatten().map(|a| if a == true { "" } else { "held" }).collect();
+                let held = if allowed.iter().any(|a| !a.is_empty()) { format!(" ({})", allowed.iter().enumerate().filter(|(_, a)| !a.is_empty()).map(|(i, _)| levels.get(i).cloned().unwrap_or_default()).collect::<Vec<_>>().join(", ") + " held at 0: bound below the floor") } else { String::new() };
                 println!(
-                    "{:<12} {:>5.0}%  {:<20} {:<20} {:<20} {}",
+                    "{:<12} {:>5.0}%  {:<20} {:<20} {:<20} {:<16} {}{}",
                     c["name"].as_str().unwrap_or("?"),
                     c["weight"].as_f64().unwrap_or(0.0) * 100.0,
                     fmt(&c["x"], 1.0, 2),
                     fmt(&c["q"], 1.0, 2),
                     fmt(&c["e_kwh"], 3.6e6, 0),
-                    fmt(&c["p_s"], 1.0, 1)
+                    fmt(&c["p_s"], 1.0, 1),
+                    kept.join(" / "),
+                    held
                 );
             }
             let hist = p["history"].as_array().cloned().unwrap_or_default();
@@ -609,6 +660,53 @@ fn print_status(job: &Value) {
     }
 }
 
+async fn bench(client: &Client, args: BenchArgs) -> Result<(), CliError> {
+    use crate::bench;
+    let items = bench::load(&args.data, &args.datasets, &args.split, args.offset, args.n).map_err(CliError::Usage)?;
+    if items.is_empty() {
+        return Err(CliError::Usage(format!("no items in split {} (offset {}, n {})", args.split, args.offset, args.n)));
+    }
+    if args.modes.is_empty() || args.modes.iter().any(|m| m.is_empty()) {
+        return Err(CliError::Usage("--modes: name levels (L0, L1, ...) or auto".into()));
+    }
+    let levels: Vec<String> = match client.eval_status().await {
+        Ok(s) => s["levels"].as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_string)).collect()).unwrap_or_default(),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(m) = args.modes.iter().find(|m| *m != "auto" && !levels.contains(m)) {
+        return Err(CliError::Usage(format!("--modes: {m:?} is not a level of this daemon (its levels: {})", levels.join(", "))));
+    }
+    let opts = bench::Options {
+        modes: args.modes.clone(),
+        max_tokens: args.max_tokens,
+        concurrency: args.concurrency,
+        eval_first: args.eval_first,
+        eval_prompts: args.eval_prompts,
+    };
+    eprintln!("{} items ({} split, offset {}), modes {}", items.len(), args.split, args.offset, args.modes.join(","));
+    let answers = bench::run(client, &items, &opts, &|line| eprintln!("{line}")).await?;
+    let rows = bench::summarize(&answers, &args.modes, &levels);
+    if let Some(path) = &args.plot {
+        std::fs::write(path, bench::plot_svg(&rows)).map_err(|e| CliError::Usage(format!("--plot {}: {e}", path.display())))?;
+    }
+    let report = json!({"split": args.split, "offset": args.offset, "n": args.n, "modes": args.modes, "rows": rows, "answers": answers});
+    if let Some(path) = &args.save {
+        std::fs::write(path, serde_json::to_string_pretty(&report).unwrap_or_default())
+            .map_err(|e| CliError::Usage(format!("--save {}: {e}", path.display())))?;
+    }
+    if args.json {
+        print_json(&report);
+    } else {
+        print!("{}", bench::render(&rows));
+        if let Some((d, n)) = bench::paired_latency(&answers, &args.modes[0], "auto") {
+            println!("auto answers served at {} with the same tokens as pinned: median latency {d:+.2} s over {n} pairs", args.modes[0]);
+        }
+        let estimated = answers.iter().filter(|a| a.estimated).count();
+        println!("energy: {} of {} answers estimated, the rest measured", estimated, answers.len());
+    }
+    Ok(())
+}
+
 fn simulate(args: &SimulateArgs) -> Result<(), CliError> {
     use crate::simulate::{self, Artifact, Policy, SimConfig};
     let data = args.data.clone().ok_or_else(|| {
@@ -751,6 +849,18 @@ async fn eval(client: &Client, command: EvalCommand) -> Result<(), CliError> {
             }
             let levels: Vec<String> = s["levels"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
             println!("q {} = {} (from {})", levels.join(" / "), fmt_q(&s["q"]), s["q_source"].as_str().unwrap_or("?"));
+            println!("kept the baseline's quality (share, 95% lower bound, samples) per class:");
+            for (class, kept) in s["kept"].as_object().into_iter().flatten() {
+                let cells: Vec<String> = kept
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .zip(&levels)
+                    .skip(1)
+                    .map(|(k, l)| format!("{l} {:.2} >= {:.2} (n {})", k["mean"].as_f64().unwrap_or(0.0), k["lower"].as_f64().unwrap_or(0.0), k["n"]))
+                    .collect();
+                println!("  {class:<12} {}", cells.join("   "));
+            }
             if let Some(r) = s["last_run"].as_object() {
                 println!("last run: {} at {} ({})", r["id"].as_str().unwrap_or("?"), utc(r["at"].as_f64().unwrap_or(0.0)), r["judge"].as_str().unwrap_or("?"));
             }

@@ -158,6 +158,11 @@ impl Client {
         self.send(reqwest::Method::GET, &format!("/v1/eval/runs?limit={limit}"), None).await
     }
 
+    /// `POST /v1/chat/completions`, not streamed.
+    pub async fn chat(&self, body: &Value) -> Result<Value, ClientError> {
+        self.send(reqwest::Method::POST, "/v1/chat/completions", Some(body)).await
+    }
+
     pub async fn plan(&self) -> Result<Value, ClientError> {
         self.send(reqwest::Method::GET, "/v1/plan", None).await
     }

@@ -72,6 +72,7 @@ pub struct RawEvaluator {
     pub sample_retention: String,
     pub prompts: usize,
     pub max_tokens: usize,
+    pub share: f64,
     pub judge: String,
     pub judge_url: Option<String>,
     pub judge_model: Option<String>,
@@ -91,8 +92,9 @@ impl Default for RawEvaluator {
             enabled: true,
             sample_size: 500,
             sample_retention: "7d".into(),
-            prompts: 8,
-            max_tokens: 256,
+            prompts: 24,
+            max_tokens: 384,
+            share: 0.1,
             judge: "local".into(),
             judge_url: None,
             judge_model: None,
@@ -114,8 +116,12 @@ pub struct EvaluatorConfig {
     pub enabled: bool,
     pub sample_size: usize,
     pub sample_retention: Duration,
+    /// Prompts per class in one run.
     pub prompts: usize,
     pub max_tokens: usize,
+    /// The share of recent engine time the evaluation's jobs may take ahead
+    /// of queued users' jobs (they also run whenever no user waits).
+    pub share: f64,
     /// `local` (the served model, through the queue) or `openai`.
     pub judge: String,
     pub judge_url: Option<String>,
@@ -179,7 +185,6 @@ pub struct OptimizerConfig {
     /// Ledger samples per level (and class) before their means replace the priors.
     pub min_samples: usize,
     /// Per level, in `directives.levels` order.
-    pub prior_q: Vec<f64>,
     pub prior_energy_j: Vec<f64>,
     pub prior_time_s: Vec<f64>,
 }
@@ -375,6 +380,9 @@ pub struct RawLevel {
     pub name: String,
     #[serde(default)]
     pub text: String,
+    /// Per prompt class, a wording that replaces `text` for that class.
+    #[serde(default)]
+    pub classes: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -493,6 +501,9 @@ pub enum ModelSource {
 pub struct DirectiveConfig {
     /// Levels in order, L0 first; `text` empty means no directive.
     pub levels: Vec<(String, String)>,
+    /// Same order as `levels`: per prompt class, the wording that replaces
+    /// the level's text for that class.
+    pub class_texts: Vec<BTreeMap<String, String>>,
     /// Same order as `levels`; sums to 1.
     pub mix: Vec<f64>,
     pub seed: u64,
@@ -606,6 +617,18 @@ impl Config {
                 errs.push(format!("directives.levels[{i}].name: {:?} is defined twice", l.name));
             }
             levels.push((l.name.clone(), l.text.trim().to_string()));
+            for (class, text) in &l.classes {
+                if !crate::classify::CLASSES.contains(&class.as_str()) {
+                    errs.push(format!(
+                        "directives.levels[{i}].classes.{class}: no such prompt class (one of {})",
+                        crate::classify::CLASSES.join(", ")
+                    ));
+                } else if i == 0 && !text.trim().is_empty() {
+                    errs.push(format!("directives.levels[0].classes.{class}: the baseline level has no directive"));
+                } else if i > 0 && text.trim().is_empty() {
+                    errs.push(format!("directives.levels[{i}].classes.{class}: empty; leave the class out to use the level's text"));
+                }
+            }
         }
         if levels.is_empty() {
             errs.push("directives.levels: at least one level is required".into());
@@ -781,11 +804,13 @@ impl Config {
             }
             v
         };
-        // Priors until the ledger and the evaluator have data: the artifact's
-        // pick-best shares, and this README's measurements on the CPU model.
-        let prior_q = per_level("prior_q", &o.prior_q, &[0.38, 0.34, 0.28]);
+        // Priors for e and p until the ledger and the evaluator have data:
+        // this README's measurements on the CPU model.
         let prior_energy_j = per_level("prior_energy_j", &o.prior_energy_j, &[400.0, 280.0, 60.0]);
         let prior_time_s = per_level("prior_time_s", &o.prior_time_s, &[10.0, 7.0, 1.5]);
+        if !o.prior_q.is_empty() {
+            errs.push("optimizer.prior_q: no longer used: a prior from another model never licenses a shorter level; each level serves a class once the evaluator has measured that it keeps quality there (remove the key)".into());
+        }
         let optimizer = OptimizerConfig {
             enabled: o.enabled,
             policy: o.policy.clone(),
@@ -794,7 +819,6 @@ impl Config {
             resolve_threshold: o.resolve_threshold,
             ci_range,
             min_samples: o.min_samples.max(1),
-            prior_q,
             prior_energy_j,
             prior_time_s,
         };
@@ -812,6 +836,7 @@ impl Config {
             sample_retention: edur("sample_retention", &ev.sample_retention),
             prompts: ev.prompts,
             max_tokens: ev.max_tokens,
+            share: ev.share,
             judge: ev.judge.clone(),
             judge_url: ev.judge_url.clone().filter(|u| !u.trim().is_empty()),
             judge_model: ev.judge_model.clone().filter(|m| !m.trim().is_empty()),
@@ -824,6 +849,9 @@ impl Config {
             tolerance: ev.tolerance,
             check_interval: edur("check_interval", &ev.check_interval),
         };
+        if !(ev.share.is_finite() && (0.0..=1.0).contains(&ev.share)) {
+            errs.push(format!("evaluator.share: {} must be between 0 and 1", ev.share));
+        }
         if !["local", "openai"].contains(&ev.judge.as_str()) {
             errs.push(format!("evaluator.judge: {:?} is not \"local\" or \"openai\"", ev.judge));
         }
@@ -859,7 +887,12 @@ impl Config {
             data_dir: resolve(&raw.storage.data_dir),
             model: ModelConfig { source: source.expect("checked"), name, max_seqs: m.max_seqs },
             generation: raw.generation,
-            directives: DirectiveConfig { levels, mix, seed: d.seed },
+            directives: DirectiveConfig {
+                levels,
+                class_texts: d.levels.iter().map(|l| l.classes.iter().map(|(k, v)| (k.clone(), v.trim().to_string())).collect()).collect(),
+                mix,
+                seed: d.seed,
+            },
             accounting: AccountingConfig {
                 meter: a.meter.clone(),
                 rapl_root: resolve(&a.rapl_root),

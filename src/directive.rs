@@ -13,13 +13,34 @@ use crate::job::{Message, Role};
 #[derive(Debug, Clone)]
 pub struct Directives {
     levels: Vec<(String, String)>,
+    class_texts: Vec<std::collections::BTreeMap<String, String>>,
     mix: Vec<f64>,
     seed: u64,
 }
 
 impl Directives {
     pub fn new(cfg: &DirectiveConfig) -> Self {
-        Self { levels: cfg.levels.clone(), mix: cfg.mix.clone(), seed: cfg.seed }
+        Self { levels: cfg.levels.clone(), class_texts: cfg.class_texts.clone(), mix: cfg.mix.clone(), seed: cfg.seed }
+    }
+
+    /// The instruction level `name` adds for a prompt of `class`: the
+    /// class's own wording when the level has one, else the level's text.
+    pub fn text_for(&self, name: &str, class: &str) -> Option<&str> {
+        let i = self.levels.iter().position(|(n, _)| n == name)?;
+        Some(self.class_texts.get(i).and_then(|m| m.get(class)).map(String::as_str).unwrap_or(&self.levels[i].1))
+    }
+
+    /// A fingerprint of every level's wordings: measurements of quality
+    /// are kept per wording (a changed wording is measured afresh).
+    pub fn fingerprint(&self) -> String {
+        let mut h: u64 = 0x5350_524f_5554;
+        for (i, (name, text)) in self.levels.iter().enumerate() {
+            let classes = self.class_texts.get(i).map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\u{1}")).unwrap_or_default();
+            for b in format!("{name}\u{0}{text}\u{0}{classes}\u{2}").bytes() {
+                h = splitmix64(h ^ b as u64);
+            }
+        }
+        format!("{h:016x}")
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -63,9 +84,9 @@ impl Directives {
             .unwrap_or_else(|| self.levels[0].0.clone())
     }
 
-    /// The conversation the engine sees for `level`.
-    pub fn apply(&self, level: &str, messages: &[Message]) -> Vec<Message> {
-        let text = self.text(level).unwrap_or("");
+    /// The conversation the engine sees for `level`, the prompt being of `class`.
+    pub fn apply(&self, level: &str, class: &str, messages: &[Message]) -> Vec<Message> {
+        let text = self.text_for(level, class).unwrap_or("");
         apply_directive(text, messages)
     }
 }
@@ -110,6 +131,7 @@ mod tests {
                 ("L1".into(), "Always answer briefly.".into()),
                 ("L2".into(), "Always answer very briefly.".into()),
             ],
+            class_texts: vec![Default::default(), [("math".to_string(), "Short steps, then the answer.".to_string())].into(), Default::default()],
             mix: mix.to_vec(),
             seed: 7,
         })
@@ -122,7 +144,7 @@ mod tests {
     #[test]
     fn directive_becomes_a_system_message() {
         let d = cfg(&[1.0, 0.0, 0.0]);
-        let out = d.apply("L2", &[user("hi")]);
+        let out = d.apply("L2", "question", &[user("hi")]);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0], Message { role: Role::System, content: "Always answer very briefly.".into() });
         assert_eq!(out[1], user("hi"));
@@ -132,7 +154,7 @@ mod tests {
     fn directive_is_appended_to_the_clients_system_message() {
         let d = cfg(&[1.0, 0.0, 0.0]);
         let msgs = [Message { role: Role::System, content: "You are a pirate. ".into() }, user("hi")];
-        let out = d.apply("L1", &msgs);
+        let out = d.apply("L1", "question", &msgs);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].content, "You are a pirate.\n\nAlways answer briefly.");
     }
@@ -141,7 +163,19 @@ mod tests {
     fn l0_leaves_the_conversation_alone() {
         let d = cfg(&[1.0, 0.0, 0.0]);
         let msgs = [user("hi")];
-        assert_eq!(d.apply("L0", &msgs), msgs.to_vec());
+        assert_eq!(d.apply("L0", "math", &msgs), msgs.to_vec());
+    }
+
+    #[test]
+    fn a_class_may_have_its_own_wording() {
+        let d = cfg(&[1.0, 0.0, 0.0]);
+        assert_eq!(d.apply("L1", "math", &[user("2+2?")])[0].content, "Short steps, then the answer.");
+        assert_eq!(d.apply("L1", "choice", &[user("A or B?")])[0].content, "Always answer briefly.");
+        assert_eq!(d.text_for("L9", "math"), None);
+        let mut other = cfg(&[1.0, 0.0, 0.0]);
+        assert_eq!(other.fingerprint(), d.fingerprint());
+        other.class_texts[1].insert("math".into(), "Steps.".into());
+        assert_ne!(other.fingerprint(), d.fingerprint());
     }
 
     #[test]

@@ -205,17 +205,17 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
     if samples.is_empty() {
         return Err(EvalError::NoSamples);
     }
-    // K of them, chosen by a seeded shuffle on the start time.
-    let k = opts.prompts.unwrap_or(cfg.prompts).clamp(1, samples.len());
+    // Up to K of each class, chosen by a seeded shuffle on the start time.
+    let k = opts.prompts.unwrap_or(cfg.prompts).max(1);
     let mut state = started_ms;
     for i in (1..samples.len()).rev() {
         state = crate::directive::splitmix64(state);
         samples.swap(i, (state % (i as u64 + 1)) as usize);
     }
-    samples.truncate(k);
+    let samples = evaluator::stratify(samples, k);
     let levels: Vec<String> = svc.directives.names().map(str::to_string).collect();
     let intensity = svc.carbon.now(started_ms as i64 / 1000).gco2_per_kwh;
-    tracing::info!(prompts = k, judge = %judge.describe(svc), reason = %opts.reason, "evaluation run starting");
+    tracing::info!(prompts = samples.len(), per_class = k, judge = %judge.describe(svc), reason = %opts.reason, "evaluation run starting");
 
     // 1. Every level's answer, through the queue.
     let mut jobs = Vec::new();
@@ -230,22 +230,40 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
         ids.push(row);
     }
     let mut answers: Vec<Vec<String>> = Vec::new();
-    for row in &ids {
+    let mut cells: Vec<crate::planner::Cell> = Vec::new();
+    for (s, row) in samples.iter().zip(&ids) {
         let mut texts = Vec::new();
-        for id in row {
+        for (level, id) in levels.iter().zip(row) {
             let job = finished(svc, id).await?;
+            if let Some(r) = &job.result {
+                let one = crate::planner::Cell {
+                    class: s.class.clone(),
+                    level: level.clone(),
+                    n: 1,
+                    energy_j: r.receipt.energy_j,
+                    duration_s: r.receipt.duration_s,
+                };
+                cells = crate::planner::pool_cells(cells.iter().chain(std::iter::once(&one)));
+            }
             texts.push(job.result.map(|r| r.text).unwrap_or_default());
         }
         answers.push(texts);
     }
 
-    // 2. The judge, once per rotation.
+    // 2. Whether each level kept the baseline's quality: where answers have
+    // a final form, whether they reach the baseline's (no judge needed);
+    // elsewhere the judge, once per rotation of the answers' order.
     let rotations = evaluator::rotations(levels.len());
     let mut verdicts = Vec::new();
     let mut failures = 0;
     let mut calls = 0;
     let baseline = levels.first().cloned().unwrap_or_else(|| "L0".into());
     for (s, texts) in samples.iter().zip(&answers) {
+        let prompt: String = s.text.chars().take(300).collect();
+        if let Some(kept) = evaluator::kept_by_agreement(&s.class, texts) {
+            verdicts.push(PromptVerdict { prompt, class: s.class.clone(), picks: vec![], credit: vec![], kept, signal: "agreement".into() });
+            continue;
+        }
         let prompts: Vec<String> =
             rotations.iter().map(|order| evaluator::judge_prompt(&cfg.judge_prompt, &s.text, texts, order)).collect();
         let replies: Vec<Result<String, String>> = match &judge {
@@ -292,10 +310,11 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
             })
             .collect();
         let credit = evaluator::credit(&picks, levels.len());
-        let prompt: String = s.text.chars().take(300).collect();
-        verdicts.push(PromptVerdict { prompt, class: s.class.clone(), picks, credit });
+        let kept = evaluator::kept_by_judge(&picks, levels.len());
+        verdicts.push(PromptVerdict { prompt, class: s.class.clone(), picks, credit, kept, signal: "judge".into() });
     }
     let q = evaluator::quality(&verdicts, levels.len());
+    let any_signal = verdicts.iter().any(|v| v.kept.iter().skip(1).any(Option::is_some));
 
     // 3. The run's own cost, from its jobs' receipts.
     let (mut tokens, mut energy_j, mut carbon_g, mut estimated) = (0, 0.0, 0.0, false);
@@ -324,17 +343,36 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
         energy_j,
         carbon_g,
         estimated,
-        error: q.is_none().then(|| "no judge reply named a single answer; q is unchanged".into()),
+        error: (!any_signal).then(|| "no answer could be compared with the baseline's (no final answer, no readable verdict); nothing changes".into()),
+        wording: svc.directives.fingerprint(),
+        cells,
     };
     svc.store.save_eval(&run).await?;
     tracing::info!(id = %run.id, q = ?run.q, failures, carbon_g = format!("{carbon_g:.4}"), "evaluation run finished");
-    if run.q.is_some() {
+    if any_signal && svc.planner.enabled() {
         let ci = svc.carbon.now(now_ms() as i64 / 1000).gco2_per_kwh;
-        if svc.planner.enabled() {
-            crate::planner::resolve(svc, ci, format!("evaluation {}", run.id));
-        }
+        crate::planner::resolve(svc, ci, format!("evaluation {}", run.id));
     }
     Ok(run)
+}
+
+/// Per class, how well each level kept the baseline's quality over the
+/// runs the planner pools (n, share, lower bound).
+fn kept_by_class(svc: &Service) -> Result<Value, StoreError> {
+    let names: Vec<String> = svc.directives.names().map(str::to_string).collect();
+    let wording = svc.directives.fingerprint();
+    let runs: Vec<EvalRun> = svc
+        .store
+        .eval_runs(crate::planner::EVAL_HISTORY * 2)?
+        .into_iter()
+        .filter(|r| r.levels == names && r.wording == wording && !r.verdicts.is_empty())
+        .take(crate::planner::EVAL_HISTORY)
+        .collect();
+    let mut out = serde_json::Map::new();
+    for class in crate::classify::CLASSES {
+        out.insert(class.to_string(), json!(evaluator::kept_stats(&runs, class, names.len())));
+    }
+    Ok(Value::Object(out))
 }
 
 /// What `eval status` shows: the last q, the next planned run and why.
@@ -349,8 +387,9 @@ pub fn status(svc: &Service) -> Result<Value, StoreError> {
         "samples": svc.store.samples_len(),
         "samples_needed": svc.config.evaluator.prompts,
         "levels": svc.directives.names().collect::<Vec<_>>(),
-        "q": last.as_ref().and_then(|r| r.q.clone()).unwrap_or_else(|| svc.config.optimizer.prior_q.clone()),
-        "q_source": if last.as_ref().is_some_and(|r| r.q.is_some()) { "evaluation" } else { "prior (optimizer.prior_q)" },
+        "q": last.as_ref().and_then(|r| r.q.clone()),
+        "q_source": if last.as_ref().is_some_and(|r| r.q.is_some()) { "the last run's judged prompts (pick-best shares)" } else { "no judged prompts yet" },
+        "kept": kept_by_class(svc)?,
         "last_run": last.as_ref().map(|r| json!({
             "id": r.id, "at": r.started_ms as f64 / 1000.0, "q": r.q, "failures": r.failures,
             "judge": r.judge, "carbon_g": r.carbon_g, "energy_j": r.energy_j,

@@ -91,6 +91,77 @@ pub struct PromptVerdict {
     /// Credit per level: the levels with the most votes share 1 (ties split);
     /// all zero when no rotation could be read.
     pub credit: Vec<f64>,
+    /// Per level, whether its answer kept the baseline's quality (1 or 0;
+    /// the baseline is 1; None: no signal for this prompt). From the
+    /// `signal` below.
+    #[serde(default)]
+    pub kept: Vec<Option<f64>>,
+    /// `agreement` (the level's answer reaches the same final answer as the
+    /// baseline's: [`crate::answers::agree`]) or `judge` (the judge did not
+    /// prefer the baseline's answer to it more often than not).
+    #[serde(default)]
+    pub signal: String,
+}
+
+/// The one-sided confidence of the quality bound (95%).
+pub const BOUND_Z: f64 = 1.645;
+
+/// Per level, whether it kept the baseline's quality by the judge's picks:
+/// a level keeps it when the judge picked it at least as often as the
+/// baseline (level 0) over the rotations. None when no pick could be read.
+pub fn kept_by_judge(picks: &[Option<usize>], levels: usize) -> Vec<Option<f64>> {
+    let mut votes = vec![0usize; levels];
+    for p in picks.iter().flatten() {
+        if *p < levels {
+            votes[*p] += 1;
+        }
+    }
+    if votes.iter().sum::<usize>() == 0 {
+        return vec![None; levels];
+    }
+    votes.iter().map(|v| Some(if *v >= votes[0] { 1.0 } else { 0.0 })).collect()
+}
+
+/// Per level, whether its answer agrees with the baseline's (level 0);
+/// None when the class has no extractable final answer or the baseline's
+/// answer has none.
+pub fn kept_by_agreement(class: &str, answers: &[String]) -> Option<Vec<Option<f64>>> {
+    let base = answers.first()?;
+    crate::answers::agree(class, base, base)?;
+    Some(answers.iter().map(|a| crate::answers::agree(class, base, a).map(|k| if k { 1.0 } else { 0.0 })).collect())
+}
+
+/// How well a level kept the baseline's quality on one class, over the
+/// evaluated prompts that had a signal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Kept {
+    pub n: usize,
+    /// The share of prompts whose answer kept the baseline's quality.
+    pub mean: f64,
+    /// Its one-sided 95% lower bound (Wilson): what the optimizer may rely on.
+    pub lower: f64,
+}
+
+/// Per level, how well it kept quality on `class` (`"all"`: every class),
+/// pooled over `runs`' verdicts.
+pub fn kept_stats(runs: &[EvalRun], class: &str, levels: usize) -> Vec<Kept> {
+    (0..levels)
+        .map(|i| {
+            let vals: Vec<f64> = runs
+                .iter()
+                .flat_map(|r| &r.verdicts)
+                .filter(|v| class == "all" || v.class == class)
+                .filter_map(|v| v.kept.get(i).copied().flatten())
+                .collect();
+            let n = vals.len();
+            let sum: f64 = vals.iter().sum();
+            if i == 0 {
+                return Kept { n, mean: 1.0, lower: 1.0 };
+            }
+            let mean = if n > 0 { sum / n as f64 } else { 0.0 };
+            Kept { n, mean, lower: crate::answers::wilson_lower(sum, n as f64, BOUND_Z) }
+        })
+        .collect()
 }
 
 /// Credit per level from the rotations' picks.
@@ -153,6 +224,30 @@ pub struct EvalRun {
     pub carbon_g: f64,
     pub estimated: bool,
     pub error: Option<String>,
+    /// The levels' wordings when it ran ([`crate::directive::Directives::fingerprint`]).
+    #[serde(default)]
+    pub wording: String,
+    /// The energy and time of its answers, per class and level.
+    #[serde(default)]
+    pub cells: Vec<crate::planner::Cell>,
+}
+
+/// Up to `per_class` distinct prompts of each class, in the order given (a
+/// shuffle): a prompt asked twice is one sample, not two.
+pub fn stratify(samples: Vec<PromptSample>, per_class: usize) -> Vec<PromptSample> {
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    let mut seen = std::collections::HashSet::new();
+    samples
+        .into_iter()
+        .filter(|s| {
+            if !seen.insert(s.text.clone()) {
+                return false;
+            }
+            let c = counts.entry(s.class.clone()).or_default();
+            *c += 1;
+            *c <= per_class
+        })
+        .collect()
 }
 
 /// Per-class `q` pooled over runs' verdicts (newest first), each class
@@ -168,6 +263,45 @@ pub fn class_quality(runs: &[EvalRun], class: &str, overall: &[f64], prior: f64)
         n += 1.0;
     }
     sum.iter().zip(overall).map(|(s, o)| (s + prior * o) / (n + prior)).collect()
+}
+
+/// The engine time users' and the daemon's own jobs had, decayed so that
+/// the last [`SHARE_WINDOW_S`] count most: how the evaluator gets a bounded
+/// share of the engine while users keep it busy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineShare {
+    pub user_s: f64,
+    pub daemon_s: f64,
+    /// The daemon's jobs in the engine now.
+    pub daemon_running: usize,
+}
+
+/// The time constant of [`EngineShare`]'s decay.
+pub const SHARE_WINDOW_S: f64 = 600.0;
+
+impl EngineShare {
+    /// Ages both sums by `dt_s` seconds.
+    pub fn decay(&mut self, dt_s: f64) {
+        let f = (-dt_s.max(0.0) / SHARE_WINDOW_S).exp();
+        self.user_s *= f;
+        self.daemon_s *= f;
+    }
+
+    /// A job ran `secs` of engine time.
+    pub fn add(&mut self, daemon: bool, secs: f64) {
+        if daemon {
+            self.daemon_s += secs;
+        } else {
+            self.user_s += secs;
+        }
+    }
+
+    /// Whether the daemon's next job goes before queued users' jobs: none
+    /// of its jobs is in the engine and it has had at most `share` of the
+    /// recent engine time.
+    pub fn daemon_turn(&self, share: f64) -> bool {
+        share > 0.0 && self.daemon_running == 0 && self.daemon_s <= share * (self.user_s + self.daemon_s)
+    }
 }
 
 /// How far ahead the scheduler looks for a cleaner hour.
@@ -299,10 +433,86 @@ mod tests {
         assert_eq!(credit(&[Some(0), Some(0), Some(1)], 3), [1.0, 0.0, 0.0]);
         assert_eq!(credit(&[Some(0), Some(1), None], 3), [0.5, 0.5, 0.0]);
         assert_eq!(credit(&[None, None, None], 3), [0.0, 0.0, 0.0]);
-        let v = |credit: Vec<f64>| PromptVerdict { prompt: "p".into(), class: "question".into(), picks: vec![], credit };
+        let v = |credit: Vec<f64>| PromptVerdict { prompt: "p".into(), class: "question".into(), picks: vec![], credit, kept: vec![], signal: "judge".into() };
         let q = quality(&[v(vec![1.0, 0.0, 0.0]), v(vec![0.5, 0.5, 0.0]), v(vec![0.0, 0.0, 0.0]), v(vec![0.0, 0.0, 1.0])], 3).unwrap();
         assert!((q[0] - 0.5).abs() < 1e-12 && (q[1] - 0.5 / 3.0).abs() < 1e-12 && (q[2] - 1.0 / 3.0).abs() < 1e-12, "{q:?}");
         assert!(quality(&[v(vec![0.0; 3])], 3).is_none());
+    }
+
+    #[test]
+    fn kept_from_judge_picks_and_from_agreement() {
+        // The judge picked L0 twice, L1 once: L1 did not keep quality, L2 neither.
+        assert_eq!(kept_by_judge(&[Some(0), Some(0), Some(1)], 3), [Some(1.0), Some(0.0), Some(0.0)]);
+        // L1 as often as L0: kept.
+        assert_eq!(kept_by_judge(&[Some(0), Some(1), None], 3), [Some(1.0), Some(1.0), Some(0.0)]);
+        assert_eq!(kept_by_judge(&[None, None, None], 3), [None, None, None]);
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(kept_by_agreement("math", &a(&["2 + 3 = 5. So 5.", "5", "6"])), Some(vec![Some(1.0), Some(1.0), Some(0.0)]));
+        assert_eq!(kept_by_agreement("math", &a(&["I do not know", "5", "6"])), None);
+        assert_eq!(kept_by_agreement("instruction", &a(&["x", "y", "z"])), None);
+    }
+
+    #[test]
+    fn the_daemon_gets_its_share_and_no_more() {
+        let mut s = EngineShare::default();
+        assert!(s.daemon_turn(0.1), "nothing ran yet");
+        assert!(!s.daemon_turn(0.0), "share 0: never ahead of users");
+        s.daemon_running = 1;
+        assert!(!s.daemon_turn(0.1), "one of its jobs at a time");
+        s.daemon_running = 0;
+        s.add(true, 10.0);
+        s.add(false, 50.0);
+        assert!(!s.daemon_turn(0.1), "10 of 60 s is over 10%");
+        s.add(false, 50.0);
+        assert!(s.daemon_turn(0.1), "10 of 110 s is under 10%");
+        // Decay keeps the ratio but forgets the amounts.
+        s.decay(SHARE_WINDOW_S);
+        assert!((s.user_s - 100.0 / std::f64::consts::E).abs() < 1e-9);
+        // Simulated saturation: users' 10 s jobs always waiting, the daemon's
+        // 10 s jobs run only on their turn: it gets about 10%, not 0.
+        let mut s = EngineShare::default();
+        let (mut user, mut daemon) = (0, 0);
+        for _ in 0..1000 {
+            let turn = s.daemon_turn(0.1);
+            s.decay(10.0);
+            s.add(turn, 10.0);
+            if turn { daemon += 1 } else { user += 1 }
+        }
+        let share = daemon as f64 / (user + daemon) as f64;
+        assert!((0.08..=0.12).contains(&share), "{share}");
+    }
+
+    #[test]
+    fn stratified_samples_cap_each_class() {
+        let s = |class: &str, k: u64| PromptSample { text: format!("{class}{k}"), class: class.into(), at_ms: k };
+        let mut all = vec![s("math", 0), s("math", 1), s("choice", 2), s("math", 3), s("question", 4), s("choice", 5)];
+        all.insert(1, s("math", 0));
+        let picked: Vec<String> = stratify(all, 2).into_iter().map(|p| p.text).collect();
+        assert_eq!(picked, ["math0", "math1", "choice2", "question4", "choice5"]);
+    }
+
+    #[test]
+    fn kept_stats_pool_runs_and_bound_below() {
+        let verdict = |class: &str, kept: Vec<Option<f64>>| PromptVerdict {
+            prompt: "p".into(), class: class.into(), picks: vec![], credit: vec![], kept, signal: "agreement".into(),
+        };
+        let run = |verdicts: Vec<PromptVerdict>| EvalRun {
+            id: "r".into(), started_ms: 0, finished_ms: 0, reason: String::new(), intensity_gco2_per_kwh: 0.0, judge: String::new(),
+            levels: vec![], q: None, verdicts, failures: 0, judge_calls: 0, jobs: vec![], tokens: 0, energy_j: 0.0, carbon_g: 0.0,
+            estimated: true, error: None, wording: String::new(), cells: vec![],
+        };
+        let r1 = run((0..10).map(|k| verdict("math", vec![Some(1.0), Some(1.0), Some(if k < 5 { 1.0 } else { 0.0 })])).collect());
+        let r2 = run((0..10).map(|_| verdict("math", vec![Some(1.0), Some(1.0), None])).chain([verdict("choice", vec![Some(1.0), Some(0.0), Some(0.0)])]).collect());
+        let one = kept_stats(std::slice::from_ref(&r1), "math", 3);
+        let two = kept_stats(&[r1.clone(), r2.clone()], "math", 3);
+        assert_eq!((one[1].n, two[1].n), (10, 20));
+        assert_eq!(two[2].n, 10, "no signal is not a sample");
+        assert!(one[1].mean == 1.0 && one[1].lower < two[1].lower && two[1].lower < 1.0);
+        assert!((two[2].mean - 0.5).abs() < 1e-12 && two[2].lower < 0.5);
+        assert_eq!(two[0].lower, 1.0);
+        let all = kept_stats(&[r1, r2], "all", 3);
+        assert_eq!(all[1].n, 21);
+        assert_eq!(kept_stats(&[], "math", 3)[1], Kept { n: 0, mean: 0.0, lower: 0.0 });
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub mod stats;
 pub mod energy;
 pub mod carbon;
 pub mod classify;
+pub mod answers;
+pub mod bench;
 pub mod deferral;
 pub mod evaluator;
 pub mod eval_run;

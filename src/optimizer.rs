@@ -34,8 +34,19 @@ pub struct ClassInputs {
     pub e: Vec<f64>,
     /// Mean machine time per request at each level, s.
     pub p: Vec<f64>,
-    /// Share of evaluated prompts whose best answer was each level.
+    /// Quality at each level: in the daemon, the lower bound of the share of
+    /// answers that kept the baseline's quality (the baseline is 1); in the
+    /// method's replay, the share of prompts whose best answer was the level.
     pub q: Vec<f64>,
+    /// Which levels may be used for this class (empty: all). A level whose
+    /// quality has not been measured well enough is held at 0.
+    pub allowed: Vec<bool>,
+}
+
+impl ClassInputs {
+    pub fn is_allowed(&self, level: usize) -> bool {
+        level == 0 || self.allowed.get(level).copied().unwrap_or(self.allowed.is_empty())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -144,10 +155,24 @@ pub fn solve(inp: &Inputs) -> Plan {
     let emb_per_s = inp.embodied_g / inp.lifetime_s;
     let mut pb = RowProblem::default();
     let mut cols = Vec::new();
+    // Costs are scaled so the dearest is 1 (per-request grams are tiny next
+    // to the solver's tolerances), and ties break toward quality: a nudge of
+    // 1e-4 of the dearest cost per unit of q makes the better of two equally
+    // dear levels the cheaper.
+    let scale = inp
+        .classes
+        .iter()
+        .flat_map(|c| (0..n).map(|i| level_cost(c, i, inp.ci, emb_per_s)))
+        .fold(0.0, f64::max);
+    let scale = if scale > 0.0 { scale } else { 1.0 };
     for c in &inp.classes {
         let w = c.weight / total_w;
-        // Costs scaled to per-request grams, weighted by the class share.
-        let row: Vec<_> = (0..n).map(|i| pb.add_column(w * level_cost(c, i, inp.ci, emb_per_s), 0.0..=1.0)).collect();
+        let row: Vec<_> = (0..n)
+            .map(|i| {
+                let upper = if c.is_allowed(i) { 1.0 } else { 0.0 };
+                pb.add_column(w * (level_cost(c, i, inp.ci, emb_per_s) / scale - 1e-4 * c.q[i]), 0.0..=upper)
+            })
+            .collect();
         pb.add_row(1.0..=1.0, row.iter().map(|col| (*col, 1.0)));
         cols.push(row);
     }
@@ -220,7 +245,7 @@ mod tests {
 
     fn one(e: [f64; 3], p: [f64; 3], q: [f64; 3], ci: f64, xi: f64) -> Inputs {
         Inputs {
-            classes: vec![ClassInputs { name: "all".into(), weight: 1.0, e: e.to_vec(), p: p.to_vec(), q: q.to_vec() }],
+            classes: vec![ClassInputs { name: "all".into(), weight: 1.0, e: e.to_vec(), p: p.to_vec(), q: q.to_vec(), allowed: vec![] }],
             ci,
             ci_min: 100.0,
             ci_max: 500.0,
@@ -300,13 +325,31 @@ mod tests {
     }
 
     #[test]
+    fn levels_not_allowed_are_never_used_and_ties_go_to_quality() {
+        // L2 is cheapest and, by q, good enough, but not allowed: L1 takes its place.
+        let mut inp = one([3.0, 2.0, 1.0], [0.0; 3], [1.0, 0.95, 0.95], 500.0, 0.1);
+        inp.classes[0].allowed = vec![true, true, false];
+        let p = solve(&inp);
+        assert!(close(&p.classes[0].x, &[0.0, 1.0, 0.0]), "{:?}", p.classes[0].x);
+        // Nothing but the baseline allowed: the baseline.
+        inp.classes[0].allowed = vec![true, false, false];
+        assert!(close(&solve(&inp).classes[0].x, &[1.0, 0.0, 0.0]));
+        // L1 and L2 cost the same; L1 keeps more quality: L1.
+        let p = solve(&one([3.0, 1.0, 1.0], [0.0; 3], [1.0, 0.97, 0.93], 500.0, 0.1));
+        assert!(close(&p.classes[0].x, &[0.0, 1.0, 0.0]), "{:?}", p.classes[0].x);
+        // Everything costs the same: the baseline, the best.
+        let p = solve(&one([1.0, 1.0, 1.0], [0.0; 3], [1.0, 0.97, 0.93], 500.0, 0.1));
+        assert!(close(&p.classes[0].x, &[1.0, 0.0, 0.0]), "{:?}", p.classes[0].x);
+    }
+
+    #[test]
     fn classes_never_do_worse_than_one_mix() {
         // Two classes: shortening hurts the first but not the second. One mix
         // for both must keep L0 for everyone to some degree; per class, the
         // second class goes to L2 and the first keeps L0.
-        let a = ClassInputs { name: "a".into(), weight: 0.5, e: vec![2.0, 1.5, 1.0], p: vec![0.0; 3], q: vec![0.8, 0.1, 0.1] };
-        let b = ClassInputs { name: "b".into(), weight: 0.5, e: vec![2.0, 1.5, 1.0], p: vec![0.0; 3], q: vec![0.2, 0.3, 0.5] };
-        let merged = ClassInputs { name: "all".into(), weight: 1.0, e: vec![2.0, 1.5, 1.0], p: vec![0.0; 3], q: vec![0.5, 0.2, 0.3] };
+        let a = ClassInputs { name: "a".into(), weight: 0.5, e: vec![2.0, 1.5, 1.0], p: vec![0.0; 3], q: vec![0.8, 0.1, 0.1], allowed: vec![] };
+        let b = ClassInputs { name: "b".into(), weight: 0.5, e: vec![2.0, 1.5, 1.0], p: vec![0.0; 3], q: vec![0.2, 0.3, 0.5], allowed: vec![] };
+        let merged = ClassInputs { name: "all".into(), weight: 1.0, e: vec![2.0, 1.5, 1.0], p: vec![0.0; 3], q: vec![0.5, 0.2, 0.3], allowed: vec![] };
         let base = Inputs { classes: vec![merged], ci: 300.0, ci_min: 100.0, ci_max: 500.0, xi: 0.1, embodied_g: 0.0, lifetime_s: 1.0, margin: 0.0 };
         let split = Inputs { classes: vec![a, b], ..base.clone() };
         let (m, s) = (solve(&base), solve(&split));

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::classify::CLASSES;
 use crate::config::{AccountingConfig, OptimizerConfig};
 use crate::job::{now_ms, JobState, LedgerEntry, Origin};
+use crate::evaluator::Kept;
 use crate::optimizer::{self, ClassInputs, Inputs, Plan};
 
 /// Ledger records looked at: those of the last week, newest first, at most
@@ -35,6 +36,44 @@ pub struct Solved {
     pub plan: Plan,
     /// Where each class's e and p came from: `ledger (n)` or `prior` per level.
     pub sources: Vec<Vec<String>>,
+    /// Per class and level, how well the level kept the baseline's quality
+    /// in the evaluations (n, share, lower bound), and whether the bound
+    /// cleared the floor (`allowed` in the inputs).
+    pub kept: Vec<Vec<Kept>>,
+    /// What the daemon knew when it solved: users' finished requests plus
+    /// evaluation runs. A solve is due again once it has grown (see [`Planner::due`]).
+    pub knowledge: u64,
+}
+
+/// What the evaluations measured of one level on one class: answers'
+/// mean energy and time (the daemon's own answers, when users' requests at
+/// that level are too few).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Cell {
+    pub class: String,
+    pub level: String,
+    pub n: usize,
+    pub energy_j: f64,
+    pub duration_s: f64,
+}
+
+/// Pools cells of the same class and level (weighted by n).
+pub fn pool_cells<'a>(cells: impl IntoIterator<Item = &'a Cell>) -> Vec<Cell> {
+    let mut out: Vec<Cell> = Vec::new();
+    for c in cells {
+        match out.iter_mut().find(|o| o.class == c.class && o.level == c.level) {
+            Some(o) => {
+                let n = (o.n + c.n) as f64;
+                if n > 0.0 {
+                    o.energy_j = (o.energy_j * o.n as f64 + c.energy_j * c.n as f64) / n;
+                    o.duration_s = (o.duration_s * o.n as f64 + c.duration_s * c.n as f64) / n;
+                }
+                o.n += c.n;
+            }
+            None => out.push(c.clone()),
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,17 +95,35 @@ pub struct Planner {
     history: RwLock<VecDeque<HistoryItem>>,
 }
 
+/// What the planner knows of quality and of the evaluations' own answers.
+pub struct Measured<'a> {
+    /// Per class (or `all`), how well each level kept the baseline's quality.
+    pub kept: &'a dyn Fn(&str) -> Vec<Kept>,
+    /// The evaluations' answers' energy and time, pooled per class and level.
+    pub cells: &'a [Cell],
+}
+
 /// Builds the optimizer's inputs from recent ledger records (user requests
-/// that succeeded; newest first) and the priors.
+/// that succeeded; newest first), the evaluations and the priors.
+///
+/// Safe by construction: a level may serve a class only once the lower
+/// bound of the share of its answers that kept the baseline's quality clears
+/// the floor at `ci` (with the policy's margin); until then the class gets
+/// the baseline. Priors never license a shorter level; the LP's `q` is that
+/// lower bound (the baseline's is 1).
 pub fn build_inputs(
     cfg: &OptimizerConfig,
     acct: &AccountingConfig,
     entries: &[LedgerEntry],
     level_names: &[String],
-    q_for: &dyn Fn(&str) -> Vec<f64>,
+    measured_q: &Measured,
     ci: f64,
     range: (f64, f64),
-) -> (Inputs, Vec<Vec<String>>) {
+) -> (Inputs, Vec<Vec<String>>, Vec<Vec<Kept>>) {
+    let (ci_min, ci_max) = cfg.ci_range.unwrap_or(range);
+    let margin = if cfg.policy == "best" { optimizer::BEST_MARGIN } else { 0.0 };
+    let floor = (optimizer::floor_factor(ci, ci_min, ci_max, cfg.xi) + margin).min(1.0);
+    let mut kept_all = Vec::new();
     let levels = level_names.len();
     let classes: Vec<&str> = if cfg.policy == "best" { CLASSES.to_vec() } else { vec!["all"] };
     let usable: Vec<&LedgerEntry> =
@@ -92,10 +149,22 @@ pub fn build_inputs(
             // Seen classes by their share; unseen ones keep a little weight so they have a mix.
             (usable.iter().filter(|e| in_class(e)).count() as f64 / total).max(0.01)
         };
+        // Users' requests of this class at the level; else the evaluations'
+        // answers of this class; else users' requests at the level, any class.
+        let eval_cell = |i: usize| -> Option<(f64, f64, usize)> {
+            let (mut n, mut e, mut t) = (0usize, 0.0, 0.0);
+            for c in measured_q.cells.iter().filter(|c| c.level == level_names[i] && (*class == "all" || c.class == *class)) {
+                n += c.n;
+                e += c.energy_j * c.n as f64;
+                t += c.duration_s * c.n as f64;
+            }
+            (n >= cfg.min_samples && n > 0).then(|| (e / n as f64, t / n as f64, n))
+        };
         let measured: Vec<Option<((f64, f64, usize), &str)>> = (0..levels)
             .map(|i| {
                 mean(&|x: &LedgerEntry| level_of(x) == Some(i) && in_class(x))
                     .map(|m| (m, "class"))
+                    .or_else(|| eval_cell(i).map(|m| (m, "evaluations, class")))
                     .or_else(|| mean(&|x: &LedgerEntry| level_of(x) == Some(i)).map(|m| (m, "level")))
             })
             .collect();
@@ -127,9 +196,12 @@ pub fn build_inputs(
             }
         }
         sources.push(src);
-        out.push(ClassInputs { name: class.to_string(), weight, e, p, q: q_for(class) });
+        let kept = (measured_q.kept)(class);
+        let allowed: Vec<bool> = (0..levels).map(|i| i == 0 || kept.get(i).is_some_and(|k| k.lower >= floor)).collect();
+        let q: Vec<f64> = (0..levels).map(|i| if i == 0 { 1.0 } else { kept.get(i).map_or(0.0, |k| k.lower) }).collect();
+        kept_all.push(kept);
+        out.push(ClassInputs { name: class.to_string(), weight, e, p, q, allowed });
     }
-    let (ci_min, ci_max) = cfg.ci_range.unwrap_or(range);
     let inputs = Inputs {
         classes: out,
         ci,
@@ -138,9 +210,9 @@ pub fn build_inputs(
         xi: cfg.xi,
         embodied_g: acct.embodied_kgco2 * 1000.0,
         lifetime_s: acct.lifetime_years * 365.25 * 24.0 * 3600.0,
-        margin: if cfg.policy == "best" { optimizer::BEST_MARGIN } else { 0.0 },
+        margin,
     };
-    (inputs, sources)
+    (inputs, sources, kept_all)
 }
 
 impl Planner {
@@ -172,7 +244,7 @@ impl Planner {
     }
 
     /// Solves and installs the plan.
-    pub fn install(&self, inputs: Inputs, sources: Vec<Vec<String>>, reason: String) -> Solved {
+    pub fn install(&self, inputs: Inputs, sources: Vec<Vec<String>>, kept: Vec<Vec<Kept>>, reason: String, knowledge: u64) -> Solved {
         let plan = optimizer::solve(&inputs);
         if plan.is_fallback() {
             tracing::warn!(status = %plan.status, "the optimizer fell back to the baseline level");
@@ -182,7 +254,7 @@ impl Planner {
         let x: Vec<f64> = (0..n)
             .map(|i| plan.classes.iter().zip(&inputs.classes).map(|(p, c)| c.weight / total_w * p.x[i]).sum())
             .collect();
-        let solved = Solved { at_ms: now_ms(), reason, inputs, plan, sources };
+        let solved = Solved { at_ms: now_ms(), reason, inputs, plan, sources, kept, knowledge };
         let mut h = self.history.write().expect("poisoned");
         h.push_back(HistoryItem {
             at_ms: solved.at_ms,
@@ -209,13 +281,19 @@ impl Planner {
         solved
     }
 
-    /// Whether to re-solve now: never solved, the interval passed, or the
-    /// intensity moved more than the threshold.
-    pub fn due(&self, now_ms: u64, ci: f64) -> Option<String> {
+    /// Whether to re-solve now: never solved, the interval passed, the
+    /// intensity moved more than the threshold, or what the daemon knows
+    /// grew (`knowledge`: users' finished requests and evaluation runs) by
+    /// `min_samples` or 5%, whichever is more.
+    pub fn due(&self, now_ms: u64, ci: f64, knowledge: u64) -> Option<String> {
         let cur = self.current.read().expect("poisoned");
         let Some(s) = cur.as_ref() else { return Some("start".into()) };
         if now_ms.saturating_sub(s.at_ms) >= self.cfg.resolve_interval.as_millis() as u64 {
             return Some("interval".into());
+        }
+        let grown = knowledge.saturating_sub(s.knowledge);
+        if grown >= (self.cfg.min_samples as u64).max(s.knowledge / 20).max(1) {
+            return Some(format!("{grown} new measurements"));
         }
         let moved = ci - s.inputs.ci;
         (moved.abs() > self.cfg.resolve_threshold).then(|| format!("intensity moved {moved:+.0} gCO2e/kWh"))
@@ -230,7 +308,7 @@ pub async fn run(svc: Arc<crate::service::Service>, stop: CancellationToken, che
     loop {
         let t = now_ms();
         let ci = svc.carbon.now(t as i64 / 1000).gco2_per_kwh;
-        if let Some(reason) = svc.planner.due(t, ci) {
+        if let Some(reason) = svc.planner.due(t, ci, knowledge(&svc)) {
             resolve(&svc, ci, reason);
         }
         tokio::select! {
@@ -238,6 +316,17 @@ pub async fn run(svc: Arc<crate::service::Service>, stop: CancellationToken, che
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// Evaluation runs the planner pools (newest first): enough for the
+/// quality bound to tighten over several runs, few enough to follow a change.
+pub const EVAL_HISTORY: usize = 20;
+
+/// Users' finished requests and evaluation runs so far: a solve is due again
+/// once this has grown (new measured e, p or kept quality).
+pub fn knowledge(svc: &crate::service::Service) -> u64 {
+    let t = svc.store.totals();
+    t.by_level.values().map(|l| l.requests).sum::<u64>() + svc.store.eval_runs_len() as u64
 }
 
 /// One solve with the daemon's current knowledge.
@@ -249,27 +338,22 @@ pub fn resolve(svc: &crate::service::Service, ci: f64, reason: String) -> Solved
         Vec::new()
     });
     let names: Vec<String> = svc.directives.names().map(str::to_string).collect();
-    // q: the newest evaluation's (per class, pooled over the last few runs
-    // for `best`); the configured prior before the first.
+    // Kept quality and the answers' cost from the latest evaluations of
+    // these levels with these wordings (a changed wording starts afresh).
+    let wording = svc.directives.fingerprint();
     let runs: Vec<crate::evaluator::EvalRun> = svc
         .store
-        .eval_runs(crate::optimizer::BEST_CLASS_HISTORY * 4)
+        .eval_runs(EVAL_HISTORY * 2)
         .unwrap_or_default()
         .into_iter()
-        .filter(|r| r.q.is_some() && r.levels == names)
-        .take(crate::optimizer::BEST_CLASS_HISTORY)
+        .filter(|r| r.levels == names && r.wording == wording && !r.verdicts.is_empty())
+        .take(EVAL_HISTORY)
         .collect();
-    let overall = runs.first().and_then(|r| r.q.clone()).unwrap_or_else(|| cfg.optimizer.prior_q.clone());
-    let q_for = |class: &str| -> Vec<f64> {
-        if class == "all" || runs.is_empty() {
-            overall.clone()
-        } else {
-            crate::evaluator::class_quality(&runs, class, &overall, 10.0)
-        }
-    };
-    let (inputs, sources) =
-        build_inputs(&cfg.optimizer, &cfg.accounting, &entries, &names, &q_for, ci, svc.carbon.range());
-    svc.planner.install(inputs, sources, reason)
+    let cells: Vec<Cell> = runs.iter().flat_map(|r| r.cells.iter().cloned()).collect();
+    let kept = |class: &str| crate::evaluator::kept_stats(&runs, class, names.len());
+    let measured = Measured { kept: &kept, cells: &cells };
+    let (inputs, sources, kept) = build_inputs(&cfg.optimizer, &cfg.accounting, &entries, &names, &measured, ci, svc.carbon.range());
+    svc.planner.install(inputs, sources, kept, reason, knowledge(svc))
 }
 
 #[cfg(test)]
@@ -299,13 +383,19 @@ mod tests {
         }
     }
 
+    fn kept(lower: [f64; 3]) -> Vec<Kept> {
+        lower.iter().map(|l| Kept { n: 30, mean: *l, lower: *l }).collect()
+    }
+
     #[test]
     fn ledger_means_replace_priors_once_there_are_enough() {
         let c = Config::default_config();
         let names: Vec<String> = ["L0", "L1", "L2"].iter().map(|s| s.to_string()).collect();
         let mut entries: Vec<LedgerEntry> = (0..5).map(|_| entry("L0", "math", 720.0)).collect();
         entries.extend((0..3).map(|_| entry("L1", "math", 360.0)));
-        let (inp, src) = build_inputs(&c.optimizer, &c.accounting, &entries, &names, &|_| c.optimizer.prior_q.clone(), 300.0, (50.0, 500.0));
+        let none = |_: &str| kept([1.0, 0.0, 0.0]);
+        let m = Measured { kept: &none, cells: &[] };
+        let (inp, src, _) = build_inputs(&c.optimizer, &c.accounting, &entries, &names, &m, 300.0, (50.0, 500.0));
         assert_eq!(inp.classes.len(), 4);
         let math = &inp.classes[1];
         assert_eq!(math.name, "math");
@@ -319,24 +409,64 @@ mod tests {
         assert_eq!(src[0][0], "ledger (5 level)");
         assert!(inp.classes[1].weight > inp.classes[0].weight);
         assert_eq!((inp.ci_min, inp.ci_max), (50.0, 500.0));
+        // The evaluations' own answers measure a level users never got.
+        let cells = [Cell { class: "math".into(), level: "L2".into(), n: 8, energy_j: 90.0, duration_s: 1.0 }];
+        let m = Measured { kept: &none, cells: &cells };
+        let (inp, src, _) = build_inputs(&c.optimizer, &c.accounting, &entries, &names, &m, 300.0, (50.0, 500.0));
+        assert_eq!(src[1][2], "ledger (8 evaluations, class)");
+        assert!((inp.classes[1].e[2] - 90.0 / 3.6e6).abs() < 1e-15);
     }
 
     #[test]
-    fn planner_resolves_on_interval_and_on_a_moved_intensity() {
+    fn no_level_serves_a_class_before_its_quality_bound_clears_the_floor() {
+        let c = Config::default_config();
+        let names: Vec<String> = ["L0", "L1", "L2"].iter().map(|s| s.to_string()).collect();
+        // Unmeasured (the cold start): every class all-baseline, whatever the priors say.
+        let cold = |_: &str| vec![Kept { n: 0, mean: 1.0, lower: 1.0 }, Kept { n: 0, mean: 0.0, lower: 0.0 }, Kept { n: 0, mean: 0.0, lower: 0.0 }];
+        for ci in [50.0, 275.0, 500.0] {
+            let (inp, _, _) = build_inputs(&c.optimizer, &c.accounting, &[], &names, &Measured { kept: &cold, cells: &[] }, ci, (50.0, 500.0));
+            let p = Planner::new(c.optimizer.clone());
+            p.install(inp, vec![], vec![], "t".into(), 0);
+            for class in CLASSES {
+                assert_eq!(p.mix_for(class).unwrap(), [1.0, 0.0, 0.0], "{class} at {ci}");
+            }
+        }
+        // Measured: math keeps quality at L1 (bound 0.95) but not at L2 (0.6);
+        // questions at both. At the dirtiest hour the floor is 0.9 + margin.
+        let measured = |class: &str| if class == "math" { kept([1.0, 0.95, 0.6]) } else { kept([1.0, 0.95, 0.95]) };
+        let (inp, _, k) = build_inputs(&c.optimizer, &c.accounting, &[], &names, &Measured { kept: &measured, cells: &[] }, 500.0, (50.0, 500.0));
+        assert_eq!(inp.classes[1].allowed, [true, true, false]);
+        assert_eq!(inp.classes[2].allowed, [true, true, true]);
+        assert_eq!(k[1][2].lower, 0.6);
+        let p = Planner::new(c.optimizer.clone());
+        p.install(inp, vec![], k, "t".into(), 0);
+        assert_eq!(p.mix_for("math").unwrap()[2], 0.0);
+        assert!(p.mix_for("question").unwrap()[2] > 0.99, "{:?}", p.mix_for("question"));
+        // At the cleanest hour the floor is 1: no bound clears it.
+        let (inp, _, _) = build_inputs(&c.optimizer, &c.accounting, &[], &names, &Measured { kept: &measured, cells: &[] }, 50.0, (50.0, 500.0));
+        assert!(inp.classes.iter().all(|c| c.allowed == [true, false, false]));
+    }
+
+    #[test]
+    fn planner_resolves_on_interval_on_a_moved_intensity_and_on_new_measurements() {
         let c = Config::default_config();
         let p = Planner::new(c.optimizer.clone());
-        assert_eq!(p.due(0, 100.0).as_deref(), Some("start"));
+        assert_eq!(p.due(0, 100.0, 0).as_deref(), Some("start"));
         assert!(p.mix_for("math").is_none());
         let names: Vec<String> = ["L0", "L1", "L2"].iter().map(|s| s.to_string()).collect();
-        let (inp, src) = build_inputs(&c.optimizer, &c.accounting, &[], &names, &|_| c.optimizer.prior_q.clone(), 100.0, (50.0, 500.0));
-        let s = p.install(inp, src, "start".into());
+        let none = |_: &str| kept([1.0, 0.0, 0.0]);
+        let (inp, src, k) = build_inputs(&c.optimizer, &c.accounting, &[], &names, &Measured { kept: &none, cells: &[] }, 100.0, (50.0, 500.0));
+        let s = p.install(inp, src, k, "start".into(), 100);
         assert_eq!(s.plan.status, "optimal");
         let x = p.mix_for("math").unwrap();
         assert!((x.iter().sum::<f64>() - 1.0).abs() < 1e-9);
         let t = s.at_ms;
-        assert_eq!(p.due(t + 1000, 110.0), None);
-        assert!(p.due(t + 1000, 200.0).unwrap().starts_with("intensity moved +100"));
-        assert_eq!(p.due(t + 3_600_000, 100.0).as_deref(), Some("interval"));
+        assert_eq!(p.due(t + 1000, 110.0, 100), None);
+        assert!(p.due(t + 1000, 200.0, 100).unwrap().starts_with("intensity moved +100"));
+        assert_eq!(p.due(t + 3_600_000, 100.0, 100).as_deref(), Some("interval"));
+        // Four new records: fewer than min_samples (5); five: due.
+        assert_eq!(p.due(t + 1000, 110.0, 104), None);
+        assert_eq!(p.due(t + 1000, 110.0, 105).as_deref(), Some("5 new measurements"));
         assert_eq!(p.history().len(), 1);
     }
 }

@@ -399,7 +399,7 @@ impl Store {
         };
         let bytes = encode(&job);
         let (existing, ticket) = self.write(|| {
-            Ok((&self.jobs, tree, &self.idem).transaction(|(jobs, index, idem)| {
+            let existing = (&self.jobs, tree, &self.idem).transaction(|(jobs, index, idem)| {
                 if let Some(k) = &job.idempotency_key {
                     if let Some(id) = idem.get(k.as_bytes())? {
                         return Ok(Some(id));
@@ -409,13 +409,18 @@ impl Store {
                 jobs.insert(job.id.as_bytes(), bytes.as_slice())?;
                 index.insert(key.as_slice(), job.id.as_bytes())?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(None)
-            })?)
+            })?;
+            // Counted under the write lock, before any claim can see the job
+            // (a claim counted first made the count wrap below zero: 429s).
+            if existing.is_none() {
+                if job.deferral.is_some() { &self.held } else { &self.queued }.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(existing)
         })?;
         if let Some(id) = existing {
             let id = String::from_utf8_lossy(&id).into_owned();
             return Ok((Submitted { job: self.get(&id)?, created: false }, ticket));
         }
-        if job.deferral.is_some() { &self.held } else { &self.queued }.fetch_add(1, Ordering::SeqCst);
         Ok((Submitted { job, created: true }, ticket))
     }
 
@@ -449,24 +454,47 @@ impl Store {
 
     /// Takes the next queued job (lowest priority value, then oldest) and marks it running.
     pub fn claim(&self) -> Result<Option<Job>, StoreError> {
+        self.claim_from(false)
+    }
+
+    /// Takes the daemon's own next job (they queue at the lowest priority,
+    /// so at the queue's end), if the queue ends with one: the evaluator's
+    /// bounded share of the engine while users keep it busy.
+    pub fn claim_daemon(&self) -> Result<Option<Job>, StoreError> {
+        self.claim_from(true)
+    }
+
+    fn claim_from(&self, daemon_end: bool) -> Result<Option<Job>, StoreError> {
         loop {
-            let Some((key, id)) = self.queue.first()? else { return Ok(None) };
+            let entry = if daemon_end { self.queue.last()? } else { self.queue.first()? };
+            let Some((key, id)) = entry else { return Ok(None) };
+            // Some(None): taken meanwhile, look again; None: not the daemon's.
             let (claimed, _) = self.write(|| Ok((&self.jobs, &self.queue, &self.running).transaction(|(jobs, queue, running)| {
-                if queue.remove(&key)?.is_none() {
-                    return Ok(None); // taken meanwhile; look again
-                }
-                let Some(bytes) = jobs.get(&id)? else { return Ok(None) };
+                let Some(bytes) = jobs.get(&id)? else {
+                    queue.remove(&key)?;
+                    return Ok(Some(None));
+                };
                 let mut job: Job = decode(&id, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                if daemon_end && job.origin != Origin::Daemon {
+                    return Ok(None);
+                }
+                if queue.remove(&key)?.is_none() {
+                    return Ok(Some(None)); // taken meanwhile; look again
+                }
                 job.state = JobState::Running;
                 job.started_ms = Some(now_ms());
                 job.attempts += 1;
                 jobs.insert(&id, encode(&job))?;
                 running.insert(&id, &[])?;
-                Ok(Some(job))
+                Ok(Some(Some(job)))
             })?))?;
-            if let Some(job) = claimed {
-                self.queued.fetch_sub(1, Ordering::SeqCst);
-                return Ok(Some(job));
+            match claimed {
+                None => return Ok(None),
+                Some(None) => continue,
+                Some(Some(job)) => {
+                    self.queued.fetch_sub(1, Ordering::SeqCst);
+                    return Ok(Some(job));
+                }
             }
         }
     }
@@ -615,20 +643,26 @@ impl Store {
         let mut n = 0;
         let mut last_ticket = None;
         for (key, id) in due {
-            let (moved, ticket) = self.write(|| Ok((&self.jobs, &self.deferred, &self.queue).transaction(|(jobs, deferred, queue)| {
-                if deferred.remove(&key)?.is_none() {
-                    return Ok(false); // cancelled meanwhile
+            let (moved, ticket) = self.write(|| {
+                let moved = (&self.jobs, &self.deferred, &self.queue).transaction(|(jobs, deferred, queue)| {
+                    if deferred.remove(&key)?.is_none() {
+                        return Ok(false); // cancelled meanwhile
+                    }
+                    let Some(bytes) = jobs.get(&id)? else { return Ok(false) };
+                    let mut job: Job = decode(&id, &bytes).map_err(ConflictableTransactionError::Abort)?;
+                    job.state = JobState::Queued;
+                    jobs.insert(&id, encode(&job))?;
+                    queue.insert(&queue_key(job.priority, job.seq), &id)?;
+                    Ok(true)
+                })?;
+                // Counted under the write lock, before a claim can see it.
+                if moved {
+                    self.held.fetch_sub(1, Ordering::SeqCst);
+                    self.queued.fetch_add(1, Ordering::SeqCst);
                 }
-                let Some(bytes) = jobs.get(&id)? else { return Ok(false) };
-                let mut job: Job = decode(&id, &bytes).map_err(ConflictableTransactionError::Abort)?;
-                job.state = JobState::Queued;
-                jobs.insert(&id, encode(&job))?;
-                queue.insert(&queue_key(job.priority, job.seq), &id)?;
-                Ok(true)
-            })?))?;
+                Ok(moved)
+            })?;
             if moved {
-                self.held.fetch_sub(1, Ordering::SeqCst);
-                self.queued.fetch_add(1, Ordering::SeqCst);
                 n += 1;
                 last_ticket = Some(ticket);
             }

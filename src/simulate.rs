@@ -472,7 +472,7 @@ pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
             let w: Vec<f64> = m.share.to_vec();
             let e: Vec<f64> = (0..LEVELS).map(|l| (0..4).map(|c| w[c] * m.e[c][l]).sum::<f64>() / w.iter().sum::<f64>().max(1e-12)).collect();
             let p: Vec<f64> = (0..LEVELS).map(|l| (0..4).map(|c| w[c] * m.t[c][l]).sum::<f64>() / w.iter().sum::<f64>().max(1e-12)).collect();
-            let all = ClassInputs { name: "all".into(), weight: 1.0, e, p, q: q.all.to_vec() };
+            let all = ClassInputs { name: "all".into(), weight: 1.0, e, p, q: q.all.to_vec(), allowed: vec![] };
             solve_mixes(vec![all], ci_for, ci_min, ci_max, 0.0, cfg).swap_remove(0)
         };
         let costs: Vec<[f64; LEVELS]> =
@@ -489,6 +489,7 @@ pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
                     e: vec![m.e.iter().zip(m.share).map(|(e, w)| e[0] * w).sum::<f64>(), m.e_small],
                     p: vec![m.t.iter().zip(m.share).map(|(t, w)| t[0] * w).sum::<f64>(), m.t_small],
                     q: vec![q.all[0], cfg.small_model_quality * q.all[0]],
+                    allowed: vec![],
                 };
                 let x = solve_mixes(vec![models], ci, ci_min, ci_max, 0.0, cfg).swap_remove(0);
                 let carbon = sample
@@ -588,6 +589,7 @@ fn best_mixes(m: &Means, q: &Quality, ci: f64, ci_min: f64, ci_max: f64, cfg: &S
             e: m.e[c].to_vec(),
             p: m.t[c].to_vec(),
             q: q.class[c].to_vec(),
+            allowed: vec![],
         })
         .collect();
     solve_mixes(classes, ci, ci_min, ci_max, cfg.best_margin, cfg)

@@ -1,5 +1,7 @@
 //! The worker: claims queued jobs and feeds them to the engine, up to
-//! `model.max_seqs` at once so the engine can batch them; streams their
+//! `model.max_seqs` at once so the engine can batch them (the daemon's own
+//! evaluation jobs go ahead of queued users' jobs while they have had less
+//! than `evaluator.share` of the recent engine time); streams their
 //! tokens to listeners; writes each result with its receipt; and aborts a
 //! running job when it is cancelled.
 //!
@@ -16,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounting;
 use crate::engine::{Engine, GenRequest, Sampling};
-use crate::job::{now_ms, Job, JobResult, JobState, LedgerEntry};
+use crate::evaluator::EngineShare;
+use crate::job::{now_ms, Job, JobResult, JobState, LedgerEntry, Origin};
 use crate::service::{EngineStatus, Service};
 
 /// Claims jobs until `stop` fires, then waits for the running ones. Those
@@ -39,6 +42,7 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
         })
     };
     let slots = Arc::new(Semaphore::new(svc.config.model.max_seqs));
+    let share = Arc::new(std::sync::Mutex::new((EngineShare::default(), Instant::now())));
     let mut tasks = JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -48,7 +52,12 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
         let job = loop {
             // Register for a wake-up before looking, so a submit in between is not missed.
             let notified = svc.work.notified();
-            match svc.store.claim() {
+            let daemon_turn = share.lock().expect("poisoned").0.daemon_turn(svc.config.evaluator.share);
+            let claimed = match daemon_turn {
+                true => svc.store.claim_daemon().and_then(|j| if j.is_some() { Ok(j) } else { svc.store.claim() }),
+                false => svc.store.claim(),
+            };
+            match claimed {
                 Ok(Some(job)) => break Some(job),
                 Ok(None) => {}
                 Err(e) => {
@@ -63,9 +72,23 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
             }
         };
         let Some(job) = job else { break };
-        let (svc, engine, interrupt) = (svc.clone(), engine.clone(), interrupt.clone());
+        let daemon = job.origin == Origin::Daemon;
+        if daemon {
+            share.lock().expect("poisoned").0.daemon_running += 1;
+        }
+        let (svc, engine, interrupt, share) = (svc.clone(), engine.clone(), interrupt.clone(), share.clone());
         tasks.spawn(async move {
+            let t0 = Instant::now();
             run_job(&svc, engine, job, &interrupt).await;
+            let mut s = share.lock().expect("poisoned");
+            let (sh, last) = &mut *s;
+            sh.decay(last.elapsed().as_secs_f64());
+            *last = Instant::now();
+            sh.add(daemon, t0.elapsed().as_secs_f64());
+            if daemon {
+                sh.daemon_running -= 1;
+            }
+            drop(s);
             drop(permit);
         });
         // Reap finished tasks so the set does not grow.
@@ -96,7 +119,7 @@ async fn wait_for_engine(svc: &Service, shutdown: &CancellationToken) -> Option<
 pub fn gen_request(svc: &Service, job: &Job) -> GenRequest {
     let g = &svc.config.generation;
     GenRequest {
-        messages: svc.directives.apply(&job.directive, &job.request.messages),
+        messages: svc.directives.apply(&job.directive, crate::classify::classify(job.request.last_user_text()), &job.request.messages),
         max_tokens: job.request.max_tokens,
         sampling: Sampling {
             temperature: job.request.temperature.unwrap_or(g.temperature),

@@ -1138,17 +1138,17 @@ fn the_daemon_re_solves_when_the_intensity_moves_and_serves_the_plan() {
     let floors: Vec<f64> = hist.iter().map(|h| h["floor"].as_f64().unwrap()).collect();
     assert!(floors.iter().any(|f| (f - 1.0).abs() < 1e-9) && floors.iter().any(|f| (f - 0.92).abs() < 1e-9), "{floors:?}");
     assert!(p["reason"].as_str().unwrap().starts_with("intensity moved"), "{p}");
-    // Unpinned requests draw from the plan of their class: at a dirty hour
-    // the floor relaxes and shorter levels appear; at a clean hour (floor 1,
-    // L0 the best by the prior q) every request is L0.
+    // Unpinned requests draw from the plan of their class. Nothing has
+    // measured any level's quality yet: every class is served at L0, at
+    // clean and dirty hours alike (a cold start never gambles).
     let mut levels = std::collections::BTreeSet::new();
-    for i in 0..40 {
+    for i in 0..20 {
         let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user(&format!("Write a poem about the number {i}."))}).to_string()));
         assert_eq!(s, 200, "{b}");
         levels.insert(b["usage"]["sprout"]["directive"].as_str().unwrap().to_string());
-        std::thread::sleep(Duration::from_millis(100)); // 40 requests over 4 trace hours
+        std::thread::sleep(Duration::from_millis(100)); // 20 requests over 2 trace hours
     }
-    assert!(levels.len() >= 2, "plans over alternating hours should give more than one level: {levels:?}");
+    assert_eq!(levels.into_iter().collect::<Vec<_>>(), ["L0"], "unmeasured levels must not serve");
     assert_eq!(p["classes"].as_array().unwrap().len(), 4);
     for c in p["classes"].as_array().unwrap() {
         let x: f64 = c["x"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum();
@@ -1243,14 +1243,15 @@ fn an_evaluation_run_queues_its_own_metered_work_and_counts_unreadable_verdicts(
     let (s, e) = http("POST", &format!("{}/v1/eval/runs", d.url), Some(&json!({"wait": true}).to_string()));
     assert_eq!(s, 409, "{e}");
     assert!(e["error"]["message"].as_str().unwrap().contains("no prompts sampled"), "{e}");
-    for (text, store) in [("What is the capital of France?", json!(null)), ("Name three primes.", json!(true)), ("my secret question", json!(false))] {
+    // Open instructions: no final answer to compare, so the judge decides.
+    for (text, store) in [("Write a haiku about the sea.", json!(null)), ("Write a limerick about a cat.", json!(true)), ("my secret question", json!(false))] {
         let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user(text), "store": store}).to_string()));
         assert_eq!(s, 200, "{b}");
     }
     let (_, st) = http("GET", &format!("{}/v1/eval/status", d.url), None);
     assert_eq!(st["samples"], 2, "the opted-out prompt is not kept: {st}");
-    assert_eq!(st["q_source"], "prior (optimizer.prior_q)");
-    assert_eq!(st["q"], json!([0.38, 0.34, 0.28]));
+    assert!(st["q"].is_null(), "no prior stands in for a measurement: {st}");
+    assert_eq!(st["kept"]["instruction"][1]["n"], 0, "{st}");
     // The echo engine echoes the judge's instructions back: no reply names
     // one answer, so every verdict is a counted failure and q stays unset.
     let (code, out, err) = sproutctl(&d.url, &["eval", "run", "--prompts", "2", "--wait", "--json"]);
@@ -1259,7 +1260,7 @@ fn an_evaluation_run_queues_its_own_metered_work_and_counts_unreadable_verdicts(
     assert_eq!(run["verdicts"].as_array().unwrap().len(), 2);
     assert_eq!(run["judge_calls"], 6, "3 rotations x 2 prompts");
     assert_eq!(run["failures"], 6);
-    assert!(run["q"].is_null() && run["error"].as_str().unwrap().contains("q is unchanged"), "{run}");
+    assert!(run["q"].is_null() && run["error"].as_str().unwrap().contains("nothing changes"), "{run}");
     assert!(!run["verdicts"].to_string().contains("my secret question"));
     // Its 6 answers and 6 local judge calls are the daemon's own work in the ledger.
     let ids: Vec<String> = run["jobs"].as_array().unwrap().iter().map(|j| j.as_str().unwrap().to_string()).collect();
@@ -1290,6 +1291,143 @@ fn an_evaluation_run_queues_its_own_metered_work_and_counts_unreadable_verdicts(
     let (code, out, _) = sproutctl(&d.url, &["eval", "status"]);
     assert_eq!(code, 0);
     assert!(out.contains("next run:") && out.contains("samples kept: 2"), "{out}");
+}
+
+#[test]
+fn the_evaluator_finishes_while_user_traffic_never_stops() {
+    // 20 ms a token, one sequence at a time: a 10-word prompt is ~0.2 s of
+    // engine time. Users submit faster than that, so the queue never drains.
+    let d = Daemon::start(&echo_config(20, 1, &[]));
+    let submit = |url: &str, i: usize| {
+        let (s, b, _) = post_job(url, &json!({"messages": user(&format!("What is the capital of country number {i} on the list?"))}), None);
+        assert_eq!(s, 202, "{b}");
+    };
+    for i in 0..30 {
+        submit(&d.url, i);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeder = {
+        let (url, stop) = (d.url.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 30;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                submit(&url, i);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    // One prompt per class: its 3 answers (questions compare final answers, no judge).
+    let t0 = Instant::now();
+    let (s, run) = http("POST", &format!("{}/v1/eval/runs", d.url), Some(&json!({"prompts": 1, "wait": true}).to_string()));
+    let took = t0.elapsed();
+    let (_, queued) = http("GET", &format!("{}/v1/jobs?state=queued&limit=1000", d.url), None);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    feeder.join().unwrap();
+    assert_eq!(s, 200, "{run}");
+    assert_eq!(run["verdicts"][0]["signal"], "agreement", "{run}");
+    assert_eq!(run["verdicts"][0]["kept"], json!([1.0, 1.0, 1.0]), "the echo engine answers alike at every level: {run}");
+    let waiting = queued["data"].as_array().unwrap().len();
+    assert!(waiting > 10, "users' jobs were still waiting when it finished ({waiting}): the run got its share, not the leftovers");
+    assert!(took < Duration::from_secs(30), "the evaluation took {took:?} under load");
+    // It had a bounded share: users' jobs kept finishing meanwhile.
+    let users_done = ledger(&d.url).iter().filter(|e| e["origin"] != "daemon").count();
+    assert!(users_done >= 9, "users got at least 9 of every 10 engine turns: {users_done} done");
+}
+
+#[test]
+fn levels_serve_a_class_only_once_their_measured_quality_clears_the_floor() {
+    // The dirtiest hour all day: the floor is at its lowest (0.9 + margin).
+    let dir = tempfile::tempdir().unwrap();
+    let mut trace = String::from("datetime,gco2_per_kwh\n");
+    for h in 0..48 {
+        trace += &format!("2023-01-{:02} {:02}:00:00,500\n", 1 + h / 24, h % 24);
+    }
+    let cfg = with_file_setting(&echo_config(2, 4, &[("# ci_min = 50", "ci_min = 100"), ("# ci_max = 500", "ci_max = 500")]), dir.path(), "trace_file", "dirty.csv", &trace);
+    let d = Daemon::start(&cfg);
+    // The echo engine echoes only the first sentence under a directive: a
+    // shorter answer with the same final number.
+    let math = |i: usize| format!("Tom has {i} apples and buys 3 more, {} in all? Now count them again slowly, one apple at a time, to be sure.", i + 3);
+    let served = |d: &Daemon, k: usize| -> Vec<String> {
+        (0..k)
+            .map(|i| {
+                let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user(&math(1000 + i))}).to_string()));
+                assert_eq!(s, 200, "{b}");
+                b["usage"]["sprout"]["directive"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    // Cold: every math prompt at L0, though the grid is dirty.
+    let cold = served(&d, 40);
+    assert!(cold.iter().all(|l| l == "L0"), "{cold:?}");
+    // A small evaluation (8 math prompts, all agreeing): the bound is too loose.
+    let (s, run) = http("POST", &format!("{}/v1/eval/runs", d.url), Some(&json!({"prompts": 8, "wait": true}).to_string()));
+    assert_eq!(s, 200, "{run}");
+    let (_, p) = http("GET", &format!("{}/v1/plan", d.url), None);
+    let math_plan = p["classes"].as_array().unwrap().iter().find(|c| c["name"] == "math").unwrap().clone();
+    assert_eq!(math_plan["x"], json!([1.0, 0.0, 0.0]), "8 agreeing samples do not license a level: {math_plan}\n{p}");
+    // Enough samples (40 in all): the bound clears the floor, shorter levels serve math.
+    let (s, run) = http("POST", &format!("{}/v1/eval/runs", d.url), Some(&json!({"prompts": 32, "wait": true}).to_string()));
+    assert_eq!(s, 200, "{run}");
+    let (_, p) = http("GET", &format!("{}/v1/plan", d.url), None);
+    assert!(p["reason"].as_str().unwrap().starts_with("evaluation"), "{p}");
+    let math_plan = p["classes"].as_array().unwrap().iter().find(|c| c["name"] == "math").unwrap().clone();
+    assert!(math_plan["x"][0].as_f64().unwrap() < 0.01, "{math_plan}");
+    let warm = served(&d, 10);
+    assert!(warm.iter().all(|l| l != "L0"), "{warm:?}");
+    // Other classes were never measured: still L0.
+    let (_, b) = http("POST", &format!("{}/v1/chat/completions", d.url), Some(&json!({"messages": user("Write a haiku about rain.")}).to_string()));
+    assert_eq!(b["usage"]["sprout"]["directive"], "L0");
+}
+
+#[test]
+fn sproutctl_bench_scores_every_mode_against_references_through_the_daemon() {
+    // A labelled GSM8K-format file: under a directive the echo engine keeps
+    // the first sentence, which still ends on the right number for even
+    // items; odd items put a wrong number in the first sentence.
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data.path().join("gsm8k")).unwrap();
+    let mut lines = String::new();
+    for i in 0..110 {
+        let q = if i % 2 == 0 {
+            format!("Tom has {i} apples and 3 pears, {} in all? Count them once more.", i + 3)
+        } else {
+            format!("Tom has {i} apples and 3 pears, {} in all? No: count again, {} in all.", i + 2, i + 3)
+        };
+        lines += &json!({"question": q, "answer": format!("so #### {}", i + 3)}).to_string();
+        lines.push('\n');
+    }
+    std::fs::write(data.path().join("gsm8k/test.jsonl"), lines).unwrap();
+    let d = Daemon::start(&echo_config(0, 4, &[]));
+    let dir = data.path().to_str().unwrap();
+    let save = data.path().join("out.json");
+    let plot = data.path().join("out.svg");
+    let (code, out, err) = sproutctl(
+        &d.url,
+        &["bench", "--data", dir, "--datasets", "gsm8k", "--n", "8", "--modes", "L0,L2,auto", "--save", save.to_str().unwrap(), "--plot", plot.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("overall") && out.contains("agree (lb)"), "{out}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&save).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let row = |mode: &str| rows.iter().find(|r| r["dataset"] == "gsm8k" && r["mode"] == mode).unwrap().clone();
+    assert_eq!(row("L0")["accuracy"], 1.0, "{out}");
+    // Which items are even depends on the test split's order: L2 loses exactly those that are odd.
+    let answers = report["answers"].as_array().unwrap();
+    let odd = answers.iter().filter(|a| a["mode"] == "L2" && a["index"].as_u64().unwrap() % 2 == 1).count();
+    let l2 = row("L2");
+    assert!((l2["accuracy"].as_f64().unwrap() - (8 - odd) as f64 / 8.0).abs() < 1e-12, "{l2}");
+    assert!(answers.iter().all(|a| a["index"].as_u64().unwrap() >= 100), "the test split never uses the first 100 items");
+    assert!(l2["tokens"].as_f64().unwrap() < row("L0")["tokens"].as_f64().unwrap());
+    // Cold daemon: unpinned answers are all L0.
+    assert_eq!(row("auto")["mix"][0], json!(["L0", 1.0]), "{out}");
+    assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
+    // Bad input: one line, non-zero exit.
+    for args in [&["bench", "--data", dir, "--modes", "L0,L9"][..], &["bench", "--data", dir, "--split", "later"], &["bench", "--data", "/nonexistent"]] {
+        let (code, out, err) = sproutctl(&d.url, args);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(out.is_empty() && err.trim().lines().count() == 1, "{args:?}: {err}");
+    }
 }
 
 #[test]

@@ -73,9 +73,12 @@ pub async fn plan(State(svc): State<AppState>) -> Json<serde_json::Value> {
         .iter()
         .zip(&s.plan.classes)
         .zip(&s.sources)
-        .map(|((i, p), src)| {
+        .enumerate()
+        .map(|(k, ((i, p), src))| {
             json!({
                 "name": i.name, "weight": i.weight, "e_kwh": i.e, "p_s": i.p, "q": i.q,
+                "allowed": (0..i.q.len()).map(|l| i.is_allowed(l)).collect::<Vec<_>>(),
+                "kept": s.kept.get(k),
                 "x": p.x, "expected_g": p.expected_g, "sources": src,
             })
         })

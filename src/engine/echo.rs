@@ -2,6 +2,9 @@
 //! words of the last user message, one "token" per word, optionally pausing
 //! between tokens. A message containing `[[engine-error]]` makes it fail, so
 //! tests can drive the failure path through a real process.
+//! Under a directive (any system message) it echoes only the first sentence:
+//! a model-free stand-in for shorter answers, so the optimizer has something
+//! to choose between in tests.
 
 use std::time::Duration;
 
@@ -33,7 +36,14 @@ impl Engine for EchoEngine {
         if last.contains("[[engine-error]]") {
             return Err(EngineError::Internal("echo engine: failure requested by the prompt".into()));
         }
-        let words: Vec<&str> = last.split_whitespace().collect();
+        let mut words: Vec<&str> = last.split_whitespace().collect();
+        // A stand-in for what directives do to a model: with a system
+        // message (a directive), only the first sentence is echoed.
+        if req.messages.iter().any(|m| m.role == Role::System) {
+            if let Some(end) = words.iter().position(|w| w.ends_with(['.', '?', '!'])) {
+                words.truncate(end + 1);
+            }
+        }
         let mut text = String::new();
         let mut n = 0;
         for (i, w) in words.iter().enumerate() {
