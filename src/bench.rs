@@ -407,21 +407,23 @@ pub async fn run(client: &Client, items: &[Item], opts: &Options, progress: &dyn
     let mut out = Vec::new();
     for mode in &opts.modes {
         if mode == "auto" && opts.eval_first {
-            progress("evaluation run (forced, waiting for it) ...");
             let mut body = json!({"wait": true});
             if let Some(k) = opts.eval_prompts {
                 body["prompts"] = json!(k);
             }
-            loop {
-                match client.eval_run(&body).await {
-                    Ok(run) => {
-                        progress(&format!("evaluation {} done: {} tokens, {:.4} g", run["id"], run["tokens"], run["carbon_g"].as_f64().unwrap_or(0.0)));
-                        break;
+            match client.eval_run(&body).await {
+                Ok(run) => progress(&format!("evaluation {} (forced) done: {} tokens, {:.4} g", run["id"], run["tokens"], run["carbon_g"].as_f64().unwrap_or(0.0))),
+                // The daemon's own run is under way (it started one once it
+                // had sampled enough prompts): wait for that one.
+                Err(ClientError::Api { status: 409, message, .. }) if message.contains("already running") => {
+                    progress("waiting for the daemon's evaluation run to finish ...");
+                    while client.eval_status().await?["running"] == true {
+                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                     }
-                    // One is already running: wait for it, then force ours.
-                    Err(ClientError::Api { status: 409, .. }) => tokio::time::sleep(std::time::Duration::from_secs(5)).await,
-                    Err(e) => return Err(e),
+                    let last = &client.eval_status().await?["last_run"];
+                    progress(&format!("evaluation {} done: {:.4} g", last["id"], last["carbon_g"].as_f64().unwrap_or(0.0)));
                 }
+                Err(e) => return Err(e),
             }
         }
         let t0 = Instant::now();

@@ -146,7 +146,8 @@ pub struct BenchArgs {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-    /// Before `auto`: force a quality evaluation run and wait for it.
+    /// Before `auto`: force a quality evaluation run and wait for it (or, if
+    /// the daemon's own run is under way, wait for that one).
     #[arg(long)]
     pub eval_first: bool,
     /// Prompts per class in that run.

@@ -356,7 +356,10 @@ fn real_model_answers_with_directives_receipts_and_seeds() {
 #[test]
 fn real_model_streams_and_answers_concurrent_requests_as_if_alone() {
     let Some(model) = model_path() else { return };
-    let d = Daemon::start(&model_config(&model, &[]));
+    // Batching on (the default is 1 on CPU: README "Known issues"); these
+    // answers are short, so the sequences' KV caches never outgrow their
+    // first allocation.
+    let d = Daemon::start(&model_config(&model, &[("max_seqs = 1", "max_seqs = 4")]));
     let body = json!({"messages": user("Name three colors."), "stream": true, "max_tokens": 16, "seed": 3, "directive": "L1"});
     let events = sse(&format!("{}/v1/chat/completions", d.url), &body.to_string());
     assert_eq!(events.last().unwrap(), "[DONE]");
@@ -367,7 +370,7 @@ fn real_model_streams_and_answers_concurrent_requests_as_if_alone() {
     assert!(last["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
     assert_eq!(last["usage"]["sprout"]["directive"], "L1");
     // Requests sent at once get exactly the answers they get alone (greedy),
-    // with the engine batching them (config.toml's max_seqs): batching must
+    // with the engine batching them (max_seqs 4): batching must
     // never mix one answer into another. Four prompts of the same length
     // start in one batch; the others join it as they catch up.
     let questions = [
@@ -1404,9 +1407,10 @@ fn sproutctl_bench_scores_every_mode_against_references_through_the_daemon() {
     let plot = data.path().join("out.svg");
     let (code, out, err) = sproutctl(
         &d.url,
-        &["bench", "--data", dir, "--datasets", "gsm8k", "--n", "8", "--modes", "L0,L2,auto", "--save", save.to_str().unwrap(), "--plot", plot.to_str().unwrap()],
+        &["bench", "--data", dir, "--datasets", "gsm8k", "--n", "8", "--modes", "L0,L2,auto", "--eval-first", "--save", save.to_str().unwrap(), "--plot", plot.to_str().unwrap()],
     );
     assert_eq!(code, 0, "{err}");
+    assert!(err.contains("evaluation") && err.contains("done"), "the evaluator ran before the unpinned mode: {err}");
     assert!(out.contains("overall") && out.contains("agree (lb)"), "{out}");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&save).unwrap()).unwrap();
     let rows = report["rows"].as_array().unwrap();
@@ -1419,7 +1423,8 @@ fn sproutctl_bench_scores_every_mode_against_references_through_the_daemon() {
     assert!((l2["accuracy"].as_f64().unwrap() - (8 - odd) as f64 / 8.0).abs() < 1e-12, "{l2}");
     assert!(answers.iter().all(|a| a["index"].as_u64().unwrap() >= 100), "the test split never uses the first 100 items");
     assert!(l2["tokens"].as_f64().unwrap() < row("L0")["tokens"].as_f64().unwrap());
-    // Cold daemon: unpinned answers are all L0.
+    // Eight agreeing samples per level are too few for a bound to clear the
+    // floor: unpinned answers stay at L0.
     assert_eq!(row("auto")["mix"][0], json!(["L0", 1.0]), "{out}");
     assert!(std::fs::read_to_string(&plot).unwrap().contains("<svg"));
     // Bad input: one line, non-zero exit.
@@ -1584,7 +1589,7 @@ fn the_tui_in_tmux_shows_the_panels_resizes_submits_survives_a_dead_daemon_and_q
     let cmd = format!("{SPROUTCTL} --url {} tui; echo $? > {}", d.url, exit_file.display());
     tmux(&socket, &["new-session", "-d", "-s", "tui", "-x", "120", "-y", "36", &cmd]);
     let screen = wait_screen(&socket, &["Queue", "Emissions", "Directive mix", "Evaluator", "1 requests"], 15);
-    for want in ["Queue", "Emissions", "Directive mix", "Evaluator", "sproutd: connected", "1 requests", "gCO2/kWh", "past 24 h", "next 24 h", "hello there", "plan:", "q: L0"] {
+    for want in ["Queue", "Emissions", "Directive mix", "Evaluator", "sproutd: connected", "1 requests", "gCO2/kWh", "past 24 h", "next 24 h", "hello there", "plan:", "kept quality", "judged q: -"] {
         assert!(screen.contains(want), "{want:?} not on screen:\n{screen}");
     }
     // Resize: still all four panels.

@@ -60,6 +60,9 @@ pub struct Snapshot {
     pub mean_energy_j: Vec<f64>,
     pub q: Option<Vec<f64>>,
     pub q_source: String,
+    /// Per class, each shorter level's lower bound of kept quality (the
+    /// optimizer's q) and its samples.
+    pub kept: Vec<(String, Vec<(f64, u64)>)>,
     pub last_eval: Option<String>,
     pub next_eval: String,
     pub eval_running: bool,
@@ -138,6 +141,17 @@ impl Snapshot {
             levels,
             q: eval["q"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()),
             q_source: eval["q_source"].as_str().unwrap_or("?").to_string(),
+            kept: eval["kept"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(class, ks)| {
+                            let v = ks.as_array().into_iter().flatten().skip(1).map(|k| (k["lower"].as_f64().unwrap_or(0.0), k["n"].as_u64().unwrap_or(0))).collect();
+                            (class.clone(), v)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             last_eval: eval["last_run"]["id"].as_str().map(|id| {
                 format!("{id} at {}, {} unreadable", hhmm(eval["last_run"]["at"].as_f64().unwrap_or(0.0)), eval["last_run"]["failures"])
             }),

@@ -198,12 +198,17 @@ pub fn evaluator(f: &mut Frame, area: Rect, s: &Snapshot, focused: bool) {
         Some(q) => s.levels.iter().zip(q).map(|(l, v)| format!("{l} {v:.2}")).collect::<Vec<_>>().join("  "),
         None => "-".into(),
     };
-    let lines = vec![
-        Line::from(format!("q: {q}")),
+    let mut lines = vec![Line::from("kept quality, 95% lower bound (samples):")];
+    for (class, ks) in &s.kept {
+        let cells: Vec<String> = s.levels.iter().skip(1).zip(ks).map(|(l, (lower, n))| format!("{l} {lower:.2} ({n})")).collect();
+        lines.push(Line::from(format!("  {class:<11} {}", cells.join("  "))));
+    }
+    lines.extend([
+        Line::from(format!("judged q: {q}")),
         Line::from(format!("   from {}", s.q_source)),
         Line::from(format!("last run: {}", s.last_eval.clone().unwrap_or_else(|| "none yet".into()))),
         Line::from(format!("next run: {}", s.next_eval)),
-    ];
+    ]);
     f.render_widget(Paragraph::new(lines).wrap(Wrap { trim: true }).block(b), area);
 }
 
@@ -242,7 +247,8 @@ pub fn sample_snapshot() -> Snapshot {
         mean_tokens: vec![80.5, 38.0, 19.0],
         mean_energy_j: vec![280.8, 154.3, 101.8],
         q: Some(vec![0.38, 0.34, 0.28]),
-        q_source: "evaluation".into(),
+        q_source: "the last run's judged prompts (pick-best shares)".into(),
+        kept: vec![("math".into(), vec![(0.62, 40), (0.31, 40)]), ("question".into(), vec![(0.93, 64), (0.71, 64)])],
         last_eval: Some("eval-1700000000000 at 22:13, 0 unreadable".into()),
         next_eval: "04:00 at 95 gCO2/kWh forecast (waiting for a cleaner hour)".into(),
         eval_running: false,
