@@ -121,6 +121,9 @@ pub fn agree(class: &str, baseline: &str, other: &str) -> Option<bool> {
             if b.is_empty() {
                 return None;
             }
+            if b == o {
+                return Some(true);
+            }
             let (short, long) = if o.len() <= b.len() { (o, b) } else { (b, o) };
             if short.is_empty() || short.len() > SHORT_ANSWER_WORDS {
                 return Some(false);
@@ -172,6 +175,10 @@ mod tests {
         assert_eq!(agree("question", "The wines come from the Beaujolais region.", "Burgundy"), Some(false));
         assert_eq!(agree("question", "Neil Armstrong", "It was Neil Armstrong, in 1969."), Some(true));
         assert_eq!(agree("instruction", "a poem", "a haiku"), None);
+        // The same long answer agrees with itself; two different long ones do not.
+        let long = "The first moon landing was in July 1969, when the Apollo 11 crew of Neil Armstrong, Buzz Aldrin and Michael Collins flew there.";
+        assert_eq!(agree("question", long, long), Some(true));
+        assert_eq!(agree("question", long, &long.replace("1969", "1970")), Some(false));
     }
 
     #[test]
