@@ -250,21 +250,6 @@ pub fn stratify(samples: Vec<PromptSample>, per_class: usize) -> Vec<PromptSampl
         .collect()
 }
 
-/// Per-class `q` pooled over runs' verdicts (newest first), each class
-/// shrunk toward `overall` with the weight of `prior` prompts (as the
-/// simulator's `best`).
-pub fn class_quality(runs: &[EvalRun], class: &str, overall: &[f64], prior: f64) -> Vec<f64> {
-    let mut sum = vec![0.0; overall.len()];
-    let mut n = 0.0;
-    for v in runs.iter().flat_map(|r| &r.verdicts).filter(|v| v.class == class && v.credit.iter().sum::<f64>() > 0.0) {
-        for (s, c) in sum.iter_mut().zip(&v.credit) {
-            *s += c;
-        }
-        n += 1.0;
-    }
-    sum.iter().zip(overall).map(|(s, o)| (s + prior * o) / (n + prior)).collect()
-}
-
 /// The engine time users' and the daemon's own jobs had, decayed so that
 /// the last [`SHARE_WINDOW_S`] count most: how the evaluator gets a bounded
 /// share of the engine while users keep it busy.
