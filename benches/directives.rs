@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use futures::future::join_all;
 use serde_json::Value;
+use sprout::answers::{last_number, normalize};
 use sprout::config::Config;
 use sprout::directive::Directives;
 use sprout::engine::{mistral::MistralEngine, Engine, GenRequest, Sampling};
@@ -38,33 +39,6 @@ fn shared() -> PathBuf {
 fn lines(path: PathBuf, n: usize) -> Vec<Value> {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines().take(n).map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-fn normalize(s: &str) -> String {
-    s.to_lowercase()
-        .chars()
-        .map(|c| if c.is_alphanumeric() || c.is_whitespace() { c } else { ' ' })
-        .collect::<String>()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn last_number(s: &str) -> Option<f64> {
-    let cleaned = s.replace(',', "");
-    let mut last = None;
-    let mut cur = String::new();
-    for c in cleaned.chars().chain(std::iter::once(' ')) {
-        if c.is_ascii_digit() || (c == '.' && !cur.is_empty()) || (c == '-' && cur.is_empty()) {
-            cur.push(c);
-        } else {
-            if let Ok(v) = cur.trim_end_matches('.').parse::<f64>() {
-                last = Some(v);
-            }
-            cur.clear();
-        }
-    }
-    last
 }
 
 fn mmlu_letter(s: &str) -> Option<char> {

@@ -230,25 +230,25 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
         ids.push(row);
     }
     let mut answers: Vec<Vec<String>> = Vec::new();
-    let mut cells: Vec<crate::planner::Cell> = Vec::new();
+    let mut measured: Vec<crate::planner::Cell> = Vec::new();
     for (s, row) in samples.iter().zip(&ids) {
         let mut texts = Vec::new();
         for (level, id) in levels.iter().zip(row) {
             let job = finished(svc, id).await?;
             if let Some(r) = &job.result {
-                let one = crate::planner::Cell {
+                measured.push(crate::planner::Cell {
                     class: s.class.clone(),
                     level: level.clone(),
                     n: 1,
                     energy_j: r.receipt.energy_j,
                     duration_s: r.receipt.duration_s,
-                };
-                cells = crate::planner::pool_cells(cells.iter().chain(std::iter::once(&one)));
+                });
             }
             texts.push(job.result.map(|r| r.text).unwrap_or_default());
         }
         answers.push(texts);
     }
+    let cells = crate::planner::pool_cells(&measured);
 
     // 2. Whether each level kept the baseline's quality: where answers have
     // a final form, whether they reach the baseline's (no judge needed);
@@ -359,18 +359,11 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
 /// Per class, how well each level kept the baseline's quality over the
 /// runs the planner pools (n, share, lower bound).
 fn kept_by_class(svc: &Service) -> Result<Value, StoreError> {
-    let names: Vec<String> = svc.directives.names().map(str::to_string).collect();
-    let wording = svc.directives.fingerprint();
-    let runs: Vec<EvalRun> = svc
-        .store
-        .eval_runs(crate::planner::EVAL_HISTORY * 2)?
-        .into_iter()
-        .filter(|r| r.levels == names && r.wording == wording && !r.verdicts.is_empty())
-        .take(crate::planner::EVAL_HISTORY)
-        .collect();
+    let levels = svc.directives.names().count();
+    let runs = crate::planner::pooled_runs(svc)?;
     let mut out = serde_json::Map::new();
     for class in crate::classify::CLASSES {
-        out.insert(class.to_string(), json!(evaluator::kept_stats(&runs, class, names.len())));
+        out.insert(class.to_string(), json!(evaluator::kept_stats(&runs, class, levels)));
     }
     Ok(Value::Object(out))
 }

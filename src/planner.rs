@@ -329,6 +329,21 @@ pub fn knowledge(svc: &crate::service::Service) -> u64 {
     t.by_level.values().map(|l| l.requests).sum::<u64>() + svc.store.eval_runs_len() as u64
 }
 
+/// The evaluations the planner pools, newest first: the latest of these
+/// levels with these wordings (a changed wording starts afresh) that
+/// compared any answers.
+pub fn pooled_runs(svc: &crate::service::Service) -> Result<Vec<crate::evaluator::EvalRun>, crate::queue::StoreError> {
+    let names: Vec<String> = svc.directives.names().map(str::to_string).collect();
+    let wording = svc.directives.fingerprint();
+    Ok(svc
+        .store
+        .eval_runs(EVAL_HISTORY * 2)?
+        .into_iter()
+        .filter(|r| r.levels == names && r.wording == wording && !r.verdicts.is_empty())
+        .take(EVAL_HISTORY)
+        .collect())
+}
+
 /// One solve with the daemon's current knowledge.
 pub fn resolve(svc: &crate::service::Service, ci: f64, reason: String) -> Solved {
     let cfg = &svc.config;
@@ -338,17 +353,7 @@ pub fn resolve(svc: &crate::service::Service, ci: f64, reason: String) -> Solved
         Vec::new()
     });
     let names: Vec<String> = svc.directives.names().map(str::to_string).collect();
-    // Kept quality and the answers' cost from the latest evaluations of
-    // these levels with these wordings (a changed wording starts afresh).
-    let wording = svc.directives.fingerprint();
-    let runs: Vec<crate::evaluator::EvalRun> = svc
-        .store
-        .eval_runs(EVAL_HISTORY * 2)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|r| r.levels == names && r.wording == wording && !r.verdicts.is_empty())
-        .take(EVAL_HISTORY)
-        .collect();
+    let runs = pooled_runs(svc).unwrap_or_default();
     let cells: Vec<Cell> = runs.iter().flat_map(|r| r.cells.iter().cloned()).collect();
     let kept = |class: &str| crate::evaluator::kept_stats(&runs, class, names.len());
     let measured = Measured { kept: &kept, cells: &cells };
