@@ -19,7 +19,9 @@
 //!   scripts/build-llamacpp.sh                 # once: llama.cpp from the llama-cpp-python sdist
 //!   cargo bench --bench throughput            # SPROUT_BENCH_REPS=2 rounds; SPROUT_BENCH_THREADS=2
 //!
-//! Sides take turns and never overlap; each keeps its model loaded.
+//! Sides take turns and never overlap; each keeps its model loaded. sproutd
+//! runs with the evaluator off and logs to `sproutd-throughput.log` in the
+//! system's temp folder.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -309,6 +311,10 @@ async fn main() {
     // penalty (llama.cpp gets repeat_penalty 1.0), the estimate meter.
     let mut config_text = std::fs::read_to_string(root.join("config.toml")).unwrap();
     config_text = config_text.replace("repetition_penalty = 1.05", "repetition_penalty = 1.0");
+    // The engine alone: the evaluator's own jobs would share it mid-run.
+    config_text = config_text.replacen("\nenabled = true\nsample_size", "\nenabled = false\nsample_size", 1);
+    // The model path is relative to the repository, the config copy is not.
+    config_text = config_text.replace("path = \"models/", &format!("path = \"{}/models/", root.display()));
     let dir = tempfile::tempdir().unwrap();
     let cfg_path = dir.path().join("config.toml");
     std::fs::write(&cfg_path, &config_text).unwrap();
@@ -333,7 +339,7 @@ async fn main() {
         .arg("--data-dir")
         .arg(&data)
         .env("RAYON_NUM_THREADS", threads.to_string())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(std::env::temp_dir().join("sproutd-throughput.log")).expect("sproutd's log file"))
         .spawn()
         .expect("spawn sproutd");
     let llama_port = free_port();

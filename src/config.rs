@@ -294,11 +294,22 @@ pub struct RawAuth {
 pub struct RawServer {
     pub listen: String,
     pub max_body_bytes: usize,
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
+    pub header_read_timeout: String,
+    pub body_read_timeout: String,
 }
 
 impl Default for RawServer {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:7878".into(), max_body_bytes: 1 << 20 }
+        Self {
+            listen: "127.0.0.1:7878".into(),
+            max_body_bytes: 1 << 20,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            header_read_timeout: "10s".into(),
+            body_read_timeout: "30s".into(),
+        }
     }
 }
 
@@ -422,6 +433,8 @@ impl Default for RawAccounting {
 pub struct Config {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// Who may reach the API from where ([`crate::api::guard`]).
+    pub access: AccessConfig,
     pub data_dir: PathBuf,
     pub model: ModelConfig,
     pub generation: RawGeneration,
@@ -463,7 +476,28 @@ pub struct AccountingConfig {
     pub lifetime_years: f64,
 }
 
-/// Parses `90s`, `15m`, `6h`, `7d` (or a bare number of seconds).
+/// The longest duration [`parse_duration`] accepts: 100 years. Anything
+/// longer is a typo, and bounding it keeps every later addition of a
+/// duration to a timestamp far from overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86400);
+
+/// `[server]`'s limits on who reaches the API and how slowly.
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    /// Host names (lowercase, without port) a request's `Host` may name besides
+    /// the loopback ones; `"*"` allows any.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`scheme://host[:port]`, lowercase) allowed to call the
+    /// API; `"*"` allows any.
+    pub allowed_origins: Vec<String>,
+    /// A connection that has not sent a request's full headers in this long is closed.
+    pub header_read_timeout: Duration,
+    /// A request whose body has not arrived in this long gets 408.
+    pub body_read_timeout: Duration,
+}
+
+/// Parses `90s`, `15m`, `6h`, `7d` (or a bare number of seconds), at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
@@ -479,7 +513,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "d" => n * 86400.0,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    (secs.is_finite() && secs >= 0.0 && secs <= MAX_DURATION.as_secs_f64()).then(|| Duration::from_secs_f64(secs))
 }
 
 #[derive(Debug, Clone)]
@@ -543,6 +577,31 @@ impl Config {
         };
         if raw.server.max_body_bytes < 1024 {
             errs.push("server.max_body_bytes: must be at least 1024".into());
+        }
+        let mut server_timeout = |key: &str, v: &str| {
+            parse_duration(v).filter(|d| !d.is_zero()).unwrap_or_else(|| {
+                errs.push(format!("server.{key}: {v:?} is not a positive duration like \"10s\" (at most 100 years)"));
+                Duration::from_secs(1)
+            })
+        };
+        let header_read_timeout = server_timeout("header_read_timeout", &raw.server.header_read_timeout);
+        let body_read_timeout = server_timeout("body_read_timeout", &raw.server.body_read_timeout);
+        let allowed_hosts: Vec<String> = raw.server.allowed_hosts.iter().map(|h| h.trim().to_ascii_lowercase()).collect();
+        for (i, h) in allowed_hosts.iter().enumerate() {
+            if h.is_empty() || h.contains(['/', ' ']) || (h.contains(':') && !h.starts_with('[')) {
+                errs.push(format!("server.allowed_hosts[{i}]: {h:?} is not a host name (no scheme, path or port; IPv6 in brackets), or \"*\""));
+            }
+        }
+        let allowed_origins: Vec<String> =
+            raw.server.allowed_origins.iter().map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase()).collect();
+        for (i, o) in allowed_origins.iter().enumerate() {
+            let ok = o == "*"
+                || ((o.starts_with("http://") || o.starts_with("https://"))
+                    && !o.split_once("://").map(|(_, rest)| rest).unwrap_or("").is_empty()
+                    && !o.split_once("://").map(|(_, rest)| rest.contains('/')).unwrap_or(true));
+            if !ok {
+                errs.push(format!("server.allowed_origins[{i}]: {o:?} is not an origin like \"https://app.example.com\" or \"http://localhost:3000\", or \"*\""));
+            }
         }
 
         let m = &raw.model;
@@ -737,7 +796,7 @@ impl Config {
         let q = &raw.queue;
         let mut duration = |key: &str, v: &str| {
             parse_duration(v).unwrap_or_else(|| {
-                errs.push(format!("{key}: {v:?} is not a duration like \"30s\", \"15m\", \"6h\" or \"7d\""));
+                errs.push(format!("{key}: {v:?} is not a duration like \"30s\", \"15m\", \"6h\" or \"7d\" (at most 100 years)"));
                 Duration::ZERO
             })
         };
@@ -884,6 +943,7 @@ impl Config {
         Ok(Config {
             listen: listen.expect("checked"),
             max_body_bytes: raw.server.max_body_bytes,
+            access: AccessConfig { allowed_hosts, allowed_origins, header_read_timeout, body_read_timeout },
             data_dir: resolve(&raw.storage.data_dir),
             model: ModelConfig { source: source.expect("checked"), name, max_seqs: m.max_seqs },
             generation: raw.generation,
@@ -977,6 +1037,14 @@ mod tests {
         assert_eq!(parse_duration("6 h"), Some(Duration::from_secs(21600)));
         assert_eq!(parse_duration("soon"), None);
         assert_eq!(parse_duration("5y"), None);
+        // Too long to be meant, and never a panic or a wrap.
+        assert_eq!(parse_duration("100d"), Some(Duration::from_secs(8_640_000)));
+        assert_eq!(parse_duration("36500d"), Some(MAX_DURATION));
+        assert_eq!(parse_duration("36501d"), None);
+        assert_eq!(parse_duration("99999999999999999999h"), None);
+        assert_eq!(parse_duration("18446744073709551615s"), None);
+        assert_eq!(parse_duration("18446744073713152s"), None);
+        assert_eq!(parse_duration("1e400"), None);
     }
 
     #[test]

@@ -214,12 +214,12 @@ pub async fn run(
             let _ = drained_tx.send(());
         });
     }
-    axum::serve(listener, api::router(svc.clone(), token))
-        .with_graceful_shutdown(async move {
-            let _ = drained_rx.await;
-        })
-        .await
-        .map_err(DaemonError::Serve)?;
+    let header_timeout = svc.config.access.header_read_timeout;
+    api::serve::serve(listener, api::router(svc.clone(), token), header_timeout, async move {
+        let _ = drained_rx.await;
+    })
+    .await
+    .map_err(DaemonError::Serve)?;
     let requeued = svc.store.requeue_running()?; // flushes
     tracing::info!(requeued, "sproutd stopped");
     if let EngineStatus::Failed(e) = svc.engine_status() {

@@ -132,7 +132,7 @@ pub enum Deadline {
 impl Deadline {
     pub fn to_unix_ms(self, now_ms: u64) -> u64 {
         match self {
-            Deadline::In(d) => now_ms + d.as_millis() as u64,
+            Deadline::In(d) => now_ms.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             Deadline::AtUnixS(s) => (s * 1000.0) as u64,
         }
     }

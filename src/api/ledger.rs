@@ -2,7 +2,7 @@
 //! engine, as JSON or CSV (`?format=csv`), optionally `?since=` a Unix time
 //! in seconds.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
+use super::extract::Query;
 use super::AppState;
 use crate::job::LedgerEntry;
 

@@ -19,17 +19,23 @@
 //! | `GET /metrics` | [`stats::metrics`]: Prometheus text format |
 //! | `GET /healthz` | [`misc::healthz`]: 200 once the model is loaded, 503 before |
 //!
-//! Unknown routes and methods answer in the OpenAI error shape too. With an
-//! API token configured, every route but `/healthz` requires it ([`auth`]).
+//! Unknown routes and methods, bad query strings and paths answer in the
+//! OpenAI error shape too ([`extract`]). With an API token configured, every
+//! route but `/healthz` requires it ([`auth`]). In front of every route,
+//! [`guard`] checks `Host`, `Origin`, that bodies are JSON, and how long they
+//! take; [`serve`] times out slow headers.
 
 pub mod auth;
 pub mod eval;
 pub mod chat;
 pub mod error;
+pub mod extract;
+pub mod guard;
 pub mod jobs;
 pub mod ledger;
 pub mod misc;
 pub mod openai;
+pub mod serve;
 pub mod stats;
 
 use std::sync::Arc;
@@ -66,10 +72,17 @@ pub fn router(svc: AppState, token: Option<String>) -> Router {
         .fallback(misc::no_route)
         .method_not_allowed_fallback(misc::no_method)
         .layer(middleware::from_fn_with_state(token.map(Arc::new), auth::require_token));
+    let guard = Arc::new(guard::Guard {
+        access: svc.config.access.clone(),
+        listen: svc.config.listen,
+        max_body_bytes: limit,
+    });
     Router::new()
         .route("/healthz", get(misc::healthz))
+        .method_not_allowed_fallback(misc::no_method)
         .merge(protected)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(guard, guard::guard))
         .with_state(svc)
 }
 

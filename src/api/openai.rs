@@ -14,6 +14,11 @@ use crate::config::Config;
 use crate::directive::Directives;
 use crate::job::{ChatRequest, Deadline, Job, Message, Role};
 
+/// The latest deadline accepted as a Unix time (2200-01-01): later ones are
+/// typos (milliseconds sent as seconds), and the bound keeps millisecond
+/// arithmetic far from overflow.
+pub const MAX_DEADLINE_UNIX_S: f64 = 7_258_118_400.0;
+
 #[derive(Debug, Deserialize)]
 struct RawRequest {
     model: Option<String>,
@@ -166,11 +171,11 @@ pub fn parse_request(body: &[u8], cfg: &Config, directives: &Directives) -> Resu
     let deadline = match &raw.deadline {
         None | Some(Value::Null) => None,
         Some(Value::String(d)) => Some(Deadline::In(crate::config::parse_duration(d).filter(|d| !d.is_zero()).ok_or_else(
-            || ApiError::invalid("deadline", format!("deadline {d:?} is not a duration like \"6h\" or a Unix time in seconds")),
+            || ApiError::invalid("deadline", format!("deadline {d:?} is not a duration like \"6h\" (at most 100 years) or a Unix time in seconds")),
         )?)),
         Some(Value::Number(n)) => match n.as_f64() {
-            Some(s) if s.is_finite() && s > 0.0 => Some(Deadline::AtUnixS(s)),
-            _ => return Err(ApiError::invalid("deadline", "deadline must be a positive Unix time in seconds")),
+            Some(s) if s.is_finite() && s > 0.0 && s <= MAX_DEADLINE_UNIX_S => Some(Deadline::AtUnixS(s)),
+            _ => return Err(ApiError::invalid("deadline", "deadline must be a positive Unix time in seconds, before the year 2200")),
         },
         Some(_) => return Err(ApiError::invalid("deadline", "deadline must be a duration string like \"6h\" or a Unix time in seconds")),
     };
@@ -347,6 +352,19 @@ mod tests {
 
     fn err(body: &str) -> ApiError {
         parse(body).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn deadlines_too_far_are_refused_not_wrapped() {
+        let body = |d: &str| format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],"deadline":{d}}}"#);
+        for d in [r#""99999999999999999999h""#, r#""18446744073709551615s""#, r#""18446744073713152s""#, "1e300", "7258118401"] {
+            let e = err(&body(d));
+            assert_eq!((e.status, e.param.as_deref()), (StatusCode::BAD_REQUEST, Some("deadline")), "{d}");
+        }
+        let p = parse(&body(r#""36500d""#)).unwrap();
+        let at = p.deadline.unwrap().to_unix_ms(1_000);
+        assert_eq!(at, 1_000 + 36500 * 86_400_000);
+        assert!(parse(&body("7258118400")).is_ok());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::extract::Query;
 use super::AppState;
 use crate::job::now_ms;
 use crate::service::EngineStatus;

@@ -258,6 +258,41 @@ impl NormalCache {
     }
 }
 
+/// Stacks the sequences' caches of one layer along the batch axis (dim 0),
+/// each zero-padded along `seq_dim` to the largest capacity among them, which
+/// is what growing a smaller cache would do ([`SingleCache::append`]). A
+/// sequence without a cache gets zeros. `template` gives the shape of one
+/// sequence's cache. Returns the batch and its capacity.
+pub(crate) fn stack_padded(
+    template: &Tensor,
+    srcs: &[Option<Tensor>],
+    seq_dim: usize,
+) -> candle_core::Result<(Tensor, usize)> {
+    let capacity = srcs
+        .iter()
+        .flatten()
+        .map(|t| t.dims()[seq_dim])
+        .chain(std::iter::once(template.dims()[seq_dim]))
+        .max()
+        .unwrap_or(0);
+    let per_seq = template.dims()[0];
+    let mut dims = template.dims().to_vec();
+    dims[0] *= srcs.len();
+    dims[seq_dim] = capacity;
+    let batch = Tensor::zeros(dims, template.dtype(), template.device())?;
+    for (i, src) in srcs.iter().enumerate() {
+        let Some(src) = src else { continue };
+        let have = src.dims()[seq_dim];
+        if have < capacity {
+            let padded = src.pad_with_zeros(seq_dim, 0, capacity - have)?;
+            batch.slice_set(&padded, 0, i * per_seq)?;
+        } else {
+            batch.slice_set(src, 0, i * per_seq)?;
+        }
+    }
+    Ok((batch, capacity))
+}
+
 pub struct NormalCacheManager;
 
 impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCacheManager {
@@ -269,12 +304,13 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
     ) {
         let mut new_k_cache = Vec::new();
         let mut new_v_cache = Vec::new();
+        let mut capacities = Vec::new();
 
         for layer in 0..pipeline.get_metadata().num_hidden_layers {
             // Preallocate combined k and v caches across all sequences, avoiding Tensor::cat copies
             let batch_len = seqs.len();
             // Use the first sequence as template
-            let (first_k, first_v) = {
+            let (first_k, first_v, cache_dim) = {
                 let src_cache = if modify_draft_cache {
                     seqs[0].normal_draft_cache()
                 } else {
@@ -283,54 +319,56 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                 let Some(cache) = src_cache.get(layer).unwrap().as_ref() else {
                     new_k_cache.push(None);
                     new_v_cache.push(None);
+                    capacities.push(None);
                     continue;
                 };
                 match cache {
                     KvCache::Normal { k, v } => {
-                        (k.all_data.clone().unwrap(), v.all_data.clone().unwrap())
+                        (k.all_data.clone().unwrap(), v.all_data.clone().unwrap(), k.dim)
                     }
                     KvCache::Rotating { k, v } => {
-                        (k.all_data.clone().unwrap(), v.all_data.clone().unwrap())
+                        (k.all_data.clone().unwrap(), v.all_data.clone().unwrap(), k.dim)
                     }
                     KvCache::Shared { .. } => {
                         new_k_cache.push(None);
                         new_v_cache.push(None);
+                        capacities.push(None);
                         continue;
                     }
                 }
             };
-            // Build dims for batched cache
-            let mut dims_k = first_k.dims().to_vec();
-            let mut dims_v = first_v.dims().to_vec();
-            dims_k[0] *= batch_len;
-            dims_v[0] *= batch_len;
-            let batch_k = Tensor::zeros(dims_k.clone(), first_k.dtype(), first_k.device()).unwrap();
-            let batch_v = Tensor::zeros(dims_v.clone(), first_v.dtype(), first_v.device()).unwrap();
-            // Fill each sequence's cache slice
-            for (i, seq) in seqs.iter_mut().enumerate() {
+            // Each sequence's cache, if it has one for this layer
+            let mut src_k = Vec::with_capacity(batch_len);
+            let mut src_v = Vec::with_capacity(batch_len);
+            for seq in seqs.iter_mut() {
                 let src_cache = if modify_draft_cache {
                     seq.normal_draft_cache()
                 } else {
                     seq.normal_cache()
                 };
-                let Some(cache) = src_cache.get(layer).unwrap().as_ref() else {
-                    continue;
-                };
-                let (src_k, src_v) = match cache {
-                    KvCache::Normal { k, v } => {
-                        (k.all_data.clone().unwrap(), v.all_data.clone().unwrap())
+                let pair = match src_cache.get(layer).unwrap().as_ref() {
+                    Some(KvCache::Normal { k, v }) => {
+                        Some((k.all_data.clone().unwrap(), v.all_data.clone().unwrap()))
                     }
-                    KvCache::Rotating { k, v } => {
-                        (k.all_data.clone().unwrap(), v.all_data.clone().unwrap())
+                    Some(KvCache::Rotating { k, v }) => {
+                        Some((k.all_data.clone().unwrap(), v.all_data.clone().unwrap()))
                     }
-                    KvCache::Shared { .. } => continue,
+                    Some(KvCache::Shared { .. }) | None => None,
                 };
-                let offset = i * first_k.dims()[0];
-                batch_k.slice_set(&src_k, 0, offset).unwrap();
-                batch_v.slice_set(&src_v, 0, offset).unwrap();
+                let (k, v) = pair.unzip();
+                src_k.push(k);
+                src_v.push(v);
             }
+            // Sequences batched together have the same length but not always
+            // the same capacity (a prefix-cache hit keeps the capacity of the
+            // cache it came from), so the batch takes the largest one.
+            let (batch_k, capacity_k) =
+                stack_padded(&first_k, &src_k, cache_dim).expect("batching the KV cache");
+            let (batch_v, _) =
+                stack_padded(&first_v, &src_v, cache_dim).expect("batching the KV cache");
             new_k_cache.push(Some(batch_k));
             new_v_cache.push(Some(batch_v));
+            capacities.push(Some(capacity_k));
         }
 
         let seq0_cache = if modify_draft_cache {
@@ -354,7 +392,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     let template_cache_dim = old_k.dim;
                     let template_cache_csl = old_k.current_seq_len;
                     let template_cache_msl = old_k.max_seq_len;
-                    let template_cache_capsl = old_k.capacity_seq_len;
+                    let template_cache_capsl = capacities[layer_idx].unwrap_or(old_k.capacity_seq_len);
 
                     caches.push(KvCache::Normal {
                         k: SingleCache {
@@ -377,7 +415,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     let template_cache_dim = old_k.dim;
                     let template_cache_csl = old_k.current_seq_len;
                     let template_cache_msl = old_k.max_seq_len;
-                    let template_cache_capsl = old_k.capacity_seq_len;
+                    let template_cache_capsl = capacities[layer_idx].unwrap_or(old_k.capacity_seq_len);
 
                     caches.push(KvCache::Rotating {
                         k: RotatingCache {
@@ -1194,5 +1232,85 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for HybridCa
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod batch_capacity_tests {
+    use candle_core::{DType, Device, IndexOp, Tensor};
+
+    use super::{stack_padded, SingleCache};
+
+    fn cache(seed: f32, capacity: usize, len: usize) -> Tensor {
+        // (batch 1, 2 kv heads, capacity, head dim 3): the first `len`
+        // positions hold distinct values, the rest zeros (unused capacity).
+        let data: Vec<f32> = (0..2 * capacity * 3)
+            .map(|i| {
+                let pos = (i / 3) % capacity;
+                if pos < len {
+                    seed + i as f32
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Tensor::from_vec(data, (1, 2, capacity, 3), &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn sequences_of_different_capacity_batch_to_the_largest() {
+        // Same length (5), capacities 8, 24 and 16 (a prefix-cache hit keeps
+        // its source's capacity), and one sequence without a cache.
+        let srcs = vec![
+            Some(cache(1000.0, 8, 5)),
+            Some(cache(2000.0, 24, 5)),
+            None,
+            Some(cache(3000.0, 16, 5)),
+        ];
+        let (batch, capacity) = stack_padded(srcs[0].as_ref().unwrap(), &srcs, 2).unwrap();
+        assert_eq!(capacity, 24);
+        assert_eq!(batch.dims(), &[4, 2, 24, 3]);
+        for (i, src) in srcs.iter().enumerate() {
+            let row = batch.i(i..i + 1).unwrap();
+            match src {
+                Some(src) => {
+                    let have = src.dims()[2];
+                    let kept = row.narrow(2, 0, have).unwrap();
+                    let diff = (kept - src).unwrap().abs().unwrap().sum_all().unwrap();
+                    assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "row {i}");
+                    if have < capacity {
+                        let pad = row.narrow(2, have, capacity - have).unwrap();
+                        let s = pad.abs().unwrap().sum_all().unwrap();
+                        assert_eq!(s.to_scalar::<f32>().unwrap(), 0.0, "row {i} padding");
+                    }
+                }
+                None => {
+                    let s = row.abs().unwrap().sum_all().unwrap();
+                    assert_eq!(s.to_scalar::<f32>().unwrap(), 0.0, "row {i}");
+                }
+            }
+        }
+        // The batched cache takes the next token at the shared length.
+        let mut batched = SingleCache {
+            all_data: Some(batch),
+            dim: 2,
+            current_seq_len: 5,
+            max_seq_len: 64,
+            capacity_seq_len: capacity,
+        };
+        let token = Tensor::ones((4, 2, 1, 3), DType::F32, &Device::Cpu).unwrap();
+        batched.append(&token).unwrap();
+        let data = batched.current_data().unwrap().unwrap();
+        assert_eq!(data.dims(), &[4, 2, 6, 3]);
+    }
+
+    #[test]
+    fn equal_capacities_batch_unchanged() {
+        let srcs = vec![Some(cache(1.0, 8, 3)), Some(cache(50.0, 8, 3))];
+        let (batch, capacity) = stack_padded(srcs[0].as_ref().unwrap(), &srcs, 2).unwrap();
+        assert_eq!(capacity, 8);
+        let expected = Tensor::cat(&[srcs[0].clone().unwrap(), srcs[1].clone().unwrap()], 0).unwrap();
+        let diff = (batch - expected).unwrap().abs().unwrap().sum_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
     }
 }
