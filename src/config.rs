@@ -307,7 +307,7 @@ impl Default for RawServer {
             max_body_bytes: 1 << 20,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
-            header_read_timeout: "10s".into(),
+            header_read_timeout: "30s".into(),
             body_read_timeout: "30s".into(),
         }
     }

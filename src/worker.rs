@@ -62,8 +62,11 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(error = %e, "claiming a job failed; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+                    // A store that keeps failing must not keep SIGTERM waiting.
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.cancelled() => break None,
+                    }
                 }
             }
             tokio::select! {

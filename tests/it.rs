@@ -46,6 +46,12 @@ fn bad_inputs_get_openai_errors_with_the_right_status() {
     assert_error(s, &b, 404, None);
     let (s, b) = http("PUT", &format!("{}/v1/models", d.url), None);
     assert_error(s, &b, 405, None);
+    let (s, b) = http("GET", &format!("{}/v1/models/gpt-4o", d.url), None);
+    assert_error(s, &b, 404, Some("model"));
+    let (s, b) = http("GET", &format!("{}/v1/models/echo", d.url), None);
+    assert_eq!((s, b["id"].as_str()), (200, Some("echo")), "{b}");
+    let (s, b) = http("GET", &format!("{}/health", d.url), None);
+    assert_eq!((s, b["status"].as_str()), (200, Some("ok")), "{b}");
     // Nothing crashed: the daemon still answers.
     let (s, b) = http("POST", &chat, Some(&json!({"messages": user("still here")}).to_string()));
     assert_eq!(s, 200, "{b}");
@@ -104,7 +110,7 @@ fn slow_clients_are_timed_out() {
     let d = Daemon::start(&echo_config(
         0,
         1,
-        &[("header_read_timeout = \"10s\"", "header_read_timeout = \"1s\""), ("body_read_timeout = \"30s\"", "body_read_timeout = \"1s\"")],
+        &[("header_read_timeout = \"30s\"", "header_read_timeout = \"1s\""), ("body_read_timeout = \"30s\"", "body_read_timeout = \"1s\"")],
     ));
     // Half a request line, then nothing: the connection is closed.
     let (_, took) = raw_exchange(d.port, b"GET /v1/jobs HT", Duration::from_secs(20));
@@ -772,6 +778,10 @@ fn an_api_token_guards_every_route_but_healthz() {
         assert_error(s, &b, 401, None);
     }
     assert_eq!(get("/v1/models", Some("Bearer s3cret-token-0123456789")).0, 200);
+    // The scheme is case-insensitive (RFC 7235); a prefix of the token is not the token.
+    assert_eq!(get("/v1/models", Some("BEARER s3cret-token-0123456789")).0, 200);
+    assert_eq!(get("/v1/models", Some("bearer s3cret-token-0123456789")).0, 200);
+    assert_eq!(get("/v1/models", Some("Bearer s3cret-token-012345678")).0, 401);
     assert_eq!(get("/healthz", None).0, 200);
     let (code, _, err) = sproutctl(&d.url, &["list"]);
     assert_ne!(code, 0);
@@ -783,6 +793,27 @@ fn an_api_token_guards_every_route_but_healthz() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn check_config_reads_the_token_file_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |cfg: &str| {
+        std::fs::write(dir.path().join("config.toml"), cfg).unwrap();
+        let out = std::process::Command::new(SPROUTD).arg("check-config").arg("--config").arg(dir.path().join("config.toml")).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let missing = echo_config(0, 1, &[("# token_file = \"/etc/sproutd/token\"", "token_file = \"no-such-token\"")]);
+    let (code, err) = check(&missing);
+    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no-such-token"), "{err}");
+    let ok = with_file_setting(&echo_config(0, 1, &[]), dir.path(), "token_file", "token", "s3cret-token-0123456789\n");
+    assert_eq!(check(&ok).0, Some(0));
+    let wide = echo_config(0, 1, &[("listen = \"127.0.0.1:7878\"", "listen = \"0.0.0.0:7878\"")]);
+    let (code, err) = check(&wide);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("auth.token_file"), "{err}");
 }
 
 #[test]
@@ -893,8 +924,21 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     ] {
         assert!(unit.contains(needed), "the unit lacks {needed}");
     }
-    // verify checks that ExecStart exists: point it at the binary under test.
+    // No reload that stops it; a config error (sproutd's exit status 2, as a
+    // bad config really gives) is not retried forever.
+    assert!(!unit.contains("ExecReload="), "a SIGTERM reload leaves the service stopped");
+    let prevented: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("RestartPreventExitStatus="))
+        .flat_map(|v| v.split_whitespace())
+        .collect();
     let dir = tempfile::tempdir().unwrap();
+    let bad = config_text(&[("top_p = 0.9", "top_p = 7.0")]);
+    let err = sproutd_refuses_to_start(dir.path(), &bad, "127.0.0.1");
+    assert!(err.contains("generation.top_p"), "{err}");
+    let code = std::process::Command::new(SPROUTD).arg("--config").arg(dir.path().join("config.toml")).status().unwrap().code();
+    assert!(code.is_some_and(|c| prevented.contains(&c.to_string().as_str())), "exit {code:?} not in RestartPreventExitStatus {prevented:?}");
+    // verify checks that ExecStart exists: point it at the binary under test.
     let path = dir.path().join("sproutd.service");
     std::fs::write(&path, unit.replace("/usr/local/bin/sproutd", SPROUTD)).unwrap();
     let out = std::process::Command::new("systemd-analyze")

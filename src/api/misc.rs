@@ -7,6 +7,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::error::ApiError;
+use super::extract::Path;
 use super::AppState;
 use crate::service::EngineStatus;
 
@@ -22,6 +23,18 @@ pub async fn models(State(svc): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
+/// `GET /v1/models/{id}`: the served model, or 404.
+pub async fn model(State(svc): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
+    if id != svc.config.model.name {
+        return Err(ApiError {
+            param: Some("model".into()),
+            ..ApiError::not_found("model_not_found", format!("the model {id:?} is not served here; this sproutd serves {:?}", svc.config.model.name))
+        });
+    }
+    Ok(Json(json!({"id": svc.config.model.name, "object": "model", "created": 0, "owned_by": "sprout"})))
+}
+
+/// `GET /healthz` and `GET /health` (the name vLLM, llama.cpp's server and mistral.rs use).
 pub async fn healthz(State(svc): State<AppState>) -> impl IntoResponse {
     let (status, model) = match svc.engine_status() {
         EngineStatus::Ready(_) if !svc.is_shutting_down() => (StatusCode::OK, "ready".to_string()),

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `POST /v1/chat/completions` | [`chat::completions`]: OpenAI chat completion, `stream` for SSE |
 //! | `GET /v1/models` | [`misc::models`] |
+//! | `GET /v1/models/{id}` | [`misc::model`]: the served model, or 404 |
 //! | `POST /v1/jobs` | [`jobs::submit`]: queue a job, answer at once |
 //! | `GET /v1/jobs` | [`jobs::list`] |
 //! | `GET /v1/jobs/{id}` | [`jobs::get`] (`?wait=SECONDS` waits for the end) |
@@ -17,11 +18,11 @@
 //! | `GET /v1/eval/status` | [`eval::status`]: the last q, the next planned run and why |
 //! | `GET /v1/stats` | [`stats::stats`]: totals, savings against L0, the mix, per-level means |
 //! | `GET /metrics` | [`stats::metrics`]: Prometheus text format |
-//! | `GET /healthz` | [`misc::healthz`]: 200 once the model is loaded, 503 before |
+//! | `GET /healthz`, `GET /health` | [`misc::healthz`]: 200 once the model is loaded, 503 before |
 //!
 //! Unknown routes and methods, bad query strings and paths answer in the
 //! OpenAI error shape too ([`extract`]). With an API token configured, every
-//! route but `/healthz` requires it ([`auth`]). In front of every route,
+//! route but `/healthz` and `/health` requires it ([`auth`]). In front of every route,
 //! [`guard`] checks `Host`, `Origin`, that bodies are JSON, and how long they
 //! take; [`serve`] times out slow headers.
 
@@ -53,12 +54,13 @@ use error::ApiError;
 
 pub type AppState = Arc<Service>;
 
-/// Every route. With a `token`, all but `/healthz` need `Authorization: Bearer <token>`.
+/// Every route. With a `token`, all but `/healthz` and `/health` need `Authorization: Bearer <token>`.
 pub fn router(svc: AppState, token: Option<String>) -> Router {
     let limit = svc.config.max_body_bytes;
     let protected = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(misc::models))
+        .route("/v1/models/{*id}", get(misc::model))
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/ledger", get(ledger::export))
@@ -79,6 +81,7 @@ pub fn router(svc: AppState, token: Option<String>) -> Router {
     });
     Router::new()
         .route("/healthz", get(misc::healthz))
+        .route("/health", get(misc::healthz))
         .method_not_allowed_fallback(misc::no_method)
         .merge(protected)
         .layer(DefaultBodyLimit::max(limit))

@@ -65,6 +65,11 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Cmd::CheckConfig) = args.command {
+        // The token file it names, as start-up would read it.
+        if let Err(e) = sprout::daemon::read_token(&config) {
+            eprintln!("sproutd: config error: {e}");
+            return ExitCode::from(2);
+        }
         println!("config OK: model {} on {}", config.model.name, config.listen);
         return ExitCode::SUCCESS;
     }
