@@ -248,7 +248,9 @@ struct Conc {
 
 /// `concurrency` clients in a closed loop over PROMPTS.
 async fn concurrent(url: &str, pid: u32, concurrency: usize, llama: bool) -> Conc {
-    let http = reqwest::Client::new();
+    // A connection per request: llama-server closed a reused one mid-run
+    // (IncompleteMessage), which would end the benchmark.
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("http client");
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cpu0 = cpu_seconds(pid);
     let t0 = Instant::now();

@@ -93,6 +93,19 @@ pub struct Service {
     shutting_down: AtomicBool,
     /// The worker has stopped: no job will change state any more.
     stopped: AtomicBool,
+    /// Submissions past the queue-limit check and not yet done: counted
+    /// against the limit with the queue, so concurrent submits cannot
+    /// overshoot it.
+    admitting: std::sync::atomic::AtomicUsize,
+}
+
+/// Holds one place among [`Service::admitting`] until dropped.
+struct Admission<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Service {
@@ -118,6 +131,7 @@ impl Service {
             running: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            admitting: Default::default(),
         }
     }
 
@@ -158,9 +172,13 @@ impl Service {
         if chars > max {
             return Err(SubmitError::TooLong { chars, max });
         }
+        // Reserve first, then look: a job another submit is inserting counts
+        // once as reserved or queued (twice at worst: refused early, never over).
+        let reserved = self.admitting.fetch_add(1, Ordering::SeqCst);
+        let _admission = Admission(&self.admitting);
         let queued = self.store.queued_len() + self.store.deferred_len();
-        if queued >= self.config.queue.max_queued {
-            return Err(SubmitError::Full { queued });
+        if queued + reserved >= self.config.queue.max_queued {
+            return Err(SubmitError::Full { queued: queued + reserved });
         }
         let seq = self.store.next_seq()?;
         let class = classify(request.last_user_text());

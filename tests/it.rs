@@ -723,6 +723,44 @@ fn idempotent_repeats_return_the_same_job() {
 }
 
 #[test]
+fn the_queue_limit_holds_under_16_concurrent_submitters() {
+    // The engine loads for a minute: nothing leaves the queue meanwhile.
+    let d = Daemon::spawn(
+        &echo_config(0, 1, &[("max_queued = 100000", "max_queued = 50"), ("cpu = true", "cpu = true\necho_load_delay_ms = 60000")]),
+        None,
+    );
+    let t0 = Instant::now();
+    while reqwest::blocking::get(format!("{}/healthz", d.url)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "sproutd did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let handles: Vec<_> = (0..16)
+        .map(|_| {
+            let url = d.url.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut full) = (0, 0);
+                for _ in 0..10 {
+                    match post_job(&url, &json!({"messages": user("hi")}), None).0 {
+                        202 => ok += 1,
+                        429 => full += 1,
+                        other => panic!("unexpected {other}"),
+                    }
+                }
+                (ok, full)
+            })
+        })
+        .collect();
+    let (ok, full) = handles.into_iter().map(|h| h.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert_eq!(ok + full, 160);
+    assert!(ok <= 50, "{ok} accepted over a limit of 50");
+    // A submit being inserted may count twice for a moment (refused early,
+    // never over): at most one per concurrent submitter.
+    assert!(ok >= 50 - 16, "only {ok} accepted");
+    let (_, h) = http("GET", &format!("{}/healthz", d.url), None);
+    assert_eq!(h["queued"], ok, "{h}");
+}
+
+#[test]
 fn a_full_queue_answers_429_with_retry_after_and_long_prompts_400() {
     let d = Daemon::start(&echo_config(
         500,
