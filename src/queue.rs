@@ -570,7 +570,8 @@ impl Store {
         Ok(ids.len())
     }
 
-    async fn cancel_because(&self, id: &str, by: &str) -> Result<CancelOutcome, StoreError> {
+    /// Cancels a queued job (`by` says why, in its error); a running one is left to the worker.
+    pub async fn cancel_because(&self, id: &str, by: &str) -> Result<CancelOutcome, StoreError> {
         let job = self.get(id)?;
         let (tree, key, counter, why) = match job.state {
             JobState::Queued => (&self.queue, queue_key(job.priority, job.seq).to_vec(), &self.queued, "before it ran"),

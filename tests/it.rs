@@ -862,6 +862,49 @@ fn listening_beyond_loopback_without_a_token_is_refused() {
 }
 
 #[test]
+fn a_waiting_chat_whose_client_is_told_to_retry_at_shutdown_is_not_run_for_nobody() {
+    let cfg = echo_config(50, 1, &[("shutdown_grace = \"30s\"", "shutdown_grace = \"1s\"")]);
+    let mut d = Daemon::start(&cfg);
+    let chat = |words: usize| {
+        let url = format!("{}/v1/chat/completions", d.url);
+        let body = json!({"messages": user(&"w ".repeat(words))}).to_string();
+        std::thread::spawn(move || http("POST", &url, Some(&body)))
+    };
+    // One runs (30 s of tokens), then the other waits in the queue behind it.
+    let wait_for = |state: &str| {
+        let t0 = Instant::now();
+        loop {
+            let (_, list) = http("GET", &format!("{}/v1/jobs", d.url), None);
+            let found = list["data"].as_array().unwrap().iter().find(|j| j["state"] == state).map(|j| j["id"].as_str().unwrap().to_string());
+            if let Some(id) = found {
+                return id;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(10), "{list}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let running = chat(600);
+    let running_id = wait_for("running");
+    let waiting = chat(5);
+    let waiting_id = wait_for("queued");
+    assert!(d.sigterm().success(), "{}", d.log());
+    for client in [running, waiting] {
+        let (s, b) = client.join().unwrap();
+        assert_error(s, &b, 503, None);
+    }
+    let reuse = (std::mem::replace(&mut d.dir, tempfile::tempdir().unwrap()), d.port);
+    drop(d);
+    let mut d = Daemon::spawn(&echo_config(0, 1, &[]), Some(reuse));
+    d.wait_ready(Duration::from_secs(30));
+    let (_, j) = http("GET", &format!("{}/v1/jobs/{waiting_id}", d.url), None);
+    assert_eq!(j["state"], "cancelled", "the queued job was told to retry, so it must not run: {j}");
+    // The one that was running is requeued by the drain (not yet cancelled:
+    // README "Known issues"); it must at least not be lost.
+    let (s, _) = http("GET", &format!("{}/v1/jobs/{running_id}", d.url), None);
+    assert_eq!(s, 200);
+}
+
+#[test]
 fn sigterm_drains_running_jobs_then_exits_zero() {
     // A 1 s job, a 30 s job, a 1 s grace: the short one finishes, the long
     // one is requeued (not counted as an attempt) and runs after a restart.

@@ -105,6 +105,16 @@ async fn wait_and_answer(mut rx: mpsc::UnboundedReceiver<JobEvent>, mut guard: C
             }
             None => {
                 guard.armed = false;
+                // The client is told to retry, so a job still queued must not
+                // run after a restart for nobody. (One that was running is
+                // requeued by the drain; that case is not covered yet.)
+                match guard.svc.store.cancel_because(&guard.id, "sproutd stopped; its client was told to retry").await {
+                    Ok(crate::queue::CancelOutcome::Cancelled(_)) => {
+                        tracing::info!(job = %guard.id, "stopping: a waiting client's queued job cancelled")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(job = %guard.id, error = %e, "stopping: cancelling a waiting client's job failed"),
+                }
                 return Err(ApiError::unavailable("sproutd stopped before the answer was ready; retry"));
             }
         }
