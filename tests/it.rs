@@ -30,6 +30,12 @@ fn bad_inputs_get_openai_errors_with_the_right_status() {
         (json!({"messages": user("hi"), "max_tokens": 100000}).to_string(), 400, Some("max_tokens")),
         (json!({"messages": user("hi"), "directive": "L7"}).to_string(), 400, Some("directive")),
         (json!({"messages": user("hi"), "model": "gpt-4o"}).to_string(), 404, Some("model")),
+        // Never silently ignored: parameters that would change the answer.
+        (json!({"messages": user("hi"), "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}).to_string(), 400, Some("tools")),
+        (json!({"messages": user("hi"), "response_format": {"type": "json_object"}}).to_string(), 400, Some("response_format")),
+        (json!({"messages": user("hi"), "logprobs": true}).to_string(), 400, Some("logprobs")),
+        (json!({"messages": user("hi"), "frequency_penalty": 0.5}).to_string(), 400, Some("frequency_penalty")),
+        (json!({"messages": user("hi"), "logit_bias": {"1": 5}}).to_string(), 400, Some("logit_bias")),
         (json!({"messages": user(&"x".repeat(10_000))}).to_string(), 413, None),
     ];
     for (body, status, param) in &cases {

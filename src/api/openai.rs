@@ -68,13 +68,50 @@ pub struct Parsed {
     pub deadline: Option<Deadline>,
 }
 
+/// OpenAI parameters that change what the answer is and that sproutd does
+/// not implement yet: set to anything but their default, they get a 400
+/// naming them instead of being ignored. Returns the first one set.
+fn unsupported(body: &serde_json::Map<String, Value>) -> Option<(&'static str, &'static str)> {
+    let set = |key: &str| body.get(key).filter(|v| !v.is_null());
+    let non_empty = |v: &Value| v.as_array().is_none_or(|a| !a.is_empty()) && v.as_object().is_none_or(|o| !o.is_empty());
+    let not_auto = |v: &Value| !matches!(v.as_str(), Some("none" | "auto"));
+    let checks: [(&'static str, bool, &'static str); 9] = [
+        ("tools", set("tools").is_some_and(non_empty), "tool calling is not supported by sproutd yet"),
+        ("tool_choice", set("tool_choice").is_some_and(not_auto), "tool calling is not supported by sproutd yet"),
+        ("functions", set("functions").is_some_and(non_empty), "function calling is not supported by sproutd yet"),
+        ("function_call", set("function_call").is_some_and(not_auto), "function calling is not supported by sproutd yet"),
+        (
+            "response_format",
+            set("response_format").is_some_and(|v| v.get("type").and_then(Value::as_str) != Some("text")),
+            "structured output (response_format json_object or json_schema) is not supported by sproutd yet; only {\"type\": \"text\"}",
+        ),
+        ("logprobs", set("logprobs").is_some_and(|v| v.as_bool() != Some(false)), "logprobs are not supported by sproutd yet"),
+        ("top_logprobs", set("top_logprobs").is_some_and(|v| v.as_f64() != Some(0.0)), "logprobs are not supported by sproutd yet"),
+        ("logit_bias", set("logit_bias").is_some_and(non_empty), "logit_bias is not supported by sproutd yet"),
+        (
+            "presence_penalty",
+            set("presence_penalty").is_some_and(|v| v.as_f64() != Some(0.0)) || set("frequency_penalty").is_some_and(|v| v.as_f64() != Some(0.0)),
+            "presence_penalty and frequency_penalty are not supported by sproutd yet (0 only); repetition is penalised by generation.repetition_penalty",
+        ),
+    ];
+    checks.into_iter().find(|(_, on, _)| *on).map(|(key, _, why)| {
+        // Name the penalty actually set.
+        let key = if key == "presence_penalty" && set("presence_penalty").is_none_or(|v| v.as_f64() == Some(0.0)) { "frequency_penalty" } else { key };
+        (key, why)
+    })
+}
+
 /// Parses and validates a body. Unknown fields are ignored, as OpenAI's
-/// clients send many we do not use.
+/// clients send many we do not use, except those that would change the
+/// answer and that sproutd does not implement ([`unsupported`]): a 400.
 pub fn parse_request(body: &[u8], cfg: &Config, directives: &Directives) -> Result<Parsed, ApiError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| ApiError::bad_json(format!("request body is not valid JSON: {e}")))?;
-    if !value.is_object() {
+    let Some(object) = value.as_object() else {
         return Err(ApiError::bad_json("request body must be a JSON object"));
+    };
+    if let Some((param, why)) = unsupported(object) {
+        return Err(ApiError::invalid(param, why));
     }
     let raw: RawRequest = serde_json::from_value(value)
         .map_err(|e| ApiError::bad_json(format!("request body does not match the chat completion schema: {e}")))?;
@@ -352,6 +389,41 @@ mod tests {
 
     fn err(body: &str) -> ApiError {
         parse(body).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn parameters_that_would_change_the_answer_are_refused_not_ignored() {
+        let body = |extra: &str| format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],{extra}}}"#);
+        for (extra, param) in [
+            (r#""tools":[{"type":"function","function":{"name":"f","parameters":{}}}]"#, "tools"),
+            (r#""tool_choice":"required""#, "tool_choice"),
+            (r#""tool_choice":{"type":"function","function":{"name":"f"}}"#, "tool_choice"),
+            (r#""functions":[{"name":"f"}]"#, "functions"),
+            (r#""response_format":{"type":"json_object"}"#, "response_format"),
+            (r#""response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}}"#, "response_format"),
+            (r#""logprobs":true"#, "logprobs"),
+            (r#""top_logprobs":3"#, "top_logprobs"),
+            (r#""logit_bias":{"50256":-100}"#, "logit_bias"),
+            (r#""presence_penalty":0.5"#, "presence_penalty"),
+            (r#""frequency_penalty":-1"#, "frequency_penalty"),
+        ] {
+            let e = err(&body(extra));
+            assert_eq!((e.status, e.param.as_deref()), (StatusCode::BAD_REQUEST, Some(param)), "{extra}");
+        }
+        // Their defaults, as clients often send them, are fine.
+        for extra in [
+            r#""tools":[]"#,
+            r#""tools":null"#,
+            r#""tool_choice":"none""#,
+            r#""response_format":{"type":"text"}"#,
+            r#""logprobs":false"#,
+            r#""top_logprobs":0"#,
+            r#""logit_bias":{}"#,
+            r#""presence_penalty":0,"frequency_penalty":0.0"#,
+            r#""parallel_tool_calls":true,"user":"u""#,
+        ] {
+            assert!(parse(&body(extra)).is_ok(), "{extra}");
+        }
     }
 
     #[test]
