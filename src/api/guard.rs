@@ -163,13 +163,7 @@ async fn read_body(g: &Guard, req: Request) -> Result<Request, ApiError> {
                 format!("the request body did not arrive within {}", human(g.access.body_read_timeout)),
             ))
         }
-        Ok(Err(e)) if is_length_limit(&e) => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
-                format!("request body is larger than the configured limit of {limit} bytes"),
-            ))
-        }
+        Ok(Err(e)) if is_length_limit(&e) => return Err(ApiError::too_large(limit)),
         Ok(Err(e)) => return Err(ApiError::bad_json(format!("cannot read the request body: {e}"))),
         Ok(Ok(b)) => b,
     };

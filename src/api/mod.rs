@@ -93,11 +93,7 @@ pub fn router(svc: AppState, token: Option<String>) -> Router {
 pub fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
     match body {
         Ok(b) => Ok(b),
-        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_too_large",
-            format!("request body is larger than the configured limit of {limit} bytes"),
-        )),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::too_large(limit)),
         Err(r) => Err(ApiError::bad_json(format!("cannot read the request body: {r}"))),
     }
 }
