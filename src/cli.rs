@@ -760,6 +760,8 @@ fn simulate(args: &SimulateArgs) -> Result<(), CliError> {
     let n = runs.len() as f64;
     let saving = runs.iter().map(|r| r.carbon_saving_pct).sum::<f64>() / n;
     let quality = runs.iter().map(|r| r.quality_pct).sum::<f64>() / n;
+    let hourly_quality = runs.iter().map(|r| r.hourly_quality_pct).sum::<f64>() / n;
+    let own_quality = runs.iter().map(|r| r.own_quality_pct).sum::<f64>() / n;
     if let Some(path) = &args.plot {
         std::fs::write(path, simulate::plot_svg(&runs[0]))
             .map_err(|e| CliError::Usage(format!("writing the plot {}: {e}", path.display())))?;
@@ -774,6 +776,8 @@ fn simulate(args: &SimulateArgs) -> Result<(), CliError> {
             "seeds": (args.seed..args.seed + args.seeds).collect::<Vec<_>>(),
             "carbon_saving_pct": saving,
             "quality_pct": quality,
+            "hourly_quality_pct": hourly_quality,
+            "own_quality_pct": own_quality,
             "evaluations": runs.iter().map(|r| r.evaluations).sum::<usize>() as f64 / n,
             "mean_mix": runs[0].mean_mix,
         });
@@ -794,7 +798,9 @@ fn simulate(args: &SimulateArgs) -> Result<(), CliError> {
         if runs.len() == 1 { "" } else { "s" }
     );
     println!("  carbon saving vs always-L0: {saving:.1}%");
-    println!("  quality (q.x)/q0:           {quality:.1}%");
+    println!("  quality, pooled:            {quality:.1}%  (served at their best / best at L0)");
+    println!("  quality, mean of hours:     {hourly_quality:.1}%");
+    println!("  quality, as the LP saw it:  {own_quality:.1}%  ((q.x)/q0 with the q it solved with)");
     println!("  evaluations:                {:.1}", runs.iter().map(|r| r.evaluations).sum::<usize>() as f64 / n);
     println!("  mean mix (first seed):      {}", runs[0].mean_mix.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" / "));
     Ok(())

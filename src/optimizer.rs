@@ -17,10 +17,11 @@ use std::time::Instant;
 use highs::{HighsModelStatus, RowProblem, Sense};
 use serde::Serialize;
 
-/// Sprout's own policy (`best`, README "The optimizer"): the safety margin on
-/// the quality floor, and how many latest evaluations the simulator's per-class `q` pools
-/// (the daemon pools `planner::EVAL_HISTORY` runs). Chosen on the simulator (README table): pooling six runs' verdicts cuts
-/// the noise in per-class `q` enough that the margin can stay small.
+/// Sprout's own policy (`best`, README "The optimizer"): the daemon's safety
+/// margin on the quality floor (its `q` is already a lower bound), and how
+/// many latest evaluations the simulator's per-class `q` pools (the daemon
+/// pools `planner::EVAL_HISTORY` runs); pooling six runs' verdicts cuts the
+/// noise in per-class `q`.
 pub const BEST_MARGIN: f64 = 0.02;
 pub const BEST_CLASS_HISTORY: usize = 6;
 

@@ -33,6 +33,10 @@ use crate::classify::{self, CLASSES};
 use crate::optimizer::{self, ClassInputs, Inputs};
 
 pub const LEVELS: usize = 3;
+/// `best`'s confidence on pick-best `q` in the replay ([`SimConfig::best_z`]):
+/// chosen on seeds 1-10 of the README table (z 0 / 0.2 / 0.3 / 0.4 with
+/// margins 0 to 0.02), reported on seeds 101-110.
+pub const BEST_Z: f64 = 0.3;
 /// The artifact's embodied carbon of one A100 (gCO2e) and lifetime (5 years).
 pub const A100_EMBODIED_G: f64 = 26_356.568;
 pub const FIVE_YEARS_S: f64 = 5.0 * 365.0 * 24.0 * 3600.0;
@@ -209,10 +213,14 @@ pub struct SimConfig {
     /// Quality of the 7B model's answers relative to the 13B's (the artifact
     /// has no judgments of 7B answers; an assumption, see README).
     pub small_model_quality: f64,
-    /// `best`'s safety margin on the quality floor.
+    /// `best`'s safety margin on the quality floor (0: [`BEST_Z`]'s bounds
+    /// take its place).
     pub best_margin: f64,
     /// `best`'s per-class q pools the verdicts of this many latest evaluations.
     pub class_history: usize,
+    /// `best`'s confidence on q: each shorter level's share at its lower
+    /// bound and L0's at its upper bound (Wilson, this z; 0: the estimates).
+    pub best_z: f64,
 }
 
 impl Default for SimConfig {
@@ -229,8 +237,9 @@ impl Default for SimConfig {
             requests_per_hour: 50,
             eval_prompts: 100,
             small_model_quality: 0.8,
-            best_margin: crate::optimizer::BEST_MARGIN,
+            best_margin: 0.0,
             class_history: crate::optimizer::BEST_CLASS_HISTORY,
+            best_z: BEST_Z,
         }
     }
 }
@@ -262,6 +271,13 @@ pub struct SimResult {
     pub carbon_saving_pct: f64,
     /// 100 × prompts served at their best level / prompts whose best is L0, over the window.
     pub quality_pct: f64,
+    /// Quality as the method reports it (artifact README): `(q·x)/q_0` with
+    /// the q the policy solved with (its latest evaluation's), per request.
+    /// For `oracle` and `small-model`, `quality_pct`.
+    pub own_quality_pct: f64,
+    /// The mean over hours of each hour's realized quality (every hour
+    /// weighs the same, however many of its prompts were best at L0).
+    pub hourly_quality_pct: f64,
     pub evaluations: usize,
     pub requests: usize,
     pub mean_mix: Vec<f64>,
@@ -316,6 +332,9 @@ fn means(a: &Artifact, sample: &[usize]) -> Means {
 pub struct Quality {
     pub all: [f64; LEVELS],
     pub class: [[f64; LEVELS]; CLASSES.len()],
+    /// Per class, the verdict counts behind `class`: judged prompts and how
+    /// many picked each level.
+    pub counts: [(f64, [f64; LEVELS]); CLASSES.len()],
 }
 
 const PRIOR: f64 = 10.0;
@@ -338,7 +357,8 @@ pub fn quality_of(bests: impl Iterator<Item = (usize, usize)>) -> Quality {
             class[c][l] = (per[c][l] + PRIOR * all[l]) / (n[c] + PRIOR);
         }
     }
-    Quality { all, class }
+    let counts = std::array::from_fn(|c| (n[c], per[c]));
+    Quality { all, class, counts }
 }
 
 /// The method's evaluation trigger (artifact README): never within 6 h of
@@ -412,7 +432,7 @@ pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
     let mut last_eval = 0usize;
     let mut evaluations = 0;
     let mut static_x: Option<Vec<Vec<f64>>> = None;
-    let (mut sum_c, mut sum_b, mut sum_num, mut sum_den) = (0.0, 0.0, 0.0, 0.0);
+    let (mut sum_c, mut sum_b, mut sum_num, mut sum_den, mut sum_own) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let mut mix_total = vec![0.0; LEVELS];
     let mut total_requests = 0;
 
@@ -461,7 +481,7 @@ pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
             }
             // The method's q is the latest run's; per class, the last few runs'.
             let pooled = quality_of(history.iter().flatten().copied());
-            quality = Some(Quality { all: latest.all, class: pooled.class });
+            quality = Some(Quality { all: latest.all, ..pooled });
             last_eval = h;
             evaluations += 1;
         }
@@ -481,6 +501,7 @@ pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
         let den = bests.iter().filter(|b| **b == 0).count() as f64;
         let floor = optimizer::floor_factor(ci, ci_min, ci_max, cfg.xi);
         let base: f64 = costs.iter().map(|c| c[0]).sum();
+        let mut own = f64::NAN;
         let (carbon, num, mix): (f64, f64, Vec<f64>) = match cfg.policy {
             Policy::SmallModel => {
                 let models = ClassInputs {
@@ -513,6 +534,7 @@ pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
                 (carbon, num, mix)
             }
             policy => {
+                own = 0.0;
                 let xs: Vec<Vec<f64>> = match policy {
                     Policy::Sprout => vec![one_class(ci); 4],
                     Policy::Static => static_x.get_or_insert_with(|| vec![one_class(window_mean_ci); 4]).clone(),
@@ -531,7 +553,11 @@ pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
                 let mut num = 0.0;
                 let mut mix = vec![0.0; LEVELS];
                 for ((&i, c), b) in sample.iter().zip(&costs).zip(&bests) {
-                    let x = &xs[a.prompts[i].class];
+                    let class = a.prompts[i].class;
+                    let x = &xs[class];
+                    // As the method scores itself: (q·x)/q_0 with the q it solved with.
+                    let qv = if policy == Policy::Best { &q.class[class] } else { &q.all };
+                    own += (0..LEVELS).map(|l| qv[l] * x[l]).sum::<f64>() / qv[0].max(1e-12);
                     carbon += (0..LEVELS).map(|l| x[l] * c[l]).sum::<f64>();
                     num += x[*b];
                     for l in 0..LEVELS {
@@ -541,6 +567,8 @@ pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
                 (carbon, num, mix)
             }
         };
+        let realized = if den > 0.0 { num / den } else { 1.0 };
+        sum_own += if own.is_nan() { realized * sample.len() as f64 } else { own };
         sum_c += carbon;
         sum_b += base;
         sum_num += num;
@@ -571,6 +599,8 @@ pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
         xi: cfg.xi,
         carbon_saving_pct: 100.0 * (1.0 - sum_c / sum_b),
         quality_pct: 100.0 * sum_num / sum_den.max(1.0),
+        own_quality_pct: 100.0 * sum_own / total_requests.max(1) as f64,
+        hourly_quality_pct: 100.0 * hourly.iter().map(|h| h.quality).sum::<f64>() / hourly.len().max(1) as f64,
         evaluations,
         requests: total_requests,
         mean_mix: mix_total,
@@ -588,11 +618,28 @@ fn best_mixes(m: &Means, q: &Quality, ci: f64, ci_min: f64, ci_max: f64, cfg: &S
             weight: m.share[c],
             e: m.e[c].to_vec(),
             p: m.t[c].to_vec(),
-            q: q.class[c].to_vec(),
+            q: bounded_q(q, c, cfg.best_z).to_vec(),
             allowed: vec![],
         })
         .collect();
     solve_mixes(classes, ci, ci_min, ci_max, cfg.best_margin, cfg)
+}
+
+/// Class `c`'s q for `best`: L0's pick-best share at its upper bound and the
+/// shorter levels' at their lower bounds, so that what the LP trades on is
+/// what the verdicts support, not their noise.
+fn bounded_q(q: &Quality, c: usize, z: f64) -> [f64; LEVELS] {
+    let (n, picks) = q.counts[c];
+    if z <= 0.0 || n <= 0.0 {
+        return q.class[c];
+    }
+    std::array::from_fn(|l| {
+        if l == 0 {
+            1.0 - crate::answers::wilson_lower(n - picks[0], n, z)
+        } else {
+            crate::answers::wilson_lower(picks[l], n, z)
+        }
+    })
 }
 
 /// The optimizer's mix for each of `classes` at intensity `ci`, under the
@@ -621,15 +668,17 @@ pub fn table(a: &Artifact, base: &SimConfig, seeds: u64) -> Result<String, Strin
             s.spawn(|| loop {
                 let k = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let Some((region, start)) = jobs.get(k) else { return };
-                let row: Result<Vec<(f64, f64)>, String> = Policy::ALL
+                let row: Result<Vec<(f64, f64, f64, f64)>, String> = Policy::ALL
                     .iter()
                     .map(|&policy| {
-                        let mut sums = (0.0, 0.0);
+                        let mut sums = (0.0, 0.0, 0.0, 0.0);
                         for seed in base.seed..base.seed + seeds {
                             let cfg = SimConfig { region: region.clone(), start_hour: *start, policy, seed, ..base.clone() };
                             let r = run(a, &cfg)?;
                             sums.0 += r.carbon_saving_pct / seeds as f64;
                             sums.1 += r.quality_pct / seeds as f64;
+                            sums.2 += r.own_quality_pct / seeds as f64;
+                            sums.3 += r.hourly_quality_pct / seeds as f64;
                         }
                         Ok(sums)
                     })
@@ -648,8 +697,12 @@ pub fn table(a: &Artifact, base: &SimConfig, seeds: u64) -> Result<String, Strin
     for ((region, start), row) in jobs.iter().zip(results.into_inner().expect("poisoned")) {
         let row = row.expect("every job ran")?;
         out += &format!("| {region} | {start} |");
-        for (saving, quality) in row {
-            out += &format!(" {saving:.1}% / {quality:.1}% |");
+        for (p, (saving, quality, own, hourly)) in Policy::ALL.iter().zip(row) {
+            out += &format!(" {saving:.1}% / {quality:.1}%");
+            if matches!(p, Policy::Sprout | Policy::Best) {
+                out += &format!(" ({hourly:.1}%, {own:.1}%)");
+            }
+            out += " |";
         }
         out += "\n";
     }
@@ -824,6 +877,24 @@ mod tests {
     }
 
     #[test]
+    fn best_trades_on_bounded_q() {
+        // 40 judged math prompts: 20 best at L0, 12 at L1, 8 at L2.
+        let verdicts = (0..40).map(|k| (1, if k < 20 { 0 } else if k < 32 { 1 } else { 2 }));
+        let q = quality_of(verdicts);
+        let raw = bounded_q(&q, 1, 0.0);
+        assert_eq!(raw, q.class[1]);
+        let b = bounded_q(&q, 1, BEST_Z);
+        assert!((b[0] - 0.5).abs() < 0.1 && b[0] > 0.5, "{b:?}");
+        assert!(b[1] < 0.3 && b[2] < 0.2, "{b:?}");
+        // More verdicts, tighter bounds.
+        let q4 = quality_of((0..160).map(|k| (1, if k < 80 { 0 } else if k < 128 { 1 } else { 2 })));
+        let b4 = bounded_q(&q4, 1, BEST_Z);
+        assert!(b4[0] < b[0] && b4[1] > b[1], "{b4:?} {b:?}");
+        // A class never judged keeps the shrunk estimate.
+        assert_eq!(bounded_q(&q, 3, BEST_Z), q.class[3]);
+    }
+
+    #[test]
     fn the_trigger_rule() {
         assert!(!method_trigger(5, 300.0, 100.0, 300.0, 100.0, 500.0));
         assert!(method_trigger(72, 100.0, 500.0, 100.0, 100.0, 500.0));
@@ -875,7 +946,11 @@ mod tests {
         assert!(co2.carbon_saving_pct > sprout.carbon_saving_pct && co2.quality_pct < sprout.quality_pct);
         assert!(oracle.carbon_saving_pct > sprout.carbon_saving_pct && oracle.quality_pct >= 89.9);
         assert!(best.carbon_saving_pct > sprout.carbon_saving_pct, "{} vs {}", best.carbon_saving_pct, sprout.carbon_saving_pct);
+        assert!(best.quality_pct >= 90.0, "{}", best.quality_pct);
         assert!(sprout.evaluations >= 1);
+        // The method's own scoring and the hourly mean differ from the pooled one.
+        assert!(sprout.own_quality_pct > sprout.quality_pct, "{} {}", sprout.own_quality_pct, sprout.quality_pct);
+        assert!(sprout.hourly_quality_pct != sprout.quality_pct);
         assert!(plot_svg(&best).starts_with("<svg"));
     }
 }

@@ -1776,6 +1776,29 @@ fn real_model_judged_by_a_second_sproutd_over_loopback() {
 }
 
 #[test]
+fn sproutctl_simulate_reports_quality_three_ways() {
+    let data = repo().join("../shared/data/sprout_artifact");
+    if !data.is_dir() {
+        eprintln!("skipping: ../shared/data not present");
+        return;
+    }
+    let out = std::process::Command::new(SPROUTCTL)
+        .args(["simulate", "--data", data.to_str().unwrap(), "--region", "GB", "--hours", "168", "--policy", "sprout", "--seeds", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (pooled, hourly, own) = (v["quality_pct"].as_f64().unwrap(), v["hourly_quality_pct"].as_f64().unwrap(), v["own_quality_pct"].as_f64().unwrap());
+    assert!(pooled > 70.0 && pooled < own && hourly < own, "{v}");
+    let text = std::process::Command::new(SPROUTCTL)
+        .args(["simulate", "--data", data.to_str().unwrap(), "--region", "GB", "--hours", "24"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("quality, pooled:") && text.contains("quality, as the LP saw it:"), "{text}");
+}
+
+#[test]
 fn sproutctl_piped_into_a_reader_that_stops_early_ends_quietly() {
     use std::io::Read;
     use std::os::unix::process::ExitStatusExt;
