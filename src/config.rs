@@ -317,11 +317,12 @@ impl Default for RawServer {
 #[serde(deny_unknown_fields, default)]
 pub struct RawStorage {
     pub data_dir: PathBuf,
+    pub open_timeout: String,
 }
 
 impl Default for RawStorage {
     fn default() -> Self {
-        Self { data_dir: PathBuf::from("data") }
+        Self { data_dir: PathBuf::from("data"), open_timeout: "5m".into() }
     }
 }
 
@@ -436,6 +437,9 @@ pub struct Config {
     /// Who may reach the API from where ([`crate::api::guard`]).
     pub access: AccessConfig,
     pub data_dir: PathBuf,
+    /// How long opening the store may take before start-up gives up (a
+    /// damaged store can make sled spin).
+    pub store_open_timeout: Duration,
     pub model: ModelConfig,
     pub generation: RawGeneration,
     pub directives: DirectiveConfig,
@@ -803,6 +807,7 @@ impl Config {
         let result_retention = duration("queue.result_retention", &q.result_retention);
         let shutdown_grace = duration("queue.shutdown_grace", &q.shutdown_grace);
         let deadline_margin = duration("queue.deadline_margin", &q.deadline_margin);
+        let store_open_timeout = duration("storage.open_timeout", &raw.storage.open_timeout);
         if q.max_queued == 0 {
             errs.push("queue.max_queued: must be at least 1".into());
         }
@@ -945,6 +950,7 @@ impl Config {
             max_body_bytes: raw.server.max_body_bytes,
             access: AccessConfig { allowed_hosts, allowed_origins, header_read_timeout, body_read_timeout },
             data_dir: resolve(&raw.storage.data_dir),
+            store_open_timeout,
             model: ModelConfig { source: source.expect("checked"), name, max_seqs: m.max_seqs },
             generation: raw.generation,
             directives: DirectiveConfig {

@@ -1,7 +1,9 @@
 //! `run`: the daemon's life, from opening the store to the last flush.
 //!
-//! Start-up: open the store and recover jobs a crash left running → serve on
-//! the given listener at once (`/healthz` answers 503 "loading") → load the
+//! Start-up: [`open_store`] (bounded in time; a damaged store is one clear
+//! error, never a hang) → bind the port (the caller, so the port is bound
+//! only once the store is open) → recover jobs a crash left running → serve
+//! on the listener at once (`/healthz` answers 503 "loading") → load the
 //! model in the background → the worker starts claiming jobs, and systemd
 //! hears `READY=1` (store open, port bound, model loaded).
 //!
@@ -14,6 +16,7 @@
 //! 4. interrupted jobs go back to the queue, the store is flushed, exit 0.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,8 +73,66 @@ fn notify(state: sd_notify::NotifyState) {
     }
 }
 
+/// Opens the job store at `dir` (creating it) in its own thread, so that a
+/// damaged store which makes sled panic or spin ends start-up with one clear
+/// error instead of a crash or a hang: progress is logged every 10 s, and
+/// after `timeout` it gives up. `accept_loss` serves a store that lost
+/// acknowledged jobs ([`Store::open_accepting_loss`]).
+pub fn open_store(dir: &Path, timeout: Duration, accept_loss: bool) -> Result<Store, DaemonError> {
+    std::fs::create_dir_all(dir).map_err(|source| DaemonError::DataDir { path: dir.display().to_string(), source })?;
+    let path = dir.display().to_string();
+    let damaged = |message: String| DaemonError::Store(StoreError::Damaged { path: path.clone(), message });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = dir.to_path_buf();
+    // sled reports some damage by panicking; that is an answer here, not a crash to print.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let spawned = std::thread::Builder::new().name("store-open".into()).spawn(move || {
+        let opened = std::panic::catch_unwind(|| {
+            if accept_loss {
+                Store::open_accepting_loss(&owned)
+            } else {
+                Store::open(&owned)
+            }
+        });
+        let _ = tx.send(opened);
+    });
+    let t0 = std::time::Instant::now();
+    let out = match spawned {
+        Err(e) => Err(damaged(format!("starting the thread that opens it: {e}"))),
+        Ok(_) => loop {
+            let left = timeout.saturating_sub(t0.elapsed());
+            match rx.recv_timeout(left.min(Duration::from_secs(10))) {
+                Ok(Ok(opened)) => break opened.map_err(DaemonError::from),
+                Ok(Err(panic)) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "unknown".into());
+                    break Err(damaged(format!("the store library failed reading it ({what})")));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if t0.elapsed() < timeout => {
+                    tracing::info!(secs = t0.elapsed().as_secs(), data_dir = %path, "still opening the job store");
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    break Err(damaged(format!(
+                        "opening it took longer than storage.open_timeout ({} s)",
+                        timeout.as_secs()
+                    )))
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break Err(damaged("the thread opening it ended without an answer".into())),
+            }
+        },
+    };
+    std::panic::set_hook(hook);
+    out
+}
+
+/// Serves until `shutdown`, on a store [`open_store`] opened and a bound listener.
 pub async fn run(
     config: Config,
+    store: Store,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
@@ -80,13 +141,10 @@ pub async fn run(
     if token.is_none() && !addr.ip().is_loopback() {
         return Err(DaemonError::NoToken(addr));
     }
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|source| DaemonError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let t0 = std::time::Instant::now();
     let carbon = Arc::new(Carbon::from_config(&config.carbon, now_ms() as i64 / 1000)?);
     let meter = energy::detect(&config.accounting)?;
     let metering = energy::Metering::new(meter, &config.accounting);
-    let store = Store::open(&config.data_dir)?;
     store.recover(config.queue.max_attempts)?;
     let orphans = store.cancel_orphaned_daemon_work().await?;
     if orphans > 0 {
@@ -98,7 +156,7 @@ pub async fn run(
         %addr,
         data_dir = %svc.config.data_dir.display(),
         queued = svc.store.queued_len(),
-        store_open_ms = t0.elapsed().as_millis() as u64,
+        startup_ms = t0.elapsed().as_millis() as u64,
         auth = token.is_some(),
         carbon = %svc.carbon.name(),
         meter = %svc.metering.lock().expect("poisoned").status().meter,

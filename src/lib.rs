@@ -42,5 +42,6 @@ pub mod planner;
 pub mod simulate;
 pub mod tui;
 pub mod daemon;
+pub mod store_admin;
 pub mod client;
 pub mod cli;

@@ -10,7 +10,17 @@
 //! - `idem`:    Idempotency-Key → job id.
 //! - `ledger`:  finished time (ms, big-endian) ‖ seq → `LedgerEntry` (JSON),
 //!   one per job that reached the engine; kept when results are collected.
-//! - `meta`:    `schema_version`.
+//! - `meta`:    `schema_version`; `acknowledged`: the count of jobs ever
+//!   created and the highest sequence number, written in each job's
+//!   creating transaction.
+//!
+//! **Missing data is detected, not served.** After every flush that
+//! acknowledges jobs, the same watermark goes to a small file beside sled's
+//! (`acknowledged`, fsynced before any client hears back). sled treats a
+//! damaged end of its log as a torn write and opens without it; if the
+//! store's own watermark is then behind the file's, acknowledged jobs are
+//! gone and [`Store::open`] refuses with how many and which ids, unless the
+//! operator accepts the loss ([`Store::open_accepting_loss`]).
 //!
 //! Invariants: a job is in `queue` exactly when its state is `Queued`, and in
 //! `running` exactly when it is `Running`; every change to a job and its
@@ -30,6 +40,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use serde::Serialize;
 use tokio::sync::Notify;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -53,6 +64,12 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("job store holds a corrupt record for {key}: {message}")]
     Corrupt { key: String, message: String },
+    #[error(
+        "the job store at {path} has lost {count} acknowledged job(s) (ids after job-{after:016x} up to job-{last:016x}): its files were damaged or restored from an older copy; `sproutd store verify` reports, `sproutd store export` saves what is left, `sproutd --accept-missing-jobs` serves it anyway"
+    )]
+    Missing { path: String, count: u64, after: u64, last: u64 },
+    #[error("the job store at {path} is damaged: {message}; `sproutd store verify` reports what is readable")]
+    Damaged { path: String, message: String },
     #[error("job {0} not found")]
     NotFound(String),
     #[error("job {id} is already {state}")]
@@ -69,6 +86,73 @@ impl From<TransactionError<StoreError>> for StoreError {
 }
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// Jobs created so far (never decreases) and the highest sequence number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Watermark {
+    pub count: u64,
+    pub max_seq: u64,
+}
+
+/// The watermark file beside sled's, in the store directory.
+pub const WATERMARK_FILE: &str = "acknowledged";
+
+impl Watermark {
+    fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.count.to_be_bytes());
+        b[8..].copy_from_slice(&self.max_seq.to_be_bytes());
+        b
+    }
+
+    fn from_bytes(b: &[u8]) -> Option<Watermark> {
+        let b: &[u8; 16] = b.try_into().ok()?;
+        Some(Watermark {
+            count: u64::from_be_bytes(b[..8].try_into().ok()?),
+            max_seq: u64::from_be_bytes(b[8..].try_into().ok()?),
+        })
+    }
+
+    fn check(self) -> u64 {
+        (self.count ^ self.max_seq.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5350_524f_5554
+    }
+
+    /// One fixed-length line, so rewriting it in place never leaves a mix of
+    /// two values that passes the check.
+    pub fn to_line(self) -> String {
+        format!("{:020} {:020} {:016x}\n", self.count, self.max_seq, self.check())
+    }
+
+    pub fn parse_line(s: &str) -> Option<Watermark> {
+        let mut it = s.trim_end().split(' ');
+        let w = Watermark { count: it.next()?.parse().ok()?, max_seq: it.next()?.parse().ok()? };
+        let check = u64::from_str_radix(it.next()?, 16).ok()?;
+        (it.next().is_none() && check == w.check()).then_some(w)
+    }
+
+    fn after(self, seq: u64) -> Watermark {
+        Watermark { count: self.count + 1, max_seq: self.max_seq.max(seq) }
+    }
+}
+
+/// The watermark as acknowledged: in memory (updated under the write lock)
+/// and in its file (rewritten after each flush).
+struct Acknowledged {
+    now: Mutex<Watermark>,
+    file: std::fs::File,
+}
+
+impl Acknowledged {
+    /// Writes the watermark of every write made so far (call after a flush,
+    /// with the write lock held, so all of them are on disk).
+    fn persist(&self) -> Result<(), StoreError> {
+        use std::os::unix::fs::FileExt;
+        let w = *self.now.lock().expect("poisoned");
+        let io = |e: std::io::Error| StoreError::Sled(sled::Error::Io(e));
+        self.file.write_all_at(w.to_line().as_bytes(), 0).map_err(io)?;
+        self.file.sync_data().map_err(io)
+    }
+}
 
 pub struct Store {
     db: sled::Db,
@@ -99,6 +183,37 @@ pub struct Store {
     flushed: Notify,
     /// Totals over the whole ledger, kept in step with it (for /metrics).
     totals: Mutex<Totals>,
+    acknowledged: Arc<Acknowledged>,
+    /// Sequence numbers start above every one ever acknowledged, even when
+    /// sled's id generator lost its place with a damaged tail.
+    seq_floor: AtomicU64,
+}
+
+/// What [`Store::verify`] found.
+#[derive(Debug, Default, Serialize)]
+pub struct Verified {
+    /// Jobs by state.
+    pub jobs: std::collections::BTreeMap<&'static str, u64>,
+    pub ledger: u64,
+    pub eval_runs: u64,
+    #[serde(skip)]
+    pub watermark: Watermark,
+    /// Records that do not decode, and index entries that disagree with the jobs.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("writing the export: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+impl From<sled::Error> for ExportError {
+    fn from(e: sled::Error) -> Self {
+        ExportError::Store(StoreError::Sled(e))
+    }
 }
 
 /// What a new job needs besides what the store assigns.
@@ -177,6 +292,16 @@ impl Store {
     /// Opens (or creates) the store and checks its schema version. Call
     /// [`Store::recover`] before serving.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with(dir, false)
+    }
+
+    /// Opens a store whose acknowledged jobs are known to be missing, serving
+    /// what is left (the loss is logged, and the watermark starts afresh).
+    pub fn open_accepting_loss(dir: &Path) -> Result<Store, StoreError> {
+        Self::open_with(dir, true)
+    }
+
+    fn open_with(dir: &Path, accept_loss: bool) -> Result<Store, StoreError> {
         let path = dir.display().to_string();
         let db = sled::Config::new()
             .path(dir)
@@ -210,6 +335,7 @@ impl Store {
             let (k, v) = item?;
             totals.add(&decode(&k, &v)?);
         }
+        let (acknowledged, floor) = Self::check_watermark(dir, &path, &meta, accept_loss)?;
         Ok(Store {
             jobs: db.open_tree("jobs")?,
             running: db.open_tree("running")?,
@@ -231,7 +357,150 @@ impl Store {
             flushing: AtomicBool::new(false),
             flushed: Notify::new(),
             totals: Mutex::new(totals),
+            acknowledged: Arc::new(acknowledged),
+            seq_floor: AtomicU64::new(floor),
         })
+    }
+
+    /// Compares the store's watermark with the file's (module doc); returns
+    /// the watermark to continue from and the first sequence number allowed.
+    fn check_watermark(dir: &Path, path: &str, meta: &sled::Tree, accept_loss: bool) -> Result<(Acknowledged, u64), StoreError> {
+        let damaged = |message: String| StoreError::Damaged { path: path.to_string(), message };
+        let stored = match meta.get("acknowledged")? {
+            Some(v) => Watermark::from_bytes(&v).ok_or_else(|| damaged("its acknowledged-jobs watermark is unreadable".into()))?,
+            None => Watermark::default(),
+        };
+        let file_path = dir.join(WATERMARK_FILE);
+        let on_file = match std::fs::read_to_string(&file_path) {
+            Ok(text) => Some(Watermark::parse_line(&text).ok_or_else(|| {
+                damaged(format!("{} does not hold a valid watermark ({:?})", file_path.display(), text.chars().take(80).collect::<String>()))
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(damaged(format!("reading {}: {e}", file_path.display()))),
+        };
+        let mut now = stored;
+        if let Some(f) = on_file {
+            if f.count > stored.count {
+                if !accept_loss {
+                    return Err(StoreError::Missing {
+                        path: path.to_string(),
+                        count: f.count - stored.count,
+                        after: stored.max_seq,
+                        last: f.max_seq,
+                    });
+                }
+                tracing::warn!(
+                    missing = f.count - stored.count,
+                    after = %job_id(stored.max_seq),
+                    last = %job_id(f.max_seq),
+                    "serving a job store that lost acknowledged jobs (--accept-missing-jobs)"
+                );
+                // Count on from the file's watermark: the loss is accepted
+                // once, and the next start finds the two in step.
+                now = Watermark { count: f.count, max_seq: f.max_seq.max(stored.max_seq) };
+                meta.insert("acknowledged", &now.to_bytes())?;
+            }
+        } else if stored.count > 0 {
+            tracing::warn!(file = %file_path.display(), "the acknowledged-jobs watermark file was missing; recreated from the store");
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&file_path)
+            .map_err(|e| damaged(format!("opening {}: {e}", file_path.display())))?;
+        let ack = Acknowledged { now: Mutex::new(now), file };
+        ack.persist()?;
+        let floor = now.max_seq.max(on_file.map(|f| f.max_seq).unwrap_or(0)) + 1;
+        Ok((ack, floor))
+    }
+
+    /// Reads every record and checks the indexes against the jobs
+    /// (`sproutd store verify`); read-only.
+    pub fn verify(&self) -> Result<Verified, StoreError> {
+        let mut v = Verified { watermark: self.watermark(), ..Verified::default() };
+        let mut states = std::collections::HashMap::new();
+        for item in self.jobs.iter() {
+            let (k, bytes) = item?;
+            match decode::<Job>(&k, &bytes) {
+                Ok(job) => {
+                    *v.jobs.entry(job.state.as_str()).or_insert(0) += 1;
+                    states.insert(k.to_vec(), job.state);
+                }
+                Err(e) => v.problems.push(e.to_string()),
+            }
+        }
+        for (tree, name, want) in [
+            (&self.queue, "queue", JobState::Queued),
+            (&self.deferred, "deferred", JobState::Deferred),
+        ] {
+            for item in tree.iter() {
+                let (_, id) = item?;
+                match states.get(id.as_ref()) {
+                    Some(s) if *s == want => {}
+                    Some(s) => v.problems.push(format!("the {name} index names {} which is {}", String::from_utf8_lossy(&id), s.as_str())),
+                    None => v.problems.push(format!("the {name} index names {} which is not in the store", String::from_utf8_lossy(&id))),
+                }
+            }
+        }
+        for item in self.running.iter() {
+            let (id, _) = item?;
+            if !states.contains_key(id.as_ref()) {
+                v.problems.push(format!("the running index names {} which is not in the store", String::from_utf8_lossy(&id)));
+            }
+        }
+        for item in self.ledger.iter() {
+            let (k, bytes) = item?;
+            match decode::<LedgerEntry>(&k, &bytes) {
+                Ok(_) => v.ledger += 1,
+                Err(e) => v.problems.push(e.to_string()),
+            }
+        }
+        for item in self.evals.iter() {
+            let (k, bytes) = item?;
+            match decode::<EvalRun>(&k, &bytes) {
+                Ok(_) => v.eval_runs += 1,
+                Err(e) => v.problems.push(e.to_string()),
+            }
+        }
+        Ok(v)
+    }
+
+    /// Writes every job and ledger record as JSON lines (`sproutd store
+    /// export`): `{"job": ...}` then `{"ledger": ...}`; records that do not
+    /// decode are skipped and counted. Returns (records written, skipped).
+    pub fn export(&self, out: &mut dyn std::io::Write) -> Result<(u64, u64), ExportError> {
+        let (mut written, mut skipped) = (0, 0);
+        for item in self.jobs.iter() {
+            let (k, bytes) = item?;
+            match decode::<Job>(&k, &bytes) {
+                Ok(job) => {
+                    serde_json::to_writer(&mut *out, &serde_json::json!({ "job": job })).map_err(std::io::Error::from)?;
+                    out.write_all(b"\n")?;
+                    written += 1;
+                }
+                Err(_) => skipped += 1,
+            }
+        }
+        for item in self.ledger.iter() {
+            let (k, bytes) = item?;
+            match decode::<LedgerEntry>(&k, &bytes) {
+                Ok(entry) => {
+                    serde_json::to_writer(&mut *out, &serde_json::json!({ "ledger": entry })).map_err(std::io::Error::from)?;
+                    out.write_all(b"\n")?;
+                    written += 1;
+                }
+                Err(_) => skipped += 1,
+            }
+        }
+        out.flush()?;
+        Ok((written, skipped))
+    }
+
+    /// The acknowledged-jobs watermark (`store verify`).
+    pub fn watermark(&self) -> Watermark {
+        *self.acknowledged.now.lock().expect("poisoned")
     }
 
     /// Runs a write under the write lock; returns its result and its ticket.
@@ -253,9 +522,11 @@ impl Store {
                 let target = written.load(Ordering::SeqCst);
                 // Every write with a ticket <= target happened before we take
                 // the lock; the flush under the lock covers them all.
+                let ack = self.acknowledged.clone();
                 let res = tokio::task::spawn_blocking(move || {
                     let _g = lock.lock().expect("poisoned");
-                    db.flush()
+                    db.flush()?;
+                    ack.persist()
                 })
                 .await
                 .expect("flush task");
@@ -340,7 +611,8 @@ impl Store {
     /// Allocates the next sequence number (monotonic across restarts).
     pub fn next_seq(&self) -> Result<u64, StoreError> {
         let _g = self.write.lock().expect("poisoned");
-        Ok(self.db.generate_id()?)
+        // Both strictly increase, so their maximum does too.
+        Ok(self.db.generate_id()?.max(self.seq_floor.fetch_add(1, Ordering::SeqCst)))
     }
 
     /// Persists a new queued job and flushes it before returning. With an
@@ -399,7 +671,8 @@ impl Store {
         };
         let bytes = encode(&job);
         let (existing, ticket) = self.write(|| {
-            let existing = (&self.jobs, tree, &self.idem).transaction(|(jobs, index, idem)| {
+            let mark = self.acknowledged.now.lock().expect("poisoned").after(job.seq);
+            let existing = (&self.jobs, tree, &self.idem, &self.meta).transaction(|(jobs, index, idem, meta)| {
                 if let Some(k) = &job.idempotency_key {
                     if let Some(id) = idem.get(k.as_bytes())? {
                         return Ok(Some(id));
@@ -408,8 +681,12 @@ impl Store {
                 }
                 jobs.insert(job.id.as_bytes(), bytes.as_slice())?;
                 index.insert(key.as_slice(), job.id.as_bytes())?;
+                meta.insert("acknowledged", &mark.to_bytes())?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(None)
             })?;
+            if existing.is_none() {
+                *self.acknowledged.now.lock().expect("poisoned") = mark;
+            }
             // Counted under the write lock, before any claim can see the job
             // (a claim counted first made the count wrap below zero: 429s).
             if existing.is_none() {
@@ -845,6 +1122,7 @@ impl Store {
         let _g = self.write.lock().expect("poisoned");
         let target = self.written.load(Ordering::SeqCst);
         self.db.flush()?;
+        self.acknowledged.persist()?;
         self.durable.fetch_max(target, Ordering::SeqCst);
         Ok(())
     }
@@ -1109,6 +1387,52 @@ mod tests {
             db.flush().unwrap();
         }
         assert!(matches!(Store::open(dir.path()), Err(StoreError::Schema { found: 99, .. })));
+    }
+
+    #[test]
+    fn the_watermark_line_round_trips_and_rejects_damage() {
+        let w = Watermark { count: 350, max_seq: 0x15e };
+        let line = w.to_line();
+        assert_eq!(line.len(), 59);
+        assert_eq!(Watermark::parse_line(&line), Some(w));
+        assert_eq!(Watermark::parse_line(&line.replace("350", "351")), None);
+        assert_eq!(Watermark::parse_line(&line[..30]), None);
+        assert_eq!(Watermark::parse_line(""), None);
+    }
+
+    #[tokio::test]
+    async fn acknowledged_jobs_missing_from_the_store_are_detected_and_can_be_accepted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ids = Vec::new();
+        {
+            let s = open(dir.path());
+            for i in 0..3 {
+                ids.push(submit(&s, &format!("job {i}"), 0).await.id);
+            }
+            assert_eq!(s.watermark().count, 3);
+        }
+        let file = dir.path().join(WATERMARK_FILE);
+        let on_file = Watermark::parse_line(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(on_file.count, 3);
+        // As if the store's last two acknowledged jobs were lost with its tail.
+        let lost = Watermark { count: 5, max_seq: on_file.max_seq + 2 };
+        std::fs::write(&file, lost.to_line()).unwrap();
+        match Store::open(dir.path()) {
+            Err(StoreError::Missing { count: 2, after, last, .. }) => {
+                assert_eq!((after, last), (on_file.max_seq, on_file.max_seq + 2));
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        {
+            let s = Store::open_accepting_loss(dir.path()).unwrap();
+            assert_eq!(s.get(&ids[2]).unwrap().id, ids[2]);
+            // New ids never reuse a lost one.
+            assert!(s.next_seq().unwrap() > lost.max_seq);
+        }
+        Store::open(dir.path()).unwrap();
+        // A damaged watermark file is refused, not guessed at.
+        std::fs::write(&file, "garbage\n").unwrap();
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::Damaged { .. })));
     }
 
     #[test]

@@ -346,6 +346,128 @@ fn acknowledged_jobs_survive_sigkill() {
 }
 
 #[test]
+fn a_damaged_store_never_loses_acknowledged_jobs_silently_and_never_hangs() {
+    let cfg = echo_config(0, 1, &[]);
+    let mut d = Daemon::start(&cfg);
+    let mut ids = Vec::new();
+    for i in 0..350 {
+        let body = json!({"messages": user(&format!("job {i}: {}", "lorem ipsum dolor sit amet ".repeat(8)))}).to_string();
+        let (s, j) = http("POST", &format!("{}/v1/jobs", d.url), Some(&body));
+        assert_eq!(s, 202, "{j}");
+        ids.push(j["id"].as_str().unwrap().to_string());
+    }
+    let (s, j) = http("GET", &format!("{}/v1/jobs/{}?wait=60", d.url, ids[349]), None);
+    assert_eq!((s, j["state"].as_str()), (200, Some("succeeded")), "{j}");
+    assert!(d.sigterm().success());
+    let db = d.data_dir.join("db");
+    let size = std::fs::metadata(&db).unwrap().len();
+    eprintln!("store db: {size} bytes");
+    let mut outcomes = Vec::new();
+    for cut in [size / 2, size * 3 / 4, size * 7 / 8, size - 65536, size - 4096, size - 100] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        copy_dir(&d.data_dir, &data);
+        std::fs::OpenOptions::new().write(true).open(data.join("db")).unwrap().set_len(cut).unwrap();
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, &cfg).unwrap();
+        let port = free_port();
+        let child = std::process::Command::new(SPROUTD)
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = KillOnDrop(child);
+        let url = format!("http://127.0.0.1:{port}");
+        let t0 = Instant::now();
+        let outcome = loop {
+            if let Some(status) = child.0.try_wait().unwrap() {
+                let mut err = String::new();
+                std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+                // 3: not retried by systemd (RestartPreventExitStatus in the unit).
+                assert_eq!(status.code(), Some(3), "cut {cut}: {err}");
+                // Refused: one clear line about the store, as the last thing said.
+                let last = err.trim().lines().last().unwrap_or_default().to_string();
+                assert!(last.contains("store"), "cut {cut}: {err}");
+                break format!("cut {cut}: refused: {last}");
+            }
+            if let Ok(r) = reqwest::blocking::Client::new().get(format!("{url}/healthz")).timeout(Duration::from_secs(2)).send() {
+                if r.status() == 200 {
+                    // Served: every acknowledged job is there.
+                    let missing: Vec<&String> = ids.iter().filter(|id| http("GET", &format!("{url}/v1/jobs/{id}"), None).0 == 404).collect();
+                    assert!(missing.is_empty(), "cut {cut}: served with {} acknowledged jobs missing", missing.len());
+                    break format!("cut {cut}: served all {}", ids.len());
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(90), "cut {cut}: neither serving nor refused after 90 s");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        outcomes.push(outcome);
+    }
+    eprintln!("{}", outcomes.join("\n"));
+    assert!(outcomes.iter().any(|o| o.contains("lost")), "no cut lost jobs; the detection went untested: {outcomes:?}");
+
+    // The intact store verifies, and verifying changes nothing.
+    let store_cmd = |data: &std::path::Path, what: &str| {
+        std::process::Command::new(SPROUTD).arg("--config").arg(d.config_path()).args(["store", what, "--data-dir"]).arg(data).output().unwrap()
+    };
+    let before = std::fs::read(&db).unwrap();
+    let out = store_cmd(&d.data_dir, "verify");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(report.contains("350 jobs (succeeded 350)") && report.contains("OK:"), "{report}");
+    assert_eq!(std::fs::read(&db).unwrap(), before, "verify changed the store");
+
+    // A store that lost its last jobs: verify names them, export saves the
+    // rest, and --accept-missing-jobs serves it with new ids past the lost ones.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    copy_dir(&d.data_dir, &data);
+    std::fs::OpenOptions::new().write(true).open(data.join("db")).unwrap().set_len(before.len() as u64 - 65536).unwrap();
+    let out = store_cmd(&data, "verify");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    let lost: usize = report.split("has lost ").nth(1).and_then(|r| r.split(' ').next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{report}"));
+    assert!(report.contains("MISSING") && report.contains("NOT OK"), "{report}");
+    let out = store_cmd(&data, "export");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let exported_jobs = lines.iter().filter(|l| l.get("job").is_some()).count();
+    assert_eq!(exported_jobs, 350 - lost, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(lines.iter().any(|l| l["ledger"]["job_id"].is_string()));
+    let port = free_port();
+    let mut child = KillOnDrop(
+        std::process::Command::new(SPROUTD)
+            .arg("--config")
+            .arg(d.config_path())
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--accept-missing-jobs", "--data-dir"])
+            .arg(&data)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let t0 = Instant::now();
+    while reqwest::blocking::get(format!("{url}/healthz")).map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(t0.elapsed() < Duration::from_secs(30) && child.0.try_wait().unwrap().is_none(), "not serving with --accept-missing-jobs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gone = ids.iter().filter(|id| http("GET", &format!("{url}/v1/jobs/{id}"), None).0 == 404).count();
+    assert_eq!(gone, lost);
+    let (s, j) = http("POST", &format!("{url}/v1/jobs"), Some(&json!({"messages": user("after the loss")}).to_string()));
+    assert_eq!(s, 202, "{j}");
+    assert!(j["id"].as_str().unwrap() > ids.last().unwrap().as_str(), "a new job reused a lost id: {j}");
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    // The loss was accepted once: the next start serves without the flag.
+    let out = store_cmd(&data, "verify");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
 fn sigterm_exits_zero() {
     let mut d = Daemon::start(&echo_config(0, 1, &[]));
     let status = d.sigterm();

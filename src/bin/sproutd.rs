@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sprout::config::{Config, ConfigError};
+use sprout::daemon::DaemonError;
+use sprout::queue::StoreError;
 
 #[derive(Parser)]
 #[command(name = "sproutd", version, about = "Carbon-aware LLM inference daemon")]
@@ -17,8 +19,11 @@ struct Args {
     #[arg(long)]
     listen: Option<String>,
     /// Keep the job store in DIR instead of storage.data_dir.
-    #[arg(long)]
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// Serve a store that lost acknowledged jobs (start-up otherwise refuses, naming them).
+    #[arg(long)]
+    accept_missing_jobs: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -27,6 +32,19 @@ struct Args {
 enum Cmd {
     /// Validate the config and report every error, then exit.
     CheckConfig,
+    /// Look at the job store without changing it (works on a copy).
+    Store {
+        #[command(subcommand)]
+        command: StoreCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Read every record, check the indexes and that no acknowledged job is missing; exit 1 if anything is wrong.
+    Verify,
+    /// Every job and ledger record as JSON lines on stdout (for backup, or to move to a new store).
+    Export,
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config, ConfigError> {
@@ -73,28 +91,71 @@ fn main() -> ExitCode {
         println!("config OK: model {} on {}", config.model.name, config.listen);
         return ExitCode::SUCCESS;
     }
-    match serve(config, args.listen, args.data_dir) {
+    let mut config = config;
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(Cmd::Store { command }) = args.command {
+        return store(&config, command);
+    }
+    match serve(config, args.listen, args.accept_missing_jobs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sproutd: {e:#}");
-            ExitCode::FAILURE
+            // A store that cannot be served as it is: restarting will not help (systemd: RestartPreventExitStatus).
+            let refused = matches!(
+                e.downcast_ref::<DaemonError>(),
+                Some(DaemonError::Store(StoreError::Missing { .. } | StoreError::Damaged { .. }))
+            );
+            if refused { ExitCode::from(3) } else { ExitCode::FAILURE }
         }
     }
 }
 
-fn serve(mut config: Config, listen: Option<String>, data_dir: Option<PathBuf>) -> anyhow::Result<()> {
+fn store(config: &Config, command: StoreCmd) -> ExitCode {
+    let (dir, timeout) = (&config.data_dir, config.store_open_timeout);
+    match command {
+        StoreCmd::Verify => match sprout::store_admin::verify(dir, timeout) {
+            Ok((report, whole)) => {
+                print!("{report}");
+                if whole { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+            }
+            Err(e) => {
+                eprintln!("sproutd: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        StoreCmd::Export => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            match sprout::store_admin::export(dir, timeout, &mut out) {
+                Ok((written, skipped, missing)) => {
+                    eprintln!("sproutd: exported {written} records, skipped {skipped} unreadable ones");
+                    if let Some(m) = missing {
+                        eprintln!("sproutd: {m}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sproutd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn serve(mut config: Config, listen: Option<String>, accept_missing_jobs: bool) -> anyhow::Result<()> {
     if let Some(l) = listen {
         config.listen = l.parse().with_context(|| format!("--listen {l:?} is not an ADDR:PORT socket address"))?;
     }
-    if let Some(d) = data_dir {
-        config.data_dir = d;
-    }
+    // The store first: the port is bound only once it is open.
+    let store = sprout::daemon::open_store(&config.data_dir, config.store_open_timeout, accept_missing_jobs)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        sprout::daemon::run(config, listener, shutdown_signal()).await?;
+        sprout::daemon::run(config, store, listener, shutdown_signal()).await?;
         Ok(())
     })
 }
