@@ -205,13 +205,19 @@ pub async fn run(
 
     if let Some(period) = sd_notify::watchdog_enabled() {
         // Pings come from the runtime that serves requests, so a wedged
-        // runtime stops them and systemd restarts the service.
-        let stop = stop.clone();
+        // runtime stops them and systemd restarts the service; so does a
+        // store that cannot write (sled stays failed after an I/O error, a
+        // fresh process reopens it once the disk has room again).
+        let (stop, svc) = (stop.clone(), svc.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(period / 2);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => notify(sd_notify::NotifyState::Watchdog),
+                    _ = tick.tick() => {
+                        if svc.store.failure().is_none() {
+                            notify(sd_notify::NotifyState::Watchdog);
+                        }
+                    }
                     _ = stop.cancelled() => break,
                 }
             }

@@ -187,6 +187,10 @@ pub struct Store {
     /// Sequence numbers start above every one ever acknowledged, even when
     /// sled's id generator lost its place with a damaged tail.
     seq_floor: AtomicU64,
+    /// I/O errors of writes and flushes since start, and the latest one while
+    /// it stands (a later good flush clears it): the store is then unhealthy.
+    io_errors: AtomicU64,
+    failure: Mutex<Option<String>>,
 }
 
 /// What [`Store::verify`] found.
@@ -359,6 +363,8 @@ impl Store {
             totals: Mutex::new(totals),
             acknowledged: Arc::new(acknowledged),
             seq_floor: AtomicU64::new(floor),
+            io_errors: AtomicU64::new(0),
+            failure: Mutex::new(None),
         })
     }
 
@@ -506,8 +512,37 @@ impl Store {
     /// Runs a write under the write lock; returns its result and its ticket.
     fn write<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<(T, u64), StoreError> {
         let _g = self.write.lock().expect("poisoned");
-        let out = f()?;
+        let out = self.noted(f())?;
         Ok((out, self.written.fetch_add(1, Ordering::SeqCst) + 1))
+    }
+
+    /// Counts an I/O error (not a refused change: those are answers) and
+    /// keeps it as the store's failure; a good flush clears the failure.
+    fn noted<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Sled(e)) = &r {
+            self.io_errors.fetch_add(1, Ordering::SeqCst);
+            let first = self.failure.lock().expect("poisoned").replace(e.to_string()).is_none();
+            if first {
+                tracing::error!(error = %e, "a job store write failed; sproutd reports itself unhealthy (/healthz 503) until a write succeeds again");
+            }
+        }
+        r
+    }
+
+    fn flushed_ok(&self) {
+        if self.failure.lock().expect("poisoned").take().is_some() {
+            tracing::info!("the job store writes again; healthy");
+        }
+    }
+
+    /// Why the store cannot write, while it cannot (`/healthz`, the watchdog).
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().expect("poisoned").clone()
+    }
+
+    /// I/O errors of writes and flushes since start (`sproutd_store_errors_total`).
+    pub fn io_errors(&self) -> u64 {
+        self.io_errors.load(Ordering::SeqCst)
     }
 
     /// Returns once the write with `ticket` is on disk (group commit).
@@ -530,8 +565,10 @@ impl Store {
                 })
                 .await
                 .expect("flush task");
+                let res = self.noted(res);
                 if res.is_ok() {
                     self.durable.fetch_max(target, Ordering::SeqCst);
+                    self.flushed_ok();
                 }
                 self.flushing.store(false, Ordering::SeqCst);
                 self.flushed.notify_waiters();
@@ -1121,8 +1158,8 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         let _g = self.write.lock().expect("poisoned");
         let target = self.written.load(Ordering::SeqCst);
-        self.db.flush()?;
-        self.acknowledged.persist()?;
+        self.noted(self.db.flush().map_err(StoreError::from).and_then(|_| self.acknowledged.persist()))?;
+        self.flushed_ok();
         self.durable.fetch_max(target, Ordering::SeqCst);
         Ok(())
     }

@@ -467,6 +467,120 @@ fn a_damaged_store_never_loses_acknowledged_jobs_silently_and_never_hangs() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
 
+/// A tmpfs of `mib` MiB mounted at `dir` (unmounted on drop), where the
+/// machine allows it (root, or a user namespace); None elsewhere.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, mib: u32) -> Option<Tmpfs> {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_makes_sproutd_unhealthy_and_a_restart_after_space_returns_serves_every_acknowledged_job() {
+    let root = tempfile::tempdir().unwrap();
+    let Some(_fs) = Tmpfs::mount(&root.path().join("fs"), 16) else {
+        assert!(std::env::var("SPROUT_REQUIRE_MODEL").as_deref() != Ok("1"), "cannot mount a tmpfs here (needs root)");
+        eprintln!("skipping: cannot mount a tmpfs");
+        return;
+    };
+    let cfg = echo_config(0, 1, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.toml"), &cfg).unwrap();
+    let data = root.path().join("fs/data");
+    let port = free_port();
+    let start = || {
+        KillOnDrop(
+            std::process::Command::new(SPROUTD)
+                .arg("--config")
+                .arg(dir.path().join("config.toml"))
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+                .arg(&data)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let ready = |child: &mut KillOnDrop| {
+        let t0 = Instant::now();
+        while reqwest::blocking::get(format!("{url}/healthz")).map(|r| r.status() != 200).unwrap_or(true) {
+            assert!(t0.elapsed() < Duration::from_secs(30) && child.0.try_wait().unwrap().is_none(), "not ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut child = start();
+    ready(&mut child);
+    let submit = |i: usize| http("POST", &format!("{url}/v1/jobs"), Some(&json!({"messages": user(&format!("job {i} {}", "x".repeat(2000)))}).to_string()));
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let (s, j) = submit(i);
+        assert_eq!(s, 202, "{j}");
+        acked.push(j["id"].as_str().unwrap().to_string());
+    }
+    // Fill the disk.
+    let filler = root.path().join("fs/filler");
+    let _ = std::process::Command::new("dd").args(["if=/dev/zero", "bs=64k"]).arg(format!("of={}", filler.display())).stderr(std::process::Stdio::null()).status();
+    let mut refused = 0;
+    for i in 20..200 {
+        let (s, j) = submit(i);
+        if s == 202 {
+            acked.push(j["id"].as_str().unwrap().to_string());
+        } else {
+            assert!(s >= 500, "{s} {j}");
+            assert!(j["error"]["message"].is_string(), "{j}");
+            refused += 1;
+            if refused >= 5 {
+                break;
+            }
+        }
+    }
+    assert!(refused >= 5, "the full disk never refused a submit");
+    // Unhealthy, with the reason, and counted.
+    let (s, h) = http("GET", &format!("{url}/healthz"), None);
+    assert_eq!(s, 503, "{h}");
+    assert_eq!(h["status"], "unhealthy", "{h}");
+    assert!(h["store"].as_str().is_some_and(|r| !r.is_empty()), "{h}");
+    let metrics = reqwest::blocking::get(format!("{url}/metrics")).unwrap().text().unwrap();
+    let errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sproutd_store_errors_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(errors >= 1.0, "{metrics}");
+    // SIGTERM still ends it while the disk is full (no loop retries forever).
+    std::process::Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    let t0 = Instant::now();
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "sproutd did not exit after SIGTERM on a full disk");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Space returns; a restart (systemd's, after the watchdog) serves again with nothing lost.
+    std::fs::remove_file(&filler).unwrap();
+    let mut child = start();
+    ready(&mut child);
+    for id in &acked {
+        let (s, j) = http("GET", &format!("{url}/v1/jobs/{id}?wait=30"), None);
+        assert_eq!((s, j["state"].as_str()), (200, Some("succeeded")), "{id}: {j}");
+    }
+    let (s, j) = submit(999);
+    assert_eq!(s, 202, "{j}");
+}
+
 #[test]
 fn sigterm_exits_zero() {
     let mut d = Daemon::start(&echo_config(0, 1, &[]));

@@ -42,10 +42,21 @@ pub async fn healthz(State(svc): State<AppState>) -> impl IntoResponse {
         EngineStatus::Loading => (StatusCode::SERVICE_UNAVAILABLE, "loading".to_string()),
         EngineStatus::Failed(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {e}")),
     };
+    // A store that cannot write cannot accept work: unhealthy, with the reason
+    // (systemd's watchdog stops hearing from it too, see `daemon`).
+    let failure = svc.store.failure();
+    let label = match &failure {
+        Some(_) => "unhealthy",
+        None if status == StatusCode::OK => "ok",
+        None if svc.is_shutting_down() => "stopping",
+        None => "starting",
+    };
+    let status = if failure.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { status };
     let body = json!({
-        "status": if status == StatusCode::OK { "ok" } else if svc.is_shutting_down() { "stopping" } else { "starting" },
+        "status": label,
         "model": svc.config.model.name,
         "engine": model,
+        "store": failure.map(|e| format!("writes fail: {e}")).unwrap_or_else(|| "ok".into()),
         "queued": svc.store.queued_len(),
         "version": env!("CARGO_PKG_VERSION"),
     });

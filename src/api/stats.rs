@@ -101,6 +101,10 @@ pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
         String::new(),
         matches!(svc.engine_status(), EngineStatus::Ready(_)) as u8 as f64,
     )]);
+    metric(&mut out, "sproutd_store_errors_total", "counter", "Job store writes and flushes that failed (I/O) since start; /healthz is 503 while the latest stands.", &[(
+        String::new(),
+        svc.store.io_errors() as f64,
+    )]);
     metric(&mut out, "sproutd_jobs", "gauge", "Jobs in the queue by state.", &[
         ("state=\"deferred\"".into(), svc.store.deferred_len() as f64),
         ("state=\"queued\"".into(), svc.store.queued_len() as f64),
