@@ -767,6 +767,13 @@ impl Store {
     }
 
     /// Takes the next queued job (lowest priority value, then oldest) and marks it running.
+    /// Returns once every write made so far is on disk (group commit). The
+    /// worker calls it after a claim, so the attempt a claim counts survives
+    /// a crash while the job runs and `queue.max_attempts` is exact.
+    pub async fn sync(&self) -> Result<(), StoreError> {
+        self.durable(self.written.load(Ordering::SeqCst)).await
+    }
+
     pub fn claim(&self) -> Result<Option<Job>, StoreError> {
         self.claim_from(false)
     }

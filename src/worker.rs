@@ -75,6 +75,10 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
             }
         };
         let Some(job) = job else { break };
+        // The claim (its attempt counted) is on disk before the job runs.
+        if let Err(e) = svc.store.sync().await {
+            tracing::error!(error = %e, job = %job.id, "flushing a claim failed; running the job anyway");
+        }
         let daemon = job.origin == Origin::Daemon;
         if daemon {
             share.lock().expect("poisoned").0.daemon_running += 1;

@@ -582,6 +582,33 @@ fn a_full_disk_makes_sproutd_unhealthy_and_a_restart_after_space_returns_serves_
 }
 
 #[test]
+fn a_crash_while_a_job_runs_counts_its_attempt() {
+    // One attempt allowed: a crash mid-run must fail the job, not run it again.
+    let cfg = echo_config(500, 1, &[("max_attempts = 3", "max_attempts = 1")]);
+    let d = Daemon::start(&cfg);
+    let (s, j) = http("POST", &format!("{}/v1/jobs", d.url), Some(&json!({"messages": user("a b c d e f g h i j k l")}).to_string()));
+    assert_eq!(s, 202, "{j}");
+    let id = j["id"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    loop {
+        let (_, j) = http("GET", &format!("{}/v1/jobs/{id}", d.url), None);
+        if j["state"] == "running" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{j}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reuse = d.kill(); // SIGKILL: nothing flushed after the claim's own flush
+    let mut d = Daemon::spawn(&cfg, Some(reuse));
+    d.wait_ready(Duration::from_secs(30));
+    let (s, j) = http("GET", &format!("{}/v1/jobs/{id}", d.url), None);
+    assert_eq!(s, 200, "{j}");
+    assert_eq!(j["state"], "failed", "{j}");
+    assert_eq!(j["attempts"], 1, "{j}");
+    assert!(j["error"]["message"].as_str().unwrap().contains("interrupted 1 times"), "{j}");
+}
+
+#[test]
 fn sigterm_exits_zero() {
     let mut d = Daemon::start(&echo_config(0, 1, &[]));
     let status = d.sigterm();
