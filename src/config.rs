@@ -547,6 +547,76 @@ pub struct DirectiveConfig {
     pub seed: u64,
 }
 
+/// Reads the file's table into [`RawConfig`], collecting each structural
+/// error (wrong type, unknown key, missing key) with its path: the offending
+/// key is removed and the rest read again, so one bad key hides no other.
+/// `None` when a required key is missing or wrong.
+fn read_raw(mut table: toml::Table) -> (Option<RawConfig>, Vec<String>) {
+    let mut errs = Vec::new();
+    for _ in 0..200 {
+        let value = toml::Value::Table(table.clone());
+        let err = match serde_path_to_error::deserialize::<_, RawConfig>(value) {
+            Ok(raw) => return (Some(raw), errs),
+            Err(e) => e,
+        };
+        let at: Vec<String> = err.path().iter().filter_map(|seg| match seg {
+            serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+            serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+            _ => None,
+        }).collect();
+        // The first line: the rest is toml's own "in `section`" context.
+        let message = err.inner().to_string().lines().next().unwrap_or_default().trim().to_string();
+        let key = at;
+        let shown = if key.is_empty() { "(top level)".to_string() } else { key.join(".") };
+        let message = match message.strip_prefix("unknown field `") {
+            Some(rest) => format!("{shown}: unknown key ({})", rest.split_once(", ").map(|(_, r)| r).unwrap_or("not a setting")),
+            None => format!("{shown}: {message}"),
+        };
+        errs.push(message);
+        if key.is_empty() || !remove_key(&mut table, &key) {
+            return (None, errs);
+        }
+    }
+    (None, errs)
+}
+
+/// Removes the key at `path` (table keys, array indexes); false if absent.
+fn remove_key(table: &mut toml::Table, path: &[String]) -> bool {
+    let Some((first, rest)) = path.split_first() else { return false };
+    if rest.is_empty() {
+        return table.remove(first).is_some();
+    }
+    let mut node = match table.get_mut(first) {
+        Some(v) => v,
+        None => return false,
+    };
+    for (i, seg) in rest.iter().enumerate() {
+        let last = i + 1 == rest.len();
+        match node {
+            toml::Value::Table(t) if last => return t.remove(seg).is_some(),
+            toml::Value::Array(a) if last => {
+                return match seg.parse::<usize>() {
+                    Ok(k) if k < a.len() => {
+                        a.remove(k);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            toml::Value::Table(t) => match t.get_mut(seg) {
+                Some(v) => node = v,
+                None => return false,
+            },
+            toml::Value::Array(a) => match seg.parse::<usize>().ok().and_then(|k| a.get_mut(k)) {
+                Some(v) => node = v,
+                None => return false,
+            },
+            _ => return false,
+        }
+    }
+    false
+}
+
 impl Config {
     /// Reads and validates a config file; relative paths resolve against its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -562,10 +632,24 @@ impl Config {
             .expect("the shipped config.toml is valid")
     }
 
+    /// Parses and validates, reporting every error at once with its key path:
+    /// a syntax error stops at the first (the rest cannot be read), but each
+    /// wrong type and unknown key is reported and set aside, and the rest of
+    /// the file is still read and validated.
     pub fn parse(text: &str, path: &Path, base: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
-        Ok(Self::from_raw(raw, base)?)
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let (raw, mut errs) = read_raw(table);
+        match raw {
+            Some(raw) => match Self::from_raw(raw, base) {
+                Ok(c) if errs.is_empty() => Ok(c),
+                Ok(_) => Err(ConfigErrors(errs).into()),
+                Err(ConfigErrors(more)) => {
+                    errs.extend(more);
+                    Err(ConfigErrors(errs).into())
+                }
+            },
+            None => Err(ConfigErrors(errs).into()),
+        }
     }
 
     pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
@@ -1013,9 +1097,36 @@ mod tests {
     }
 
     #[test]
+    fn every_structural_error_is_reported_at_once_with_its_key_path() {
+        let text = DEFAULT_CONFIG
+            .replace("max_attempts = 3", "max_attempts = \"three\"")
+            .replace("[generation]", "[generation]\ntemprature = 1.0")
+            .replace("data_dir = \"data\"", "data_dir = 5")
+            .replace("[queue]", "[queue]\nmax_queud = 5")
+            .replace("top_p = 0.9", "top_p = 7.0")
+            + "\n[nonsense]\nx = 1\n";
+        let ConfigError::Invalid(ConfigErrors(errs)) = Config::parse(&text, Path::new("x"), Path::new("")).unwrap_err() else { panic!() };
+        for want in ["queue.max_attempts:", "generation.temprature: unknown key", "storage.data_dir:", "queue.max_queud: unknown key", "nonsense: unknown key", "generation.top_p:"] {
+            assert!(errs.iter().any(|e| e.starts_with(want)), "{want} not in {errs:?}");
+        }
+        // No line repeats its key inside its message.
+        for e in &errs {
+            let (key, msg) = e.split_once(": ").unwrap();
+            assert!(!msg.starts_with(key), "{e}");
+        }
+        // A syntax error is one error with its line.
+        let err = Config::parse("[queue\nx = 1", Path::new("x"), Path::new("")).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        // A required section missing is named.
+        let ConfigError::Invalid(ConfigErrors(errs)) = Config::parse("[server]\n", Path::new("x"), Path::new("")).unwrap_err() else { panic!() };
+        assert!(errs.iter().any(|e| e.contains("missing field `model`") || e.contains("model")), "{errs:?}");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_mix_are_rejected() {
         let text = DEFAULT_CONFIG.replace("[generation]", "[generation]\ntemprature = 1.0");
-        assert!(matches!(Config::parse(&text, Path::new("x"), Path::new("")), Err(ConfigError::Parse { .. })));
+        let ConfigError::Invalid(ConfigErrors(errs)) = Config::parse(&text, Path::new("x"), Path::new("")).unwrap_err() else { panic!() };
+        assert!(errs.iter().any(|e| e.starts_with("generation.temprature: unknown key")), "{errs:?}");
         let text = DEFAULT_CONFIG.replace("mix = {", "mix = { L9 = 0.5,");
         let ConfigError::Invalid(ConfigErrors(errs)) =
             Config::parse(&text, Path::new("x"), Path::new("")).unwrap_err()
