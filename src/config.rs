@@ -547,6 +547,40 @@ pub struct DirectiveConfig {
     pub seed: u64,
 }
 
+/// Expands `${NAME}` and `${NAME:-default}` in a path setting; `env` looks a
+/// name up. An unset or empty `${NAME}` without a default is an error (a path
+/// silently missing its directory would point somewhere else); a `$` not
+/// followed by `{` stays as it is.
+pub fn expand_vars(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(at) = rest.find("${") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let end = after.find('}').ok_or_else(|| format!("{s:?}: \"${{\" without its closing \"}}\""))?;
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!("{s:?}: {name:?} is not an environment variable name"));
+        }
+        match (env(name).filter(|v| !v.is_empty()), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(format!("{s:?}: the environment variable {name} is not set (give a default as ${{{name}:-...}})"))
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// Reads the file's table into [`RawConfig`], collecting each structural
 /// error (wrong type, unknown key, missing key) with its path: the offending
 /// key is removed and the rest read again, so one bad key hides no other.
@@ -654,7 +688,20 @@ impl Config {
 
     pub fn from_raw(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
         let mut errs = Vec::new();
-        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        // Path settings expand ${VAR} and ${VAR:-default} from the environment
+        // (systemd's ${CREDENTIALS_DIRECTORY}, ${STATE_DIRECTORY}, ...).
+        let path_errs = std::cell::RefCell::new(Vec::new());
+        let resolve_at = |key: &str, p: &Path| {
+            let text = p.to_string_lossy();
+            let p = match expand_vars(&text, &|name| std::env::var(name).ok()) {
+                Ok(s) => PathBuf::from(s),
+                Err(e) => {
+                    path_errs.borrow_mut().push(format!("{key}: {e}"));
+                    p.to_owned()
+                }
+            };
+            if p.is_absolute() { p } else { base.join(p) }
+        };
 
         let listen = match raw.server.listen.parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -695,13 +742,14 @@ impl Config {
         let m = &raw.model;
         let source = match m.kind.as_str() {
             "gguf" => match &m.path {
-                Some(p) => Some(ModelSource::Gguf { path: resolve(p), cpu: m.cpu }),
+                Some(p) => Some(ModelSource::Gguf { path: resolve_at("model.path", p), cpu: m.cpu }),
                 None => {
                     errs.push("model.path: required when model.kind = \"gguf\"".into());
                     None
                 }
             },
             "hf" => {
+                #[cfg(feature = "engine")]
                 if let Some(isq) = &m.isq {
                     if let Err(e) = mistralrs::parse_isq_value(isq, None) {
                         errs.push(format!("model.isq: {e}"));
@@ -864,7 +912,7 @@ impl Config {
                 kind,
                 url,
                 zone: c.zone.trim().to_string(),
-                token_file: c.token_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(resolve),
+                token_file: c.token_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(|p| resolve_at("carbon.token_file", p)),
                 username: c.username.clone(),
                 poll_interval: dur("poll_interval", &c.poll_interval),
                 timeout: dur("timeout", &c.timeout),
@@ -875,7 +923,7 @@ impl Config {
             }
         });
         let carbon = CarbonConfig {
-            trace_file: c.trace_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(resolve),
+            trace_file: c.trace_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(|p| resolve_at("carbon.trace_file", p)),
             offset_hours: c.trace_offset_hours,
             speedup: c.trace_speedup,
             live,
@@ -901,7 +949,7 @@ impl Config {
         if q.max_prompt_chars == 0 {
             errs.push("queue.max_prompt_chars: must be at least 1".into());
         }
-        let token_file = raw.auth.token_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(resolve);
+        let token_file = raw.auth.token_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(|p| resolve_at("auth.token_file", p));
         if let Some(l) = listen {
             if !l.ip().is_loopback() && token_file.is_none() {
                 errs.push(format!(
@@ -988,7 +1036,7 @@ impl Config {
             judge: ev.judge.clone(),
             judge_url: ev.judge_url.clone().filter(|u| !u.trim().is_empty()),
             judge_model: ev.judge_model.clone().filter(|m| !m.trim().is_empty()),
-            judge_key_file: ev.judge_key_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(resolve),
+            judge_key_file: ev.judge_key_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(|p| resolve_at("evaluator.judge_key_file", p)),
             judge_timeout: edur("judge_timeout", &ev.judge_timeout),
             judge_retries: ev.judge_retries,
             judge_prompt: ev.judge_prompt.clone().filter(|p| !p.trim().is_empty()).unwrap_or_else(|| crate::evaluator::DEFAULT_JUDGE_PROMPT.to_string()),
@@ -1026,6 +1074,9 @@ impl Config {
             errs.push("evaluator.min_interval: must not exceed evaluator.max_staleness".into());
         }
 
+        let data_dir = resolve_at("storage.data_dir", &raw.storage.data_dir);
+        let rapl_root = resolve_at("accounting.rapl_root", &a.rapl_root);
+        errs.extend(path_errs.take());
         if !errs.is_empty() {
             return Err(ConfigErrors(errs));
         }
@@ -1033,7 +1084,7 @@ impl Config {
             listen: listen.expect("checked"),
             max_body_bytes: raw.server.max_body_bytes,
             access: AccessConfig { allowed_hosts, allowed_origins, header_read_timeout, body_read_timeout },
-            data_dir: resolve(&raw.storage.data_dir),
+            data_dir,
             store_open_timeout,
             model: ModelConfig { source: source.expect("checked"), name, max_seqs: m.max_seqs },
             generation: raw.generation,
@@ -1045,7 +1096,7 @@ impl Config {
             },
             accounting: AccountingConfig {
                 meter: a.meter.clone(),
-                rapl_root: resolve(&a.rapl_root),
+                rapl_root,
                 idle_w: a.idle_w,
                 tdp_w: a.tdp_w,
                 sample_interval,
@@ -1141,6 +1192,31 @@ mod tests {
             panic!()
         };
         assert!(errs.iter().any(|e| e.starts_with("directives.mix:") && e.contains("sum to 1")), "{errs:?}");
+    }
+
+    #[test]
+    fn path_settings_expand_environment_variables() {
+        let env = |n: &str| match n {
+            "CREDENTIALS_DIRECTORY" => Some("/run/credentials/sproutd.service".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        assert_eq!(expand_vars("${CREDENTIALS_DIRECTORY}/token", &env).unwrap(), "/run/credentials/sproutd.service/token");
+        assert_eq!(expand_vars("${STATE_DIRECTORY:-/var/lib/sproutd}/data", &env).unwrap(), "/var/lib/sproutd/data");
+        assert_eq!(expand_vars("${EMPTY:-x}", &env).unwrap(), "x");
+        assert_eq!(expand_vars("a$b/${CREDENTIALS_DIRECTORY}", &env).unwrap(), "a$b//run/credentials/sproutd.service");
+        assert_eq!(expand_vars("plain/path", &env).unwrap(), "plain/path");
+        assert!(expand_vars("${NOPE}/t", &env).unwrap_err().contains("NOPE is not set"));
+        assert!(expand_vars("${EMPTY}", &env).is_err());
+        assert!(expand_vars("${OPEN/t", &env).unwrap_err().contains("closing"));
+        assert!(expand_vars("${1X}", &env).unwrap_err().contains("not an environment variable name"));
+        // Through the config: an unset variable is an error with its key.
+        let text = DEFAULT_CONFIG.replace("[auth]", "[auth]\ntoken_file = \"${SPROUT_SURELY_UNSET_VAR}/token\"");
+        let ConfigError::Invalid(ConfigErrors(errs)) = Config::parse(&text, Path::new("x"), Path::new("")).unwrap_err() else { panic!() };
+        assert!(errs.iter().any(|e| e.starts_with("auth.token_file:") && e.contains("SPROUT_SURELY_UNSET_VAR")), "{errs:?}");
+        let text = DEFAULT_CONFIG.replace("[auth]", "[auth]\ntoken_file = \"${SPROUT_SURELY_UNSET_VAR:-/etc/sproutd}/token\"");
+        let c = Config::parse(&text, Path::new("x"), Path::new("")).unwrap();
+        assert_eq!(c.token_file.unwrap(), PathBuf::from("/etc/sproutd/token"));
     }
 
     #[test]

@@ -40,7 +40,6 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
 use tokio::sync::Notify;
 
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -68,7 +67,7 @@ pub enum StoreError {
         "the job store at {path} has lost {count} acknowledged job(s) (ids after job-{after:016x} up to job-{last:016x}): its files were damaged or restored from an older copy; `sproutd store verify` reports, `sproutd store export` saves what is left, `sproutd --accept-missing-jobs` serves it anyway"
     )]
     Missing { path: String, count: u64, after: u64, last: u64 },
-    #[error("the job store at {path} is damaged: {message}; `sproutd store verify` reports what is readable")]
+    #[error("the job store at {path} is damaged: {message}; restore it from a backup (a `sproutd store export` or a copy of the data dir), or move it aside to start with an empty one")]
     Damaged { path: String, message: String },
     #[error("job {0} not found")]
     NotFound(String),
@@ -194,13 +193,12 @@ pub struct Store {
 }
 
 /// What [`Store::verify`] found.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct Verified {
     /// Jobs by state.
     pub jobs: std::collections::BTreeMap<&'static str, u64>,
     pub ledger: u64,
     pub eval_runs: u64,
-    #[serde(skip)]
     pub watermark: Watermark,
     /// Records that do not decode, and index entries that disagree with the jobs.
     pub problems: Vec<String>,

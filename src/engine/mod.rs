@@ -9,6 +9,7 @@
 //! token (it notices that nobody listens).
 
 pub mod echo;
+#[cfg(feature = "engine")]
 pub mod mistral;
 pub mod sampler;
 
@@ -77,6 +78,9 @@ pub async fn load(cfg: &ModelConfig) -> Result<Arc<dyn Engine>, EngineError> {
             tokio::time::sleep(std::time::Duration::from_millis(*load_delay_ms)).await;
             Ok(Arc::new(echo::EchoEngine::new(*token_delay_ms)))
         }
+        #[cfg(feature = "engine")]
         _ => Ok(Arc::new(mistral::MistralEngine::load(cfg).await?)),
+        #[cfg(not(feature = "engine"))]
+        _ => Err(EngineError::Load("this build has no engine (cargo feature `engine` off); only model.kind = \"echo\" runs".into())),
     }
 }
