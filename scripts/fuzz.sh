@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes sproutd's parsers of outside input (README "Fuzzing") for a fixed
-# budget: SPROUT_FUZZ_SECS seconds per target (default 60), all targets or
-# the ones named. libFuzzer through libfuzzer-sys, built with nightly Rust and
+# budget: SPROUT_FUZZ_SECS seconds per target (default 60; 0 only replays the
+# seed corpus, as scripts/test.sh does), all targets or the ones named. libFuzzer through libfuzzer-sys, built with nightly Rust and
 # the coverage instrumentation cargo-fuzz uses (no sanitizer: the code under
 # test is safe Rust, so what is looked for is panics and hangs). Crashes land
 # in fuzz/artifacts/<target>/; each one found is kept as a regression test.
@@ -19,7 +19,7 @@ export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4
 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
 -Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 cd "$root/fuzz"
-cargo +"$toolchain" build --release --target "$triple" --bins
+cargo +"$toolchain" build --locked --release --target "$triple" --bins
 # Seeds: the shipped config, the built-in trace, a request, an API answer.
 mkdir -p corpus/request corpus/config corpus/trace corpus/carbon_api corpus/judge_verdict
 cp -n "$root/config.toml" corpus/config/shipped.toml
@@ -32,13 +32,15 @@ for t in "${targets[@]}"; do
     mkdir -p "artifacts/$t"
     log="$(mktemp)"
     set +e
-    "$CARGO_TARGET_DIR/$triple/release/$t" "corpus/$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+    if [ "$secs" -gt 0 ]; then budget=(-max_total_time="$secs"); else budget=(-runs=0); fi
+    "$CARGO_TARGET_DIR/$triple/release/$t" "corpus/$t" "${budget[@]}" -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$log" 2>&1
     rc=$?
     set -e
     runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
     crashes="$(find "artifacts/$t" -type f | wc -l)"
-    echo "fuzz: $t: ${runs:-?} executions in ${secs} s, exit $rc, $crashes crash file(s) in fuzz/artifacts/$t"
+    if [ "$secs" -gt 0 ]; then how="in ${secs} s"; else how="(the corpus replayed)"; fi
+    echo "fuzz: $t: ${runs:-?} executions $how, exit $rc, $crashes crash file(s) in fuzz/artifacts/$t"
     if [ "$rc" -ne 0 ] || [ "$crashes" -ne 0 ]; then
         status=1
         grep -m 5 -E 'panicked|ERROR|SUMMARY' "$log" || true

@@ -32,3 +32,10 @@ cargo test --release --locked -- --test-threads="${SPROUT_TEST_THREADS:-2}"
 # the release profile with the test build's features, so nothing is rebuilt
 # for them (`cargo bench --no-run` would rebuild the engine in the bench profile).
 cargo build --release --locked --benches
+# The fuzz targets (fuzz/, README "Fuzzing") must keep building and running:
+# they replay their seed corpus here; scripts/fuzz.sh fuzzes for a budget.
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    SPROUT_FUZZ_SECS=0 bash scripts/fuzz.sh
+else
+    echo "test: no nightly toolchain; the fuzz targets were not built (rustup toolchain install nightly)"
+fi

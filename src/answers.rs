@@ -42,7 +42,9 @@ pub fn last_number(s: &str) -> Option<f64> {
 /// not the article "A" starting a sentence.
 pub fn choice_letter(s: &str) -> Option<char> {
     let is_opt = |c: char| ('A'..='E').contains(&c);
-    let lower = s.to_lowercase();
+    // ASCII case folding keeps byte offsets, so positions found in `lower`
+    // index `s` (full Unicode lowering changes some characters' lengths).
+    let lower = s.to_ascii_lowercase();
     for marker in ["answer is", "answer:", "correct option is", "correct choice is", "option"] {
         if let Some(pos) = lower.find(marker) {
             let rest = &s[pos + marker.len()..];
@@ -151,6 +153,20 @@ pub fn wilson_lower(successes: f64, n: f64, z: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `scripts/fuzz.sh` (judge_verdict): "Ⱦ" lowercases to a longer
+    /// character, so a marker's position in the lowered text sliced the
+    /// original text inside a character.
+    #[test]
+    fn fuzz_regression_a_marker_after_a_character_whose_lowercase_is_longer() {
+        let input = b"\x00\x03..on\x00\x00\xc8\xbeA.\x00\x00\x00\x00\x03..on\x00\x00\xc8\xbeA.\x00\x00\x00\x00C\x00mp$a\"anower:\xc8\xbe\x00\x00C\x00mp$a\"answer:\xc8\xbe\x00";
+        let text = std::str::from_utf8(input).unwrap();
+        let _ = choice_letter(text); // no panic is the point
+        assert_eq!(choice_letter("ȾȾȾ answer: B"), Some('B'));
+        for class in ["math", "choice", "question", "instruction"] {
+            let _ = agree(class, text, "ȾȾ Answer: (C)");
+        }
+    }
 
     #[test]
     fn numbers_letters_and_words() {

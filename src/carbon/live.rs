@@ -418,6 +418,15 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Found by `scripts/fuzz.sh` (carbon_api): a forecast time with a
+    /// 13-digit year panicked in the timestamp parser.
+    #[test]
+    fn fuzz_regression_an_api_answer_with_a_huge_year() {
+        let v: Value = serde_json::from_str(r#"{"zo2,2datet":",01T10:00=00.000Z","forecast":[{"carbonInTensity":280,"datetime":"2024111111114-05-01T10:30Z"}]}"#).unwrap();
+        assert!(em_series(&v, "forecast").is_err());
+        let _ = em_reading(&v);
+    }
+
     fn shared(path: &str) -> Option<String> {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/carbon").join(path);
         std::fs::read_to_string(p).ok()

@@ -49,7 +49,8 @@ pub fn parse_utc(s: &str) -> Option<i64> {
     };
     let mut d = date.split('-').map(|p| p.parse::<i64>());
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+    // Years past 9999 are no timestamps (and would overflow the arithmetic).
+    if d.next().is_some() || !(1..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
         return None;
     }
     let mut t = time.split(':').map(|p| p.parse::<f64>());
@@ -192,6 +193,19 @@ pub fn forecast_mae(values: &[f64], h: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `scripts/fuzz.sh` (trace, carbon_api): a year with 17 digits
+    /// overflowed the day arithmetic (a panic with overflow checks, a wrapped
+    /// timestamp without).
+    #[test]
+    fn fuzz_regression_huge_years_are_no_timestamps() {
+        assert_eq!(parse_utc("29999999999999023-01-01 00:00:00"), None);
+        assert_eq!(parse_utc("2024111111114-05-01T10:30Z"), None);
+        assert_eq!(parse_utc("10000-01-01 00:00"), None);
+        assert_eq!(parse_utc("9999-12-31 23:00"), Some(253_402_297_200));
+        let text = "datetime_utc,ci_direct_g_per_kwh,ci_lca_g_per_kwh\r\n29999999999999023-01-01 00:00:00,71.54,103.5\r\n2023-01-01 01:00:00,65.29,95.6\r\n";
+        assert!(Trace::parse(text).is_err());
+    }
 
     fn shared(path: &str) -> Option<String> {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(path);
