@@ -49,8 +49,9 @@ pub fn parse_utc(s: &str) -> Option<i64> {
     };
     let mut d = date.split('-').map(|p| p.parse::<i64>());
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    // Years past 9999 are no timestamps (and would overflow the arithmetic).
-    if d.next().is_some() || !(1..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+    // Years past 9999 are no timestamps (and would overflow the arithmetic);
+    // a day past its month's end (2023-02-31) is no date.
+    if d.next().is_some() || !(1..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=days_in_month(y, m)).contains(&day) {
         return None;
     }
     let mut t = time.split(':').map(|p| p.parse::<f64>());
@@ -60,6 +61,16 @@ pub fn parse_utc(s: &str) -> Option<i64> {
         return None;
     }
     Some(days_from_civil(y, m, day) * 86_400 + (h * 3600.0 + min * 60.0 + sec).floor() as i64 - offset_s)
+}
+
+/// Days in month `m` (1-12) of year `y`, Gregorian.
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// Seconds east of UTC of an ISO 8601 zone designator.
@@ -203,6 +214,14 @@ mod tests {
         assert_eq!(parse_utc("2024111111114-05-01T10:30Z"), None);
         assert_eq!(parse_utc("10000-01-01 00:00"), None);
         assert_eq!(parse_utc("9999-12-31 23:00"), Some(253_402_297_200));
+        // Days past the month's end are no dates.
+        assert_eq!(parse_utc("2023-02-31 00:00"), None);
+        assert_eq!(parse_utc("2023-02-29 00:00"), None);
+        assert_eq!(parse_utc("2024-02-29 00:00"), Some(1_709_164_800));
+        assert_eq!(parse_utc("1900-02-29 00:00"), None);
+        assert_eq!(parse_utc("2000-02-29 00:00"), Some(951_782_400));
+        assert_eq!(parse_utc("2023-04-31 00:00"), None);
+        assert_eq!(parse_utc("2023-12-31 00:00"), Some(1_703_980_800));
         let text = "datetime_utc,ci_direct_g_per_kwh,ci_lca_g_per_kwh\r\n29999999999999023-01-01 00:00:00,71.54,103.5\r\n2023-01-01 01:00:00,65.29,95.6\r\n";
         assert!(Trace::parse(text).is_err());
     }
