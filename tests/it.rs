@@ -1446,6 +1446,16 @@ fn stats_agree_with_the_ledger_and_metrics_parse_as_prometheus_text() {
     // /metrics, through the Prometheus project's own text-format parser.
     let (s, _) = http("GET", &format!("{}/metrics", d.url), None);
     assert_eq!(s, 200);
+    // Naming conventions: counters end in _total, shares in _ratio, and what
+    // can fall (net savings) is a gauge.
+    let text = reqwest::blocking::get(format!("{}/metrics", d.url)).unwrap().text().unwrap();
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let mut it = line["# TYPE ".len()..].split(' ');
+        let (name, kind) = (it.next().unwrap(), it.next().unwrap());
+        assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+        assert!(!name.contains("share") && !name.contains("mix") || name.ends_with("_ratio"), "{line}");
+    }
+    assert!(text.contains("# TYPE sproutd_carbon_saved_grams gauge") && text.contains("# TYPE sproutd_deferral_saved_grams gauge"), "{text}");
     let python = match std::env::var("SPROUT_PYTHON") {
         Ok(p) => p,
         Err(_) if std::env::var("SPROUT_REQUIRE_MODEL").as_deref() == Ok("1") => panic!("SPROUT_PYTHON is not set"),

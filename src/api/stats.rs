@@ -119,17 +119,19 @@ pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
     metric(&mut out, "sproutd_requests_estimated_total", "counter", "Requests whose energy was estimated rather than measured.", &[(String::new(), t.estimated as f64)]);
     metric(&mut out, "sproutd_requests_measured_total", "counter", "Requests whose energy was measured.", &[(String::new(), t.measured as f64)]);
     if let Some(s) = t.savings_g(levels.first().copied().unwrap_or("L0")) {
-        metric(&mut out, "sproutd_carbon_saved_grams_total", "counter", "Carbon saved against serving every user request at the baseline level, gCO2e.", &[(String::new(), s)]);
+        // A gauge: the net saving so far, from running means, which a new
+        // request can lower (a counter must never decrease).
+        metric(&mut out, "sproutd_carbon_saved_grams", "gauge", "Net carbon saved so far against serving every user request at the baseline level, gCO2e (can fall as the means move).", &[(String::new(), s)]);
     }
-    metric(&mut out, "sproutd_deferral_saved_grams_total", "counter", "Carbon saved by holding jobs with a deadline for low-carbon hours, gCO2e.", &[(String::new(), t.deferral_saving_g)]);
+    metric(&mut out, "sproutd_deferral_saved_grams", "gauge", "Net carbon saved so far by holding jobs with a deadline for low-carbon hours, gCO2e (a job that ran dirtier than forecast lowers it).", &[(String::new(), t.deferral_saving_g)]);
     let total = t.user_requests().max(1) as f64;
     let share: Vec<(String, f64)> =
         levels.iter().map(|l| (format!("directive=\"{l}\""), t.by_level.get(*l).map(|x| x.requests as f64 / total).unwrap_or(0.0))).collect();
-    metric(&mut out, "sproutd_directive_share", "gauge", "Share of users' requests served at each level so far.", &share);
+    metric(&mut out, "sproutd_directive_share_ratio", "gauge", "Share of users' requests served at each level so far.", &share);
     let plan = svc.planner.current();
     let planned = svc.planner.history().last().map(|h| h.x.clone()).unwrap_or_else(|| svc.config.directives.mix.clone());
     let mix: Vec<(String, f64)> = levels.iter().zip(&planned).map(|(l, w)| (format!("directive=\"{l}\""), *w)).collect();
-    metric(&mut out, "sproutd_directive_mix", "gauge", "The mix for requests that pin no level (the optimizer's plan, over all classes).", &mix);
+    metric(&mut out, "sproutd_directive_mix_ratio", "gauge", "The mix for requests that pin no level (the optimizer's plan, over all classes).", &mix);
     if let Some(s) = &plan {
         metric(&mut out, "sproutd_plan_quality_floor", "gauge", "The optimizer's quality floor, relative to all-baseline.", &[(String::new(), s.plan.floor)]);
         metric(&mut out, "sproutd_plan_solve_seconds", "gauge", "Time of the last solve.", &[(String::new(), s.plan.solve_us as f64 / 1e6)]);
