@@ -940,6 +940,9 @@ impl Config {
         let shutdown_grace = duration("queue.shutdown_grace", &q.shutdown_grace);
         let deadline_margin = duration("queue.deadline_margin", &q.deadline_margin);
         let store_open_timeout = duration("storage.open_timeout", &raw.storage.open_timeout);
+        if store_open_timeout.is_zero() && parse_duration(&raw.storage.open_timeout).is_some() {
+            errs.push("storage.open_timeout: must be more than 0".into());
+        }
         if q.max_queued == 0 {
             errs.push("queue.max_queued: must be at least 1".into());
         }
@@ -1165,6 +1168,9 @@ mod tests {
             let (key, msg) = e.split_once(": ").unwrap();
             assert!(!msg.starts_with(key), "{e}");
         }
+        let text = DEFAULT_CONFIG.replace("open_timeout = \"5m\"", "open_timeout = \"0s\"");
+        let ConfigError::Invalid(ConfigErrors(errs)) = Config::parse(&text, Path::new("x"), Path::new("")).unwrap_err() else { panic!() };
+        assert_eq!(errs, ["storage.open_timeout: must be more than 0"]);
         // A syntax error is one error with its line.
         let err = Config::parse("[queue\nx = 1", Path::new("x"), Path::new("")).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
