@@ -218,6 +218,28 @@ impl From<sled::Error> for ExportError {
     }
 }
 
+/// Writes each record of `tree` that decodes as `{"<name>": record}` on a
+/// line; returns (written, skipped).
+fn export_tree<T: serde::de::DeserializeOwned + serde::Serialize>(
+    tree: &sled::Tree,
+    name: &str,
+    out: &mut dyn std::io::Write,
+) -> Result<(u64, u64), ExportError> {
+    let (mut written, mut skipped) = (0, 0);
+    for item in tree.iter() {
+        let (k, bytes) = item?;
+        match decode::<T>(&k, &bytes) {
+            Ok(record) => {
+                serde_json::to_writer(&mut *out, &serde_json::json!({ name: record })).map_err(std::io::Error::from)?;
+                out.write_all(b"\n")?;
+                written += 1;
+            }
+            Err(_) => skipped += 1,
+        }
+    }
+    Ok((written, skipped))
+}
+
 /// What a new job needs besides what the store assigns.
 pub struct NewJob {
     pub origin: Origin,
@@ -475,29 +497,9 @@ impl Store {
     /// export`): `{"job": ...}` then `{"ledger": ...}`; records that do not
     /// decode are skipped and counted. Returns (records written, skipped).
     pub fn export(&self, out: &mut dyn std::io::Write) -> Result<(u64, u64), ExportError> {
-        let (mut written, mut skipped) = (0, 0);
-        for item in self.jobs.iter() {
-            let (k, bytes) = item?;
-            match decode::<Job>(&k, &bytes) {
-                Ok(job) => {
-                    serde_json::to_writer(&mut *out, &serde_json::json!({ "job": job })).map_err(std::io::Error::from)?;
-                    out.write_all(b"\n")?;
-                    written += 1;
-                }
-                Err(_) => skipped += 1,
-            }
-        }
-        for item in self.ledger.iter() {
-            let (k, bytes) = item?;
-            match decode::<LedgerEntry>(&k, &bytes) {
-                Ok(entry) => {
-                    serde_json::to_writer(&mut *out, &serde_json::json!({ "ledger": entry })).map_err(std::io::Error::from)?;
-                    out.write_all(b"\n")?;
-                    written += 1;
-                }
-                Err(_) => skipped += 1,
-            }
-        }
+        let (jobs, bad_jobs) = export_tree::<Job>(&self.jobs, "job", out)?;
+        let (entries, bad_entries) = export_tree::<LedgerEntry>(&self.ledger, "ledger", out)?;
+        let (written, skipped) = (jobs + entries, bad_jobs + bad_entries);
         out.flush()?;
         Ok((written, skipped))
     }

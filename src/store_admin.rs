@@ -60,16 +60,16 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Opens a copy of the store, accepting lost jobs; says what was lost.
+/// Opens a copy of the store, accepting lost jobs; says what was lost. The
+/// refused first open left the copy as it found the loss, so the second opens
+/// the same copy.
 fn open_copy(dir: &Path, timeout: Duration) -> Result<(Copy, Store, Option<String>), AdminError> {
-    let first = Copy::of(dir)?;
-    match open_store(&first.0, timeout, false) {
-        Ok(store) => Ok((first, store, None)),
+    let copy = Copy::of(dir)?;
+    match open_store(&copy.0, timeout, false) {
+        Ok(store) => Ok((copy, store, None)),
         Err(DaemonError::Store(e @ StoreError::Missing { .. })) => {
-            drop(first);
-            let second = Copy::of(dir)?;
-            let store = open_store(&second.0, timeout, true)?;
-            Ok((second, store, Some(e.to_string())))
+            let store = open_store(&copy.0, timeout, true)?;
+            Ok((copy, store, Some(e.to_string())))
         }
         Err(e) => Err(e.into()),
     }

@@ -2048,13 +2048,19 @@ fn real_model_judged_by_a_second_sproutd_over_loopback() {
     eprintln!("real judged run: q = {}, failures = {}", run["q"], run["failures"]);
 }
 
-#[test]
-fn sproutctl_simulate_reports_quality_three_ways() {
+/// The published artifact under ../shared/data, if this checkout has it.
+fn artifact() -> Option<std::path::PathBuf> {
     let data = repo().join("../shared/data/sprout_artifact");
     if !data.is_dir() {
         eprintln!("skipping: ../shared/data not present");
-        return;
+        return None;
     }
+    Some(data)
+}
+
+#[test]
+fn sproutctl_simulate_reports_quality_three_ways() {
+    let Some(data) = artifact() else { return };
     let out = std::process::Command::new(SPROUTCTL)
         .args(["simulate", "--data", data.to_str().unwrap(), "--region", "GB", "--hours", "168", "--policy", "sprout", "--seeds", "2", "--json"])
         .output()
@@ -2076,11 +2082,7 @@ fn sproutctl_piped_into_a_reader_that_stops_early_ends_quietly() {
     use std::io::Read;
     use std::os::unix::process::ExitStatusExt;
     // ~270 kB of JSON: more than a pipe holds, so it is still writing when the reader goes.
-    let data = repo().join("../shared/data/sprout_artifact");
-    if !data.is_dir() {
-        eprintln!("skipping: ../shared/data not present");
-        return;
-    }
+    let Some(data) = artifact() else { return };
     let mut child = std::process::Command::new(SPROUTCTL)
         .args(["simulate", "--data", data.to_str().unwrap(), "--region", "NL", "--hours", "720", "--json"])
         .stdout(std::process::Stdio::piped())
