@@ -127,10 +127,10 @@ async fn main() {
             let t0 = Instant::now();
             let futs = items.iter().map(|it| {
                 let req = GenRequest {
-                    messages: directives.apply(level, sprout::classify::classify(&it.prompt), &[Message { role: Role::User, content: it.prompt.clone() }]),
+                    messages: directives.apply(level, sprout::classify::classify(&it.prompt), &[Message::new(Role::User, it.prompt.clone())]),
                     max_tokens,
-                    sampling: Sampling { temperature: 0.0, top_p: 1.0, top_k: 0, repetition_penalty: config.generation.repetition_penalty, seed: 0 },
-                    stop: vec![],
+                    sampling: Sampling { top_p: 1.0, repetition_penalty: config.generation.repetition_penalty, ..Default::default() },
+                    ..Default::default()
                 };
                 let (tx, _rx) = mpsc::unbounded_channel();
                 let engine = &engine;

@@ -113,7 +113,7 @@ async fn main() {
             let seq = store.next_seq().unwrap();
             let request = ChatRequest {
                 model: "echo".into(),
-                messages: vec![Message { role: Role::User, content: format!("queued job {i}") }],
+                messages: vec![Message::new(Role::User, format!("queued job {i}"))],
                 max_tokens: 16,
                 temperature: None,
                 top_p: None,
@@ -121,6 +121,7 @@ async fn main() {
                 stop: vec![],
                 directive: None,
                 store: None,
+                ..Default::default()
             };
             let new = NewJob {
                 origin: Origin::Job,

@@ -53,6 +53,23 @@ pub enum DaemonError {
     Token { path: String, reason: String },
     #[error("refusing to listen on {0} without an API token: set auth.token_file (only loopback addresses may go without)")]
     NoToken(std::net::SocketAddr),
+    #[error("model.path {0} is not a file: put the model there (scripts/fetch-model.sh fetches the default one), or set model.path")]
+    NoModel(String),
+}
+
+/// What start-up needs beyond the config file, checked before anything
+/// starts (and by `sproutd check-config`): the token file it names and a
+/// GGUF model's file. Failing here is a config error (exit status 2, which
+/// the unit does not retry: a package installed and started before its
+/// model is in place fails once, with the reason).
+pub fn preflight(config: &Config) -> Result<(), DaemonError> {
+    read_token(config)?;
+    if let crate::config::ModelSource::Gguf { path, .. } = &config.model.source {
+        if !path.is_file() {
+            return Err(DaemonError::NoModel(path.display().to_string()));
+        }
+    }
+    Ok(())
 }
 
 /// Reads the token file named by the config, if any.

@@ -43,6 +43,11 @@ impl Directives {
         format!("{h:016x}")
     }
 
+    /// The first level: no instruction added.
+    pub fn baseline(&self) -> &str {
+        self.levels.first().map(|(n, _)| n.as_str()).unwrap_or("L0")
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.levels.iter().map(|(n, _)| n.as_str())
     }
@@ -103,7 +108,7 @@ pub fn apply_directive(directive: &str, messages: &[Message]) -> Vec<Message> {
             let sep = if sys.content.trim_end().is_empty() { "" } else { "\n\n" };
             sys.content = format!("{}{sep}{directive}", sys.content.trim_end());
         }
-        None => out.insert(0, Message { role: Role::System, content: directive.to_string() }),
+        None => out.insert(0, Message::new(Role::System, directive.to_string())),
     }
     out
 }
@@ -138,7 +143,7 @@ mod tests {
     }
 
     fn user(t: &str) -> Message {
-        Message { role: Role::User, content: t.into() }
+        Message::new(Role::User, t)
     }
 
     #[test]
@@ -146,14 +151,14 @@ mod tests {
         let d = cfg(&[1.0, 0.0, 0.0]);
         let out = d.apply("L2", "question", &[user("hi")]);
         assert_eq!(out.len(), 2);
-        assert_eq!(out[0], Message { role: Role::System, content: "Always answer very briefly.".into() });
+        assert_eq!(out[0], Message::new(Role::System, "Always answer very briefly."));
         assert_eq!(out[1], user("hi"));
     }
 
     #[test]
     fn directive_is_appended_to_the_clients_system_message() {
         let d = cfg(&[1.0, 0.0, 0.0]);
-        let msgs = [Message { role: Role::System, content: "You are a pirate. ".into() }, user("hi")];
+        let msgs = [Message::new(Role::System, "You are a pirate. "), user("hi")];
         let out = d.apply("L1", "question", &msgs);
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].content, "You are a pirate.\n\nAlways answer briefly.");

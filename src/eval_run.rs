@@ -100,7 +100,7 @@ fn judge_for(svc: &Service, opts: &RunOptions) -> Result<Judge, EvalError> {
 fn request(svc: &Service, text: &str, directive: &str, max_tokens: usize) -> ChatRequest {
     ChatRequest {
         model: svc.config.model.name.clone(),
-        messages: vec![Message { role: Role::User, content: text.to_string() }],
+        messages: vec![Message::new(Role::User, text.to_string())],
         max_tokens,
         temperature: Some(0.0),
         top_p: None,
@@ -108,6 +108,7 @@ fn request(svc: &Service, text: &str, directive: &str, max_tokens: usize) -> Cha
         stop: vec![],
         directive: Some(directive.to_string()),
         store: Some(false),
+        ..Default::default()
     }
 }
 

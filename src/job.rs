@@ -5,7 +5,10 @@
 //! job API returns, so a change here is a change to the store format: see
 //! `queue::SCHEMA_VERSION`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -13,16 +16,86 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// A tool's result, answering the assistant's call `tool_call_id`.
+    Tool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub role: Role,
     pub content: String,
+    /// The calls an assistant message made (a conversation sent back with
+    /// the tools' results).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// For a tool message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self { role, content: content.into(), tool_calls: vec![], tool_call_id: None }
+    }
+}
+
+/// A function the model may call (OpenAI's `tools[].function`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tool {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A JSON schema of the arguments.
+    pub parameters: Value,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolChoice {
+    /// The model decides (OpenAI's default when tools are given).
+    #[default]
+    Auto,
+    /// No call: a plain answer even though tools are listed.
+    None,
+    /// At least one call, of any listed tool (forced by a grammar).
+    Required,
+    /// A call of this tool (forced by a grammar).
+    Function(String),
+}
+
+/// A call the model made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as a JSON text (OpenAI's shape).
+    pub arguments: String,
+}
+
+/// The shape the answer must have (OpenAI's `response_format`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormat {
+    #[default]
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid against `schema`.
+    JsonSchema { name: String, schema: Value },
+}
+
+/// One generated token's log-probability and its most likely alternatives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    #[serde(default)]
+    pub top: Vec<(String, f32)>,
 }
 
 /// A chat request after validation: everything the worker needs, no HTTP.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<Message>,
@@ -40,9 +113,40 @@ pub struct ChatRequest {
     /// (OpenAI's `store` field).
     #[serde(default)]
     pub store: Option<bool>,
+    /// Functions the model may call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Tool>,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tool_choice: ToolChoice,
+    /// `parallel_tool_calls: false`: only the first call of an answer is kept.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub single_tool_call: bool,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub response_format: ResponseFormat,
+    /// OpenAI's penalties, over the tokens generated so far.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub presence_penalty: f32,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub frequency_penalty: f32,
+    /// Token id → added to its logit.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub logit_bias: BTreeMap<u32, f32>,
+    /// `Some(n)`: report each token's log-probability and its `n` most likely alternatives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<usize>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl ChatRequest {
+    /// Whether the client fixed the answer's shape (tools or structured
+    /// output): such answers are not shortened by a drawn directive.
+    pub fn shape_is_fixed(&self) -> bool {
+        !self.tools.is_empty() && self.tool_choice != ToolChoice::None || self.response_format != ResponseFormat::Text
+    }
+
     /// The last user message: what the prompt classifier reads.
     pub fn last_user_text(&self) -> &str {
         self.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.as_str()).unwrap_or("")
@@ -149,10 +253,12 @@ pub struct Deferral {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     Stop,
     Length,
+    /// The answer is one or more tool calls.
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -160,6 +266,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }
@@ -171,6 +278,10 @@ pub struct JobResult {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub receipt: Receipt,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 /// The carbon receipt of one answer (`usage.sprout` in the API).

@@ -1180,7 +1180,7 @@ mod tests {
     pub(crate) fn req(text: &str) -> ChatRequest {
         ChatRequest {
             model: "m".into(),
-            messages: vec![Message { role: Role::User, content: text.into() }],
+            messages: vec![Message::new(Role::User, text)],
             max_tokens: 8,
             temperature: None,
             top_p: None,
@@ -1188,6 +1188,7 @@ mod tests {
             stop: vec![],
             directive: None,
             store: None,
+            ..Default::default()
         }
     }
 
@@ -1231,6 +1232,8 @@ mod tests {
                 duration_s: 0.1,
                 estimated: true,
             },
+            tool_calls: vec![],
+            logprobs: None,
         }
     }
 

@@ -97,6 +97,9 @@ pub struct Service {
     /// against the limit with the queue, so concurrent submits cannot
     /// overshoot it.
     admitting: std::sync::atomic::AtomicUsize,
+    /// Latency and size histograms of succeeded requests since start: users'
+    /// and the daemon's own (`/metrics`).
+    pub latencies: Mutex<[crate::stats::Latencies; 2]>,
 }
 
 /// Holds one place among [`Service::admitting`] until dropped.
@@ -132,6 +135,7 @@ impl Service {
             shutting_down: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             admitting: Default::default(),
+            latencies: Default::default(),
         }
     }
 
@@ -182,7 +186,11 @@ impl Service {
         }
         let seq = self.store.next_seq()?;
         let class = classify(request.last_user_text());
+        // An answer whose shape the client fixed (tool calls, JSON) is not
+        // shortened unless the client pins a level: its length is the
+        // schema's, and the evaluator measures free-text answers only.
         let directive = match self.planner.mix_for(class) {
+            _ if request.directive.is_none() && request.shape_is_fixed() => self.directives.baseline().to_string(),
             Some(mix) => self.directives.choose_from(request.directive.as_deref(), seq, &mix),
             None => self.directives.choose(request.directive.as_deref(), seq),
         };
@@ -228,10 +236,11 @@ impl Service {
         Ok(Submission { job: submitted.job, created: submitted.created, events: rx })
     }
 
-    /// Offers a user's prompt to the evaluator's sample, unless it opted out.
+    /// Offers a user's prompt to the evaluator's sample, unless it opted out
+    /// or its answer has a fixed shape (the evaluator asks for free text).
     fn sample(&self, job: &Job, class: &str) {
         let ev = &self.config.evaluator;
-        if !ev.enabled || job.origin == Origin::Daemon || job.request.store == Some(false) {
+        if !ev.enabled || job.origin == Origin::Daemon || job.request.store == Some(false) || job.request.shape_is_fixed() {
             return;
         }
         let sample = crate::evaluator::PromptSample { text: job.request.last_user_text().to_string(), class: class.to_string(), at_ms: job.created_ms };

@@ -218,6 +218,23 @@ mod tests {
     }
 
     #[test]
+    fn histograms_are_cumulative_and_end_at_the_count() {
+        let mut h = Histogram::new(&[1.0, 2.0, 5.0]);
+        for v in [0.5, 1.0, 1.5, 7.0, f64::NAN] {
+            h.observe(v);
+        }
+        let b = h.buckets();
+        assert_eq!(b, [("1".to_string(), 2), ("2".into(), 3), ("5".into(), 3), ("+Inf".into(), 4)]);
+        assert_eq!((h.sum, h.count), (10.0, 4));
+        let mut l = Latencies::default();
+        l.observe(&RequestTimes { started_s: 0.2, first_token_s: Some(0.5), finished_s: 2.5, prompt_tokens: 10, completion_tokens: 5 });
+        l.observe(&RequestTimes { started_s: 1.0, first_token_s: None, finished_s: 1.0, prompt_tokens: 10, completion_tokens: 0 });
+        assert_eq!((l.request_s.count, l.time_to_first_token_s.count, l.time_per_output_token_s.count), (2, 1, 1));
+        assert_eq!(l.time_per_output_token_s.sum, 0.5);
+        assert_eq!(l.completion_tokens.sum, 5.0);
+    }
+
+    #[test]
     fn totals_and_savings_against_the_baseline() {
         let entries = [
             // Baseline: 3600 J (1 Wh) and 0.1 g embodied per request on average.
@@ -267,5 +284,112 @@ mod tests {
     fn no_baseline_no_savings() {
         let t = Totals::from_entries(&[entry("L1", JobState::Succeeded, 1.0, 1.0, 0.0, 1)]);
         assert_eq!(t.savings_g("L0"), None);
+    }
+}
+
+/// A Prometheus histogram: cumulative counts per upper bound, the sum and
+/// the count. Pure; `/metrics` renders it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    pub bounds: &'static [f64],
+    /// Observations at or below each bound (not yet cumulative).
+    counts: Vec<u64>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self { bounds, counts: vec![0; bounds.len()], sum: 0.0, count: 0 }
+    }
+
+    pub fn observe(&mut self, v: f64) {
+        if !v.is_finite() {
+            return;
+        }
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.counts[i] += 1;
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    /// `(le, cumulative count)` per bound, then `+Inf` with the count.
+    pub fn buckets(&self) -> Vec<(String, u64)> {
+        let mut acc = 0;
+        let mut out: Vec<(String, u64)> = self
+            .bounds
+            .iter()
+            .zip(&self.counts)
+            .map(|(b, c)| {
+                acc += c;
+                (format!("{b}"), acc)
+            })
+            .collect();
+        out.push(("+Inf".into(), self.count));
+        out
+    }
+}
+
+/// Seconds, from a tenth of a second to an hour (answers on CPU take seconds
+/// to minutes; a queue can hold a job for long).
+pub const SECONDS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0, 600.0, 1200.0, 3600.0];
+/// Seconds per generated token.
+pub const TOKEN_SECONDS: &[f64] = &[0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0];
+/// Tokens per request.
+pub const TOKENS: &[f64] = &[1.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0];
+
+/// The latency and size of succeeded requests since start, as vLLM and
+/// llama.cpp's server report them, for one origin (users' or the daemon's own).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latencies {
+    /// From when the job could run (submitted, or its deferral's end) to the engine.
+    pub queue_wait_s: Histogram,
+    /// From when the job could run to its first token.
+    pub time_to_first_token_s: Histogram,
+    /// From when the job could run to its last token.
+    pub request_s: Histogram,
+    /// Between tokens after the first.
+    pub time_per_output_token_s: Histogram,
+    pub prompt_tokens: Histogram,
+    pub completion_tokens: Histogram,
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Self {
+            queue_wait_s: Histogram::new(SECONDS),
+            time_to_first_token_s: Histogram::new(SECONDS),
+            request_s: Histogram::new(SECONDS),
+            time_per_output_token_s: Histogram::new(TOKEN_SECONDS),
+            prompt_tokens: Histogram::new(TOKENS),
+            completion_tokens: Histogram::new(TOKENS),
+        }
+    }
+}
+
+/// One succeeded request's times (seconds from when it could run) and sizes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RequestTimes {
+    pub started_s: f64,
+    /// `None` when it produced no token.
+    pub first_token_s: Option<f64>,
+    pub finished_s: f64,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+impl Latencies {
+    pub fn observe(&mut self, t: &RequestTimes) {
+        self.queue_wait_s.observe(t.started_s.max(0.0));
+        if let Some(first) = t.first_token_s {
+            self.time_to_first_token_s.observe(first.max(0.0));
+            if t.completion_tokens > 1 {
+                self.time_per_output_token_s.observe((t.finished_s - first).max(0.0) / (t.completion_tokens - 1) as f64);
+            }
+        }
+        self.request_s.observe(t.finished_s.max(0.0));
+        self.prompt_tokens.observe(t.prompt_tokens as f64);
+        self.completion_tokens.observe(t.completion_tokens as f64);
     }
 }

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::accounting;
 use crate::engine::{Engine, GenRequest, Sampling};
 use crate::evaluator::EngineShare;
-use crate::job::{now_ms, Job, JobResult, JobState, LedgerEntry, Origin};
+use crate::job::{now_ms, Job, JobResult, JobState, LedgerEntry, Origin, ToolChoice};
+use crate::stats::RequestTimes;
 use crate::service::{EngineStatus, Service};
 
 /// Claims jobs until `stop` fires, then waits for the running ones. Those
@@ -134,8 +135,15 @@ pub fn gen_request(svc: &Service, job: &Job) -> GenRequest {
             top_k: g.top_k,
             repetition_penalty: g.repetition_penalty,
             seed: job.seed,
+            presence_penalty: job.request.presence_penalty,
+            frequency_penalty: job.request.frequency_penalty,
+            logit_bias: job.request.logit_bias.clone(),
         },
         stop: job.request.stop.clone(),
+        tools: if job.request.tool_choice == ToolChoice::None { vec![] } else { job.request.tools.clone() },
+        tool_choice: job.request.tool_choice.clone(),
+        response_format: job.request.response_format.clone(),
+        logprobs: job.request.logprobs,
     }
 }
 
@@ -150,8 +158,13 @@ async fn run_job(svc: &Service, engine: Arc<dyn Engine>, job: Job, interrupt: &C
     let req = gen_request(svc, &job);
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let t0 = Instant::now();
+    // When the job could run: submitted, or the end of its deferral.
+    let ready_ms = job.deferral.map_or(job.created_ms, |d| d.until_ms.max(job.created_ms));
+    let waited_s = now_ms().saturating_sub(ready_ms) as f64 / 1000.0;
+    let first_token = std::sync::OnceLock::<Instant>::new();
     svc.metering.lock().expect("poisoned").start(&job.id, prompt_tokens_estimate(&req));
     let token = |piece: String| {
+        first_token.get_or_init(Instant::now);
         svc.metering.lock().expect("poisoned").tokens(&job.id, 1.0);
         svc.send_delta(&job.id, piece);
     };
@@ -207,12 +220,27 @@ async fn run_job(svc: &Service, engine: Arc<dyn Engine>, job: Job, interrupt: &C
         Some(Ok(out)) => {
             ledger.prompt_tokens = out.prompt_tokens;
             ledger.completion_tokens = out.completion_tokens;
+            let since = |t: Instant| waited_s + t.duration_since(t0).as_secs_f64();
+            let times = RequestTimes {
+                started_s: waited_s,
+                first_token_s: first_token.get().copied().map(since),
+                finished_s: since(end),
+                prompt_tokens: out.prompt_tokens,
+                completion_tokens: out.completion_tokens,
+            };
+            svc.latencies.lock().expect("poisoned")[(job.origin == Origin::Daemon) as usize].observe(&times);
+            let mut tool_calls = out.tool_calls;
+            if job.request.single_tool_call {
+                tool_calls.truncate(1);
+            }
             let result = JobResult {
                 text: out.text,
                 finish_reason: out.finish_reason,
                 prompt_tokens: out.prompt_tokens,
                 completion_tokens: out.completion_tokens,
                 receipt,
+                tool_calls,
+                logprobs: out.logprobs,
             };
             (JobState::Succeeded, Some(result), None)
         }

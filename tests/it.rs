@@ -30,12 +30,13 @@ fn bad_inputs_get_openai_errors_with_the_right_status() {
         (json!({"messages": user("hi"), "max_tokens": 100000}).to_string(), 400, Some("max_tokens")),
         (json!({"messages": user("hi"), "directive": "L7"}).to_string(), 400, Some("directive")),
         (json!({"messages": user("hi"), "model": "gpt-4o"}).to_string(), 404, Some("model")),
-        // Never silently ignored: parameters that would change the answer.
-        (json!({"messages": user("hi"), "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}).to_string(), 400, Some("tools")),
-        (json!({"messages": user("hi"), "response_format": {"type": "json_object"}}).to_string(), 400, Some("response_format")),
-        (json!({"messages": user("hi"), "logprobs": true}).to_string(), 400, Some("logprobs")),
-        (json!({"messages": user("hi"), "frequency_penalty": 0.5}).to_string(), 400, Some("frequency_penalty")),
-        (json!({"messages": user("hi"), "logit_bias": {"1": 5}}).to_string(), 400, Some("logit_bias")),
+        // Never silently ignored: bad values of the parameters that shape the answer.
+        (json!({"messages": user("hi"), "tools": [{"type": "retrieval"}]}).to_string(), 400, Some("tools[0].type")),
+        (json!({"messages": user("hi"), "functions": [{"name": "f"}]}).to_string(), 400, Some("functions")),
+        (json!({"messages": user("hi"), "response_format": {"type": "xml"}}).to_string(), 400, Some("response_format")),
+        (json!({"messages": user("hi"), "logprobs": true, "top_logprobs": 21}).to_string(), 400, Some("top_logprobs")),
+        (json!({"messages": user("hi"), "frequency_penalty": 2.5}).to_string(), 400, Some("frequency_penalty")),
+        (json!({"messages": user("hi"), "logit_bias": {"one": 5}}).to_string(), 400, Some("logit_bias")),
         (json!({"messages": user(&"x".repeat(10_000))}).to_string(), 413, None),
     ];
     for (body, status, param) in &cases {
@@ -838,7 +839,110 @@ fn real_model_official_openai_python_client() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("models ok") && stdout.contains("chat ok") && stdout.contains("stream ok"), "{stdout}");
+    for part in ["models ok", "chat ok", "stream ok", "tools ok", "stream tools ok", "structured ok", "logprobs ok"] {
+        assert!(stdout.contains(part), "{part}: {stdout}");
+    }
+}
+
+#[test]
+fn real_model_holds_fixed_shapes_and_applies_openai_sampling_parameters() {
+    let Some(model) = model_path() else { return };
+    // Every free-text request gets L2 here (optimizer off, a fixed mix), so a
+    // directive on the fixed-shape ones below would show.
+    let d = Daemon::start(&model_config(
+        &model,
+        &[("mix = { L0 = 0.4, L1 = 0.3, L2 = 0.3 }", "mix = { L0 = 0.0, L1 = 0.0, L2 = 1.0 }"), ("enabled = true", "enabled = false")],
+    ));
+    let content = |a: &Value| a["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string();
+    let directive = |a: &Value| a["usage"]["sprout"]["directive"].as_str().unwrap().to_string();
+    let plain = chat(&d, json!({"messages": user("Name a color."), "max_tokens": 8, "temperature": 0}));
+    assert_eq!(directive(&plain), "L2");
+
+    // A JSON schema holds, and the answer ends where the JSON does (not at max_tokens).
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+                        "required": ["city", "population"], "additionalProperties": false});
+    let a = chat(&d, json!({"messages": user("Describe Paris."), "max_tokens": 100, "temperature": 0,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}}}));
+    let v: Value = serde_json::from_str(&content(&a)).unwrap_or_else(|e| panic!("not JSON ({e}): {a}"));
+    assert!(v["city"].is_string() && v["population"].is_i64() && v.as_object().unwrap().len() == 2, "{v}");
+    assert_eq!(a["choices"][0]["finish_reason"], "stop", "{a}");
+    assert!(a["usage"]["completion_tokens"].as_u64().unwrap() < 60, "{a}");
+    assert_eq!(directive(&a), "L0", "an unpinned structured answer is not shortened");
+    // A pinned level is honoured, and the JSON still holds.
+    let a = chat(&d, json!({"messages": user("List three fruits."), "max_tokens": 60, "temperature": 0, "directive": "L2",
+        "response_format": {"type": "json_object"}}));
+    assert!(serde_json::from_str::<Value>(&content(&a)).unwrap().is_object(), "{a}");
+    assert_eq!(directive(&a), "L2");
+
+    // Tools: the model calls one on its own; a named function is forced even
+    // where the prompt asks for another.
+    let tools = json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "Get the current weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+        {"type": "function", "function": {"name": "get_time", "description": "The current time in a time zone",
+            "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}}}]);
+    let a = chat(&d, json!({"messages": user("What is the weather like in Paris right now?"), "tools": tools, "max_tokens": 64, "temperature": 0}));
+    let call = &a["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!((call["type"].as_str(), call["function"]["name"].as_str()), (Some("function"), Some("get_weather")), "{a}");
+    assert_eq!(a["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(directive(&a), "L0");
+    let a = chat(&d, json!({"messages": user("What is the weather like in Paris?"), "tools": tools, "max_tokens": 64, "temperature": 0,
+        "tool_choice": {"type": "function", "function": {"name": "get_time"}}}));
+    let call = &a["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_time", "{a}");
+    let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(args["tz"].is_string(), "{args}");
+    // tool_choice "none": a plain answer, shortened like any other.
+    let a = chat(&d, json!({"messages": user("Name a color."), "tools": tools, "tool_choice": "none", "max_tokens": 8, "temperature": 0}));
+    assert!(a["choices"][0]["message"]["tool_calls"].is_null() && !content(&a).is_empty(), "{a}");
+    assert_eq!(directive(&a), "L2");
+
+    // logit_bias: token 15 is "0" in this vocabulary; +100 makes it every token.
+    let a = chat(&d, json!({"messages": user("What is the capital of France?"), "max_tokens": 5, "temperature": 0, "logit_bias": {"15": 100}}));
+    assert_eq!(content(&a), "00000", "{a}");
+    // A token the vocabulary lacks fails the job with the reason.
+    let (s, b) = http("POST", &format!("{}/v1/chat/completions", d.url),
+        Some(&json!({"messages": user("hi"), "max_tokens": 2, "logit_bias": {"4000000000": 1}}).to_string()));
+    assert!(s >= 400 && b["error"]["message"].as_str().unwrap().contains("4000000000"), "{s} {b}");
+    // A frequency penalty stops the loop greedy decoding falls into.
+    let body = |extra: Value| {
+        let mut b = json!({"messages": user("Repeat the word hello ten times."), "max_tokens": 30, "temperature": 0, "directive": "L0"});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b
+    };
+    let looped = content(&chat(&d, body(json!({}))));
+    let penalised = content(&chat(&d, body(json!({"frequency_penalty": 2.0}))));
+    let hellos = |t: &str| t.matches("hello").count();
+    assert!(hellos(&penalised) < hellos(&looped), "{looped:?} vs {penalised:?}");
+    // Logprobs of a sampled answer: the drawn token is among the listed ones
+    // only when likely enough, but its own logprob is always there and finite.
+    let a = chat(&d, json!({"messages": user("Name a color."), "max_tokens": 6, "temperature": 0.8, "seed": 4, "logprobs": true, "top_logprobs": 2}));
+    let lp = a["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    let joined: String = lp.iter().map(|t| t["token"].as_str().unwrap()).collect();
+    assert_eq!(joined, content(&a));
+    assert!(lp.iter().all(|t| t["logprob"].as_f64().unwrap() <= 0.0 && t["top_logprobs"].as_array().unwrap().len() == 2), "{a}");
+    // Jobs carry the same parameters, and their results the same shapes.
+    let (s, j, _) = post_job(&d.url, &json!({"messages": user("List three fruits."), "max_tokens": 80, "temperature": 0,
+        "response_format": {"type": "json_object"}}), None);
+    assert_eq!(s, 202, "{j}");
+    let (_, j) = http("GET", &format!("{}/v1/jobs/{}?wait=120", d.url, j["id"].as_str().unwrap()), None);
+    assert_eq!(j["request"]["response_format"], "json_object", "{j}");
+    assert!(serde_json::from_str::<Value>(&content(&j["result"])).unwrap().is_object(), "{j}");
+}
+
+#[test]
+fn the_echo_engine_refuses_what_it_cannot_do_and_bad_schemas_are_400() {
+    let d = Daemon::start(&echo_config(0, 1, &[]));
+    let post = |b: Value| http("POST", &format!("{}/v1/chat/completions", d.url), Some(&b.to_string()));
+    let (s, b) = post(json!({"messages": user("hi"), "response_format": {"type": "json_object"}}));
+    assert!(s >= 400 && b["error"]["message"].as_str().unwrap().contains("cannot"), "{s} {b}");
+    let (s, b) = post(json!({"messages": user("hi"), "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "banana"}}}}));
+    assert_eq!((s, b["error"]["param"].as_str()), (400, Some("response_format")), "{b}");
+    let (s, b) = post(json!({"messages": user("hi"), "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": {"type": "function", "function": {"name": "g"}}}));
+    assert_eq!((s, b["error"]["param"].as_str()), (400, Some("tool_choice")), "{b}");
+    // Nothing was queued for the refused ones.
+    let (_, jobs) = http("GET", &format!("{}/v1/jobs", d.url), None);
+    assert_eq!(jobs["data"].as_array().unwrap().len(), 1, "{jobs}");
 }
 
 // ---------------------------------------------------------------------------
@@ -1301,6 +1405,66 @@ fn systemd_unit_passes_systemd_analyze_verify() {
 }
 
 #[test]
+fn the_debian_package_holds_the_binaries_the_unit_and_a_conffile_with_an_absolute_model_path() {
+    for tool in ["dpkg-deb", "dpkg-shlibdeps", "systemd-analyze"] {
+        if std::process::Command::new("which").arg(tool).output().map(|o| !o.status.success()).unwrap_or(true) {
+            assert!(std::env::var("SPROUT_REQUIRE_MODEL").as_deref() != Ok("1"), "{tool} is missing (scripts/setup.sh installs it)");
+            eprintln!("skipping: no {tool}");
+            return;
+        }
+    }
+    // Package the binaries under test: their target directory.
+    let target = std::path::Path::new(SPROUTD).parent().unwrap().parent().unwrap().to_path_buf();
+    let out = std::process::Command::new("bash").arg(repo().join("scripts/deb.sh")).arg("--no-build").env("CARGO_TARGET_DIR", &target).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let deb = std::path::PathBuf::from(stdout.lines().last().unwrap().trim());
+    let run = |args: &[&std::ffi::OsStr]| {
+        let o = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let fields = run(&[&os("dpkg-deb"), &os("-f"), deb.as_os_str(), &os("Package"), &os("Version"), &os("Depends"), &os("Architecture")]);
+    assert!(fields.contains("Package: sprout\n") && fields.contains(&format!("Version: {}-1\n", env!("CARGO_PKG_VERSION"))), "{fields}");
+    assert!(fields.contains("Depends: libc6 (>= "), "{fields}");
+    let files = run(&[&os("dpkg-deb"), &os("-c"), deb.as_os_str()]);
+    for f in ["./usr/bin/sproutd", "./usr/bin/sproutctl", "./etc/sproutd/config.toml", "./lib/systemd/system/sproutd.service", "./usr/share/doc/sprout/README.md"] {
+        assert!(files.lines().any(|l| l.ends_with(f) && l.contains("root/root")), "{f} not in the package:\n{files}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ctl, fs) = (dir.path().join("DEBIAN"), dir.path().join("root"));
+    run(&[&os("dpkg-deb"), &os("-e"), deb.as_os_str(), ctl.as_os_str()]);
+    run(&[&os("dpkg-deb"), &os("-x"), deb.as_os_str(), fs.as_os_str()]);
+    assert_eq!(std::fs::read_to_string(ctl.join("conffiles")).unwrap(), "/etc/sproutd/config.toml\n");
+    for s in ["postinst", "prerm", "postrm"] {
+        assert!(ctl.join(s).is_file(), "no {s}");
+    }
+    // The binaries are the ones built; the conffile names the model by its absolute path.
+    assert_eq!(std::fs::read(fs.join("usr/bin/sproutd")).unwrap(), std::fs::read(SPROUTD).unwrap());
+    let config = fs.join("etc/sproutd/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\npath = \"/var/lib/sproutd/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf\"\n"), "{text}");
+    // check-config reads it, and refuses it while the model is not in place (exit 2: the unit does not retry).
+    let o = std::process::Command::new(fs.join("usr/bin/sproutd")).arg("check-config").arg("--config").arg(&config).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    if std::path::Path::new("/var/lib/sproutd/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf").exists() {
+        assert!(o.status.success(), "{err}");
+    } else {
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("/var/lib/sproutd/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") && err.lines().count() == 1, "{err}");
+    }
+    // The unit starts the packaged binary; systemd-analyze verifies it there.
+    let unit = std::fs::read_to_string(fs.join("lib/systemd/system/sproutd.service")).unwrap();
+    assert!(unit.contains("\nExecStart=/usr/bin/sproutd "), "{unit}");
+    let checked = dir.path().join("sproutd.service");
+    std::fs::write(&checked, unit.replace("/usr/bin/sproutd", &fs.join("usr/bin/sproutd").display().to_string())).unwrap();
+    let o = std::process::Command::new("systemd-analyze").arg("verify").arg(&checked).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && err.trim().is_empty(), "systemd-analyze verify: {err}");
+}
+
+#[test]
 fn the_checked_in_store_fixture_still_opens() {
     // tests/fixtures/store-v1 was written by schema version 1 (see
     // `write_store_fixture`); a change to the format must keep reading it.
@@ -1358,7 +1522,7 @@ fn write_store_fixture() {
     let seq = store.next_seq().unwrap();
     let req = sprout::job::ChatRequest {
         model: "echo".into(),
-        messages: vec![sprout::job::Message { role: sprout::job::Role::User, content: "still queued in the fixture".into() }],
+        messages: vec![sprout::job::Message::new(sprout::job::Role::User, "still queued in the fixture")],
         max_tokens: 16,
         temperature: None,
         top_p: None,
@@ -1366,6 +1530,7 @@ fn write_store_fixture() {
         stop: vec![],
         directive: Some("L0".into()),
         store: None,
+        ..Default::default()
     };
     let new = sprout::queue::NewJob {
         origin: sprout::job::Origin::Job,
@@ -1474,11 +1639,18 @@ print(samples[("sproutd_tokens_total", (("directive", "L0"), ("kind", "completio
 print(samples[("sproutd_requests_total", (("directive", "L0"), ("origin", "daemon")))])
 print(samples[("sproutd_jobs", (("state", "queued"),))])
 print(samples[("sproutd_up", ())])
+print(samples[("sproutd_request_completion_tokens_count", (("origin", "user"),))])
+print(samples[("sproutd_request_completion_tokens_sum", (("origin", "user"),))])
+print(samples[("sproutd_request_completion_tokens_bucket", (("le", "+Inf"), ("origin", "user")))])
+print(samples[("sproutd_request_completion_tokens_bucket", (("le", "1"), ("origin", "user")))])
+print(samples[("sproutd_time_to_first_token_seconds_count", (("origin", "user"),))])
+print(samples[("sproutd_request_duration_seconds_count", (("origin", "daemon"),))])
 "#;
     let out = std::process::Command::new(python).args(["-c", script, &d.url]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<f64> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.parse().unwrap()).collect();
-    assert_eq!(lines, [2.0, 10.0, 0.0, 0.0, 1.0]);
+    // The histograms: 4 user requests of 6, 4, 2 and 1 tokens (one at or below 1).
+    assert_eq!(lines, [2.0, 10.0, 0.0, 0.0, 1.0, 4.0, 13.0, 4.0, 1.0, 4.0, 0.0]);
 }
 
 // ---------------------------------------------------------------------------

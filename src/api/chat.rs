@@ -83,8 +83,8 @@ fn replay(job: Job, stream: bool, include_usage: bool) -> Result<Response, ApiEr
     let mut events = vec![
         data(openai::chunk(&job, json!({"role": "assistant", "content": ""}), None, None)),
         data(openai::chunk(&job, json!({"content": result.text}), None, None)),
-        data(openai::chunk(&job, json!({}), Some(result.finish_reason.as_str()), openai::usage(&job))),
     ];
+    events.extend(openai::closing_chunks(&job, result, openai::usage(&job)).into_iter().map(data));
     if include_usage {
         events.push(data(openai::usage_chunk(&job)));
     }
@@ -132,7 +132,8 @@ fn job_error(job: &Job) -> ApiError {
 enum Phase {
     Start,
     Tokens,
-    Usage(Box<Job>),
+    /// Closing chunks still to send, then the usage chunk if asked.
+    Closing(Vec<serde_json::Value>, Option<Box<Job>>),
     Done,
     End,
 }
@@ -167,10 +168,11 @@ fn sse_stream(
                         Some(r) => {
                             // The receipt rides on the last chunk always; with
                             // include_usage it also comes as OpenAI's usage-only chunk.
-                            let usage = openai::usage(&done);
-                            let ev = data(openai::chunk(&st.job, json!({}), Some(r.finish_reason.as_str()), usage));
-                            st.phase = if st.include_usage { Phase::Usage(Box::new(done)) } else { Phase::Done };
-                            ev
+                            let mut closing = openai::closing_chunks(&st.job, r, openai::usage(&done));
+                            closing.reverse();
+                            let first = closing.pop().expect("a finishing chunk");
+                            st.phase = Phase::Closing(closing, st.include_usage.then(|| Box::new(done)));
+                            data(first)
                         }
                         None => {
                             st.phase = Phase::Done;
@@ -184,9 +186,23 @@ fn sse_stream(
                     data(ApiError::unavailable("sproutd stopped before the answer was complete").body())
                 }
             },
-            Phase::Usage(done) => {
-                st.phase = Phase::Done;
-                data(openai::usage_chunk(&done))
+            Phase::Closing(mut rest, usage) => {
+                match rest.pop() {
+                    Some(next) => {
+                        st.phase = Phase::Closing(rest, usage);
+                        data(next)
+                    }
+                    None => match usage {
+                        Some(done) => {
+                            st.phase = Phase::Done;
+                            data(openai::usage_chunk(&done))
+                        }
+                        None => {
+                            st.phase = Phase::End;
+                            Event::default().data("[DONE]")
+                        }
+                    },
+                }
             }
             Phase::Done => {
                 st.phase = Phase::End;

@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use crate::config::Config;
 use crate::directive::Directives;
-use crate::job::{ChatRequest, Deadline, Job, Message, Role};
+use crate::engine::grammar;
+use crate::job::{ChatRequest, Deadline, Job, JobResult, Message, ResponseFormat, Role, Tool, ToolCall, ToolChoice};
 
 /// The latest deadline accepted as a Unix time (2200-01-01): later ones are
 /// typos (milliseconds sent as seconds), and the bound keeps millisecond
@@ -37,12 +38,23 @@ struct RawRequest {
     priority: Option<i64>,
     deadline: Option<Value>,
     store: Option<bool>,
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
+    response_format: Option<Value>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<i64>,
+    logit_bias: Option<Value>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
 struct RawMessage {
     role: Option<String>,
     content: Option<Value>,
+    tool_calls: Option<Value>,
+    tool_call_id: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,37 +80,17 @@ pub struct Parsed {
     pub deadline: Option<Deadline>,
 }
 
-/// OpenAI parameters that change what the answer is and that sproutd does
-/// not implement yet: set to anything but their default, they get a 400
-/// naming them instead of being ignored. Returns the first one set.
+/// OpenAI parameters sproutd does not implement: set to anything but their
+/// default, they get a 400 naming them instead of being ignored.
 fn unsupported(body: &serde_json::Map<String, Value>) -> Option<(&'static str, &'static str)> {
     let set = |key: &str| body.get(key).filter(|v| !v.is_null());
-    let non_empty = |v: &Value| v.as_array().is_none_or(|a| !a.is_empty()) && v.as_object().is_none_or(|o| !o.is_empty());
+    let non_empty = |v: &Value| v.as_array().is_none_or(|a| !a.is_empty());
     let not_auto = |v: &Value| !matches!(v.as_str(), Some("none" | "auto"));
-    let checks: [(&'static str, bool, &'static str); 9] = [
-        ("tools", set("tools").is_some_and(non_empty), "tool calling is not supported by sproutd yet"),
-        ("tool_choice", set("tool_choice").is_some_and(not_auto), "tool calling is not supported by sproutd yet"),
-        ("functions", set("functions").is_some_and(non_empty), "function calling is not supported by sproutd yet"),
-        ("function_call", set("function_call").is_some_and(not_auto), "function calling is not supported by sproutd yet"),
-        (
-            "response_format",
-            set("response_format").is_some_and(|v| v.get("type").and_then(Value::as_str) != Some("text")),
-            "structured output (response_format json_object or json_schema) is not supported by sproutd yet; only {\"type\": \"text\"}",
-        ),
-        ("logprobs", set("logprobs").is_some_and(|v| v.as_bool() != Some(false)), "logprobs are not supported by sproutd yet"),
-        ("top_logprobs", set("top_logprobs").is_some_and(|v| v.as_f64() != Some(0.0)), "logprobs are not supported by sproutd yet"),
-        ("logit_bias", set("logit_bias").is_some_and(non_empty), "logit_bias is not supported by sproutd yet"),
-        (
-            "presence_penalty",
-            set("presence_penalty").is_some_and(|v| v.as_f64() != Some(0.0)) || set("frequency_penalty").is_some_and(|v| v.as_f64() != Some(0.0)),
-            "presence_penalty and frequency_penalty are not supported by sproutd yet (0 only); repetition is penalised by generation.repetition_penalty",
-        ),
+    let checks: [(&'static str, bool, &'static str); 2] = [
+        ("functions", set("functions").is_some_and(non_empty), "`functions` is OpenAI's deprecated form; send `tools` instead"),
+        ("function_call", set("function_call").is_some_and(not_auto), "`function_call` is OpenAI's deprecated form; send `tool_choice` instead"),
     ];
-    checks.into_iter().find(|(_, on, _)| *on).map(|(key, _, why)| {
-        // Name the penalty actually set.
-        let key = if key == "presence_penalty" && set("presence_penalty").is_none_or(|v| v.as_f64() == Some(0.0)) { "frequency_penalty" } else { key };
-        (key, why)
-    })
+    checks.into_iter().find(|(_, on, _)| *on).map(|(key, _, why)| (key, why))
 }
 
 /// Parses and validates a body. Unknown fields are ignored, as OpenAI's
@@ -140,16 +132,32 @@ pub fn parse_request(body: &[u8], cfg: &Config, directives: &Directives) -> Resu
             Some("system") | Some("developer") => Role::System,
             Some("user") => Role::User,
             Some("assistant") => Role::Assistant,
+            Some("tool") => Role::Tool,
             Some(other) => {
                 return Err(ApiError::invalid(
                     format!("messages[{i}].role"),
-                    format!("unknown role {other:?}: expected system, developer, user or assistant"),
+                    format!("unknown role {other:?}: expected system, developer, user, assistant or tool"),
                 ))
             }
             None => return Err(ApiError::invalid(format!("messages[{i}].role"), "'role' is required")),
         };
         let content = content_text(m.content, i)?;
-        messages.push(Message { role, content });
+        let tool_calls = match m.tool_calls {
+            None | Some(Value::Null) => vec![],
+            Some(_) if role != Role::Assistant => {
+                return Err(ApiError::invalid(format!("messages[{i}].tool_calls"), "only assistant messages carry tool_calls"))
+            }
+            Some(v) => message_tool_calls(v, i)?,
+        };
+        let tool_call_id = match (role, m.tool_call_id) {
+            (Role::Tool, Some(Value::String(id))) if !id.is_empty() => Some(id),
+            (Role::Tool, _) => {
+                return Err(ApiError::invalid(format!("messages[{i}].tool_call_id"), "a tool message needs the non-empty tool_call_id of the call it answers"))
+            }
+            (_, None | Some(Value::Null)) => None,
+            (_, Some(_)) => return Err(ApiError::invalid(format!("messages[{i}].tool_call_id"), "only tool messages carry a tool_call_id")),
+        };
+        messages.push(Message { role, content, tool_calls, tool_call_id });
     }
     if !messages.iter().any(|m| m.role == Role::User && !m.content.trim().is_empty()) {
         return Err(ApiError::invalid("messages", "at least one user message with non-empty content is required"));
@@ -216,6 +224,36 @@ pub fn parse_request(body: &[u8], cfg: &Config, directives: &Directives) -> Resu
         },
         Some(_) => return Err(ApiError::invalid("deadline", "deadline must be a duration string like \"6h\" or a Unix time in seconds")),
     };
+    let tools = match raw.tools {
+        None | Some(Value::Null) => vec![],
+        Some(v) => parse_tools(v)?,
+    };
+    let tool_choice = parse_tool_choice(raw.tool_choice, &tools)?;
+    let response_format = parse_response_format(raw.response_format)?;
+    if let Some(g) = grammar::for_request(&tools, &tool_choice, &response_format) {
+        grammar::check(&g).map_err(|e| {
+            let param = if tools.is_empty() || tool_choice == ToolChoice::None { "response_format" } else { "tools" };
+            ApiError::invalid(param, format!("the engine cannot hold answers to this schema: {e}"))
+        })?;
+    }
+    let penalty = |name: &str, v: Option<f64>| match v {
+        None => Ok(0.0),
+        Some(p) if (-2.0..=2.0).contains(&p) => Ok(p as f32),
+        Some(p) => Err(ApiError::invalid(name, format!("{name} must be between -2 and 2, got {p}"))),
+    };
+    let presence_penalty = penalty("presence_penalty", raw.presence_penalty)?;
+    let frequency_penalty = penalty("frequency_penalty", raw.frequency_penalty)?;
+    let logit_bias = match raw.logit_bias {
+        None | Some(Value::Null) => Default::default(),
+        Some(v) => parse_logit_bias(v)?,
+    };
+    let logprobs = match (raw.logprobs.unwrap_or(false), raw.top_logprobs) {
+        (false, None | Some(0)) => None,
+        (false, Some(_)) => return Err(ApiError::invalid("top_logprobs", "top_logprobs needs logprobs: true")),
+        (true, None) => Some(0),
+        (true, Some(n)) if (0..=MAX_TOP_LOGPROBS as i64).contains(&n) => Some(n as usize),
+        (true, Some(n)) => return Err(ApiError::invalid("top_logprobs", format!("top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"))),
+    };
     let include_usage = raw.stream_options.is_some_and(|o| o.include_usage);
     Ok(Parsed {
         request: ChatRequest {
@@ -228,12 +266,159 @@ pub fn parse_request(body: &[u8], cfg: &Config, directives: &Directives) -> Resu
             stop,
             directive: raw.directive,
             store: raw.store,
+            tools,
+            tool_choice,
+            single_tool_call: raw.parallel_tool_calls == Some(false),
+            response_format,
+            presence_penalty,
+            frequency_penalty,
+            logit_bias,
+            logprobs,
         },
         stream: raw.stream,
         include_usage,
         deadline,
         priority,
     })
+}
+
+/// OpenAI's limit on alternatives per token.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// `tools`: function tools only, each with a name OpenAI would accept and
+/// an object schema of its arguments.
+fn parse_tools(v: Value) -> Result<Vec<Tool>, ApiError> {
+    let Value::Array(items) = v else { return Err(ApiError::invalid("tools", "tools must be an array")) };
+    if items.len() > 128 {
+        return Err(ApiError::invalid("tools", format!("at most 128 tools, got {}", items.len())));
+    }
+    let mut tools: Vec<Tool> = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let param = |f: &str| format!("tools[{i}]{f}");
+        match item.get("type").and_then(Value::as_str) {
+            Some("function") => {}
+            Some(other) => return Err(ApiError::invalid(param(".type"), format!("tool type {other:?} is not supported; only \"function\""))),
+            None => return Err(ApiError::invalid(param(".type"), "a tool needs \"type\": \"function\"")),
+        }
+        let Some(f) = item.get("function").and_then(Value::as_object) else {
+            return Err(ApiError::invalid(param(".function"), "a function tool needs a \"function\" object"));
+        };
+        let name = match f.get("name").and_then(Value::as_str) {
+            Some(n) if valid_function_name(n) => n.to_string(),
+            _ => return Err(ApiError::invalid(param(".function.name"), "a function name is 1 to 64 letters, digits, underscores or dashes")),
+        };
+        if tools.iter().any(|t| t.name == name) {
+            return Err(ApiError::invalid(param(".function.name"), format!("two tools are named {name:?}")));
+        }
+        let description = match f.get("description") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(d)) => Some(d.clone()),
+            Some(_) => return Err(ApiError::invalid(param(".function.description"), "description must be a string")),
+        };
+        let parameters = match f.get("parameters") {
+            None | Some(Value::Null) => serde_json::json!({"type": "object", "properties": {}}),
+            Some(p @ Value::Object(_)) => p.clone(),
+            Some(_) => return Err(ApiError::invalid(param(".function.parameters"), "parameters must be a JSON schema object")),
+        };
+        let tool = Tool { name, description, parameters };
+        grammar::check(&grammar::call_schema(&tool))
+            .map_err(|e| ApiError::invalid(param(".function.parameters"), format!("the engine cannot hold calls to this schema: {e}")))?;
+        tools.push(tool);
+    }
+    Ok(tools)
+}
+
+fn valid_function_name(n: &str) -> bool {
+    (1..=64).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn parse_tool_choice(v: Option<Value>, tools: &[Tool]) -> Result<ToolChoice, ApiError> {
+    let choice = match v {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(ApiError::invalid("tool_choice", format!("unknown tool_choice {other:?}: expected none, auto, required or a function")))
+            }
+        },
+        Some(v) => match (v.get("type").and_then(Value::as_str), v.pointer("/function/name").and_then(Value::as_str)) {
+            (Some("function"), Some(name)) => {
+                if !tools.iter().any(|t| t.name == name) {
+                    return Err(ApiError::invalid("tool_choice", format!("tool_choice names {name:?}, which is not among the tools")));
+                }
+                ToolChoice::Function(name.to_string())
+            }
+            _ => return Err(ApiError::invalid("tool_choice", "tool_choice must be a string or {\"type\": \"function\", \"function\": {\"name\": ...}}")),
+        },
+    };
+    if tools.is_empty() && matches!(choice, ToolChoice::Required) {
+        return Err(ApiError::invalid("tool_choice", "tool_choice \"required\" needs tools"));
+    }
+    Ok(choice)
+}
+
+fn parse_response_format(v: Option<Value>) -> Result<ResponseFormat, ApiError> {
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(ResponseFormat::Text) };
+    match v.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(ResponseFormat::Text),
+        Some("json_object") => Ok(ResponseFormat::JsonObject),
+        Some("json_schema") => {
+            let spec = v.get("json_schema").and_then(Value::as_object).ok_or_else(|| {
+                ApiError::invalid("response_format.json_schema", "a json_schema response format needs a \"json_schema\" object")
+            })?;
+            let name = match spec.get("name").and_then(Value::as_str) {
+                Some(n) if valid_function_name(n) => n.to_string(),
+                _ => return Err(ApiError::invalid("response_format.json_schema.name", "name is 1 to 64 letters, digits, underscores or dashes")),
+            };
+            let schema = match spec.get("schema") {
+                Some(s @ Value::Object(_)) => s.clone(),
+                None | Some(Value::Null) => serde_json::json!({}),
+                Some(_) => return Err(ApiError::invalid("response_format.json_schema.schema", "schema must be a JSON schema object")),
+            };
+            Ok(ResponseFormat::JsonSchema { name, schema })
+        }
+        Some(other) => Err(ApiError::invalid("response_format", format!("unknown response_format type {other:?}: expected text, json_object or json_schema"))),
+        None => Err(ApiError::invalid("response_format", "response_format needs a \"type\"")),
+    }
+}
+
+/// `logit_bias`: token ids (as strings) to biases in [-100, 100].
+fn parse_logit_bias(v: Value) -> Result<std::collections::BTreeMap<u32, f32>, ApiError> {
+    let Value::Object(map) = v else { return Err(ApiError::invalid("logit_bias", "logit_bias must be an object of token id to bias")) };
+    if map.len() > 300 {
+        return Err(ApiError::invalid("logit_bias", format!("at most 300 tokens, got {}", map.len())));
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for (k, b) in map {
+        let id: u32 = k.parse().map_err(|_| ApiError::invalid("logit_bias", format!("{k:?} is not a token id")))?;
+        match b.as_f64() {
+            Some(b) if (-100.0..=100.0).contains(&b) => out.insert(id, b as f32),
+            _ => return Err(ApiError::invalid("logit_bias", format!("the bias of token {id} must be a number between -100 and 100"))),
+        };
+    }
+    Ok(out)
+}
+
+/// An assistant message's `tool_calls`, as sent back with the tools' results.
+fn message_tool_calls(v: Value, i: usize) -> Result<Vec<ToolCall>, ApiError> {
+    let param = || format!("messages[{i}].tool_calls");
+    let Value::Array(items) = v else { return Err(ApiError::invalid(param(), "tool_calls must be an array")) };
+    items
+        .into_iter()
+        .map(|c| {
+            let s = |p: &str| c.pointer(p).and_then(Value::as_str).map(str::to_string);
+            match (s("/id"), s("/function/name"), c.pointer("/function/arguments")) {
+                (Some(id), Some(name), Some(args)) => {
+                    // OpenAI sends arguments as a JSON text; accept an object too.
+                    let arguments = args.as_str().map(str::to_string).unwrap_or_else(|| args.to_string());
+                    Ok(ToolCall { id, name, arguments })
+                }
+                _ => Err(ApiError::invalid(param(), "each tool call needs id, function.name and function.arguments")),
+            }
+        })
+        .collect()
 }
 
 /// Message content: a string, or an array of `{"type": "text", "text"}` parts.
@@ -299,12 +484,51 @@ pub fn completion(job: &Job) -> Option<Value> {
         "system_fingerprint": format!("sprout-{}", env!("CARGO_PKG_VERSION")),
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": r.text},
-            "logprobs": null,
+            "message": message(r),
+            "logprobs": logprobs(r),
             "finish_reason": r.finish_reason.as_str(),
         }],
         "usage": usage(job),
     }))
+}
+
+/// The answer as an assistant message: its text, and its tool calls if it
+/// made any (with text before them, if the model wrote some, as streamed).
+fn message(r: &JobResult) -> Value {
+    if r.tool_calls.is_empty() {
+        return json!({"role": "assistant", "content": r.text});
+    }
+    let mut calls = tool_calls(r);
+    for c in &mut calls {
+        c.as_object_mut().map(|o| o.remove("index"));
+    }
+    let content = if r.text.trim().is_empty() { Value::Null } else { Value::from(r.text.clone()) };
+    json!({"role": "assistant", "content": content, "tool_calls": calls})
+}
+
+/// Tool calls in OpenAI's shape (with `index`, which stream deltas need).
+pub fn tool_calls(r: &JobResult) -> Vec<Value> {
+    r.tool_calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| json!({"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+        .collect()
+}
+
+/// `logprobs` of a choice: `null` unless the client asked.
+pub fn logprobs(r: &JobResult) -> Value {
+    let entry = |token: &str, logprob: f32| json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()});
+    match &r.logprobs {
+        None => Value::Null,
+        Some(tokens) => json!({
+            "content": tokens.iter().map(|t| {
+                let mut e = entry(&t.token, t.logprob);
+                e["top_logprobs"] = t.top.iter().map(|(tok, lp)| entry(tok, *lp)).collect();
+                e
+            }).collect::<Vec<_>>(),
+            "refusal": null,
+        }),
+    }
 }
 
 /// One `chat.completion.chunk`.
@@ -321,6 +545,20 @@ pub fn chunk(job: &Job, delta: Value, finish_reason: Option<&str>, usage: Option
         v["usage"] = u;
     }
     v
+}
+
+/// The last chunks of a streamed answer: its tool calls (one delta with each
+/// call whole), then the finish reason with the receipt. Log-probabilities
+/// ride on the finishing chunk, all of them (clients join the lists).
+pub fn closing_chunks(job: &Job, r: &JobResult, usage: Option<Value>) -> Vec<Value> {
+    let mut out = vec![];
+    if !r.tool_calls.is_empty() {
+        out.push(chunk(job, json!({"tool_calls": tool_calls(r)}), None, None));
+    }
+    let mut last = chunk(job, json!({}), Some(r.finish_reason.as_str()), usage);
+    last["choices"][0]["logprobs"] = logprobs(r);
+    out.push(last);
+    out
 }
 
 /// The usage-only final chunk (`stream_options.include_usage`).
@@ -359,6 +597,10 @@ pub fn job_view(job: &Job) -> Value {
             "seed": job.request.seed,
             "stop": job.request.stop,
             "directive": job.request.directive,
+            "tools": job.request.tools,
+            "tool_choice": job.request.tool_choice,
+            "response_format": job.request.response_format,
+            "logprobs": job.request.logprobs,
         },
         "deadline_at": secs(job.deadline_ms),
         "deferred": job.deferral.map(|d| json!({
@@ -391,30 +633,101 @@ mod tests {
         parse(body).expect_err("should be rejected")
     }
 
+    fn body(extra: &str) -> String {
+        format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],{extra}}}"#)
+    }
+
+    const WEATHER: &str = r#"{"type":"function","function":{"name":"get_weather","description":"Weather now",
+        "parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}"#;
+
     #[test]
-    fn parameters_that_would_change_the_answer_are_refused_not_ignored() {
-        let body = |extra: &str| format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],{extra}}}"#);
+    fn tools_choices_formats_and_sampling_parameters_are_parsed() {
+        let p = parse(&body(&format!(
+            r#""tools":[{WEATHER}],"tool_choice":{{"type":"function","function":{{"name":"get_weather"}}}},"parallel_tool_calls":false,
+               "logprobs":true,"top_logprobs":3,"logit_bias":{{"151643":-100,"7":2.5}},"presence_penalty":0.5,"frequency_penalty":-1"#
+        )))
+        .unwrap()
+        .request;
+        assert_eq!(p.tools.len(), 1);
+        assert_eq!(p.tools[0].name, "get_weather");
+        assert_eq!(p.tools[0].parameters["required"][0], "city");
+        assert_eq!(p.tool_choice, ToolChoice::Function("get_weather".into()));
+        assert!(p.single_tool_call && p.shape_is_fixed());
+        assert_eq!(p.logprobs, Some(3));
+        assert_eq!(p.logit_bias, [(7, 2.5), (151643, -100.0)].into());
+        assert_eq!((p.presence_penalty, p.frequency_penalty), (0.5, -1.0));
+        let p = parse(&body(r#""response_format":{"type":"json_schema","json_schema":{"name":"answer","strict":true,
+            "schema":{"type":"object","properties":{"n":{"type":"integer"}},"required":["n"]}}}"#))
+        .unwrap()
+        .request;
+        assert!(matches!(&p.response_format, ResponseFormat::JsonSchema { name, schema } if name == "answer" && schema["required"][0] == "n"));
+        assert!(p.shape_is_fixed());
+        // Tools the client turned off leave the answer free.
+        let p = parse(&body(&format!(r#""tools":[{WEATHER}],"tool_choice":"none""#))).unwrap().request;
+        assert!(!p.shape_is_fixed());
+        assert_eq!(parse(&body(r#""logprobs":true"#)).unwrap().request.logprobs, Some(0));
+    }
+
+    #[test]
+    fn a_conversation_with_tool_calls_and_results_is_kept_whole() {
+        let p = parse(&format!(
+            r#"{{"tools":[{WEATHER}],"messages":[{{"role":"user","content":"Weather in Oslo?"}},
+                {{"role":"assistant","content":null,"tool_calls":[{{"id":"call_1","type":"function",
+                  "function":{{"name":"get_weather","arguments":"{{\"city\":\"Oslo\"}}"}}}}]}},
+                {{"role":"tool","tool_call_id":"call_1","content":"-3 C, snow"}}]}}"#
+        ))
+        .unwrap()
+        .request;
+        assert_eq!(p.messages[1].role, Role::Assistant);
+        assert_eq!(p.messages[1].tool_calls, [ToolCall { id: "call_1".into(), name: "get_weather".into(), arguments: r#"{"city":"Oslo"}"#.into() }]);
+        assert_eq!((p.messages[2].role, p.messages[2].tool_call_id.as_deref()), (Role::Tool, Some("call_1")));
+    }
+
+    #[test]
+    fn bad_tools_formats_and_sampling_parameters_are_400_naming_them() {
+        let t = WEATHER;
         for (extra, param) in [
-            (r#""tools":[{"type":"function","function":{"name":"f","parameters":{}}}]"#, "tools"),
-            (r#""tool_choice":"required""#, "tool_choice"),
-            (r#""tool_choice":{"type":"function","function":{"name":"f"}}"#, "tool_choice"),
-            (r#""functions":[{"name":"f"}]"#, "functions"),
-            (r#""response_format":{"type":"json_object"}"#, "response_format"),
-            (r#""response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}}"#, "response_format"),
-            (r#""logprobs":true"#, "logprobs"),
-            (r#""top_logprobs":3"#, "top_logprobs"),
-            (r#""logit_bias":{"50256":-100}"#, "logit_bias"),
-            (r#""presence_penalty":0.5"#, "presence_penalty"),
-            (r#""frequency_penalty":-1"#, "frequency_penalty"),
+            (r#""functions":[{"name":"f"}]"#.to_string(), "functions"),
+            (r#""function_call":{"name":"f"}"#.into(), "function_call"),
+            (r#""tools":{"a":1}"#.into(), "tools"),
+            (r#""tools":[{"type":"retrieval"}]"#.into(), "tools[0].type"),
+            (r#""tools":[{"type":"function","function":{"name":"has space"}}]"#.into(), "tools[0].function.name"),
+            (format!(r#""tools":[{t},{t}]"#), "tools[1].function.name"),
+            (r#""tools":[{"type":"function","function":{"name":"f","parameters":[1]}}]"#.into(), "tools[0].function.parameters"),
+            (r#""tools":[{"type":"function","function":{"name":"f","parameters":{"type":"banana"}}}]"#.into(), "tools[0].function.parameters"),
+            (r#""tool_choice":"required""#.into(), "tool_choice"),
+            (r#""tool_choice":"sometimes""#.into(), "tool_choice"),
+            (format!(r#""tools":[{t}],"tool_choice":{{"type":"function","function":{{"name":"other"}}}}"#), "tool_choice"),
+            (r#""response_format":{"type":"xml"}"#.into(), "response_format"),
+            (r#""response_format":{"type":"json_schema"}"#.into(), "response_format.json_schema"),
+            (r#""response_format":{"type":"json_schema","json_schema":{"schema":{}}}"#.into(), "response_format.json_schema.name"),
+            (r#""response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"banana"}}}"#.into(), "response_format"),
+            (r#""top_logprobs":3"#.into(), "top_logprobs"),
+            (r#""logprobs":true,"top_logprobs":21"#.into(), "top_logprobs"),
+            (r#""logit_bias":{"x":1}"#.into(), "logit_bias"),
+            (r#""logit_bias":{"5":101}"#.into(), "logit_bias"),
+            (r#""presence_penalty":2.5"#.into(), "presence_penalty"),
+            (r#""frequency_penalty":-3"#.into(), "frequency_penalty"),
         ] {
-            let e = err(&body(extra));
-            assert_eq!((e.status, e.param.as_deref()), (StatusCode::BAD_REQUEST, Some(param)), "{extra}");
+            let e = err(&body(&extra));
+            assert_eq!((e.status, e.param.as_deref()), (StatusCode::BAD_REQUEST, Some(param)), "{extra}: {}", e.message);
+        }
+        for (msgs, param) in [
+            (r#"[{"role":"user","content":"x"},{"role":"tool","content":"r"}]"#, "messages[1].tool_call_id"),
+            (r#"[{"role":"user","content":"x","tool_calls":[]}]"#, "messages[0].tool_calls"),
+            (r#"[{"role":"user","content":"x"},{"role":"assistant","tool_calls":[{"id":"c"}]}]"#, "messages[1].tool_calls"),
+            (r#"[{"role":"user","content":"x","tool_call_id":"c"}]"#, "messages[0].tool_call_id"),
+        ] {
+            let e = err(&format!(r#"{{"messages":{msgs}}}"#));
+            assert_eq!(e.param.as_deref(), Some(param), "{msgs}: {}", e.message);
         }
         // Their defaults, as clients often send them, are fine.
         for extra in [
             r#""tools":[]"#,
             r#""tools":null"#,
             r#""tool_choice":"none""#,
+            r#""tool_choice":"auto""#,
+            r#""function_call":"auto""#,
             r#""response_format":{"type":"text"}"#,
             r#""logprobs":false"#,
             r#""top_logprobs":0"#,
@@ -422,7 +735,10 @@ mod tests {
             r#""presence_penalty":0,"frequency_penalty":0.0"#,
             r#""parallel_tool_calls":true,"user":"u""#,
         ] {
-            assert!(parse(&body(extra)).is_ok(), "{extra}");
+            let mut p = parse(&body(extra)).unwrap_or_else(|e| panic!("{extra}: {}", e.message)).request;
+            assert!(!p.shape_is_fixed(), "{extra}");
+            p.tool_choice = ToolChoice::Auto;
+            assert_eq!(p, parse(&body(r#""user":"u""#)).unwrap().request, "{extra}");
         }
     }
 

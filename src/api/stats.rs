@@ -79,6 +79,30 @@ fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(Stri
     }
 }
 
+fn histogram(out: &mut String, name: &str, help: &str, series: &[(&str, &crate::stats::Histogram)]) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (labels, h) in series {
+        for (le, n) in h.buckets() {
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+    }
+}
+
+/// The latency and size histograms, by origin.
+fn latencies(out: &mut String, svc: &crate::service::Service) {
+    let l = svc.latencies.lock().expect("poisoned").clone();
+    let by_origin = |f: fn(&crate::stats::Latencies) -> &crate::stats::Histogram| [("origin=\"user\"", f(&l[0])), ("origin=\"daemon\"", f(&l[1]))];
+    histogram(out, "sproutd_queue_wait_seconds", "Succeeded requests: from when they could run (submitted, or their deferral's end) to the engine.", &by_origin(|l| &l.queue_wait_s));
+    histogram(out, "sproutd_time_to_first_token_seconds", "Succeeded requests: from when they could run to their first token.", &by_origin(|l| &l.time_to_first_token_s));
+    histogram(out, "sproutd_request_duration_seconds", "Succeeded requests: from when they could run to their last token.", &by_origin(|l| &l.request_s));
+    histogram(out, "sproutd_time_per_output_token_seconds", "Succeeded requests: time between tokens after the first.", &by_origin(|l| &l.time_per_output_token_s));
+    histogram(out, "sproutd_request_prompt_tokens", "Succeeded requests: prompt tokens.", &by_origin(|l| &l.prompt_tokens));
+    histogram(out, "sproutd_request_completion_tokens", "Succeeded requests: completion tokens.", &by_origin(|l| &l.completion_tokens));
+}
+
 pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
     let t = svc.store.totals();
     let levels: Vec<&str> = svc.directives.names().collect();
@@ -158,6 +182,7 @@ pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
         format!("meter=\"{}\"", meter.meter.split(' ').next().unwrap_or("")),
         meter.measured as u8 as f64,
     )]);
+    latencies(&mut out, &svc);
     metric(&mut out, "sproutd_idle_energy_joules_total", "counter", "Energy metered while no request ran (not in any receipt).", &[(String::new(), meter.idle_energy_j)]);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }

@@ -82,12 +82,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(Cmd::CheckConfig) = args.command {
-        // The token file it names, as start-up would read it.
-        if let Err(e) = sprout::daemon::read_token(&config) {
+    // The token file and the model file it names, as start-up reads them.
+    if !matches!(args.command, Some(Cmd::Store { .. })) {
+        if let Err(e) = sprout::daemon::preflight(&config) {
             eprintln!("sproutd: config error: {e}");
             return ExitCode::from(2);
         }
+    }
+    if let Some(Cmd::CheckConfig) = args.command {
         println!("config OK: model {} on {}", config.model.name, config.listen);
         return ExitCode::SUCCESS;
     }

@@ -5,6 +5,8 @@
 //! Under a directive (any system message) it echoes only the first sentence:
 //! a model-free stand-in for shorter answers, so the optimizer has something
 //! to choose between in tests.
+//! It has no model, so it cannot call tools, shape JSON or report
+//! log-probabilities: such requests fail with a clear error.
 
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use super::{Engine, EngineError, GenOutput, GenRequest};
-use crate::job::{FinishReason, Role};
+use crate::job::{FinishReason, ResponseFormat, Role};
 
 pub struct EchoEngine {
     token_delay: Duration,
@@ -33,6 +35,11 @@ impl Engine for EchoEngine {
     ) -> Result<GenOutput, EngineError> {
         let prompt_tokens = req.messages.iter().map(|m| m.content.split_whitespace().count() + 1).sum();
         let last = req.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.as_str()).unwrap_or("");
+        if !req.tools.is_empty() || req.response_format != ResponseFormat::Text || req.logprobs.is_some() {
+            return Err(EngineError::Invalid(
+                "the echo engine has no model: it cannot call tools, produce structured output or report logprobs".into(),
+            ));
+        }
         if last.contains("[[engine-error]]") {
             return Err(EngineError::Internal("echo engine: failure requested by the prompt".into()));
         }
@@ -59,7 +66,7 @@ impl Engine for EchoEngine {
             n += 1;
         }
         let finish_reason = if n < words.len() { FinishReason::Length } else { FinishReason::Stop };
-        Ok(GenOutput { text, finish_reason, prompt_tokens, completion_tokens: n })
+        Ok(GenOutput { text, finish_reason, prompt_tokens, completion_tokens: n, tool_calls: vec![], logprobs: None })
     }
 }
 
@@ -71,10 +78,10 @@ mod tests {
 
     fn req(text: &str, max_tokens: usize) -> GenRequest {
         GenRequest {
-            messages: vec![Message { role: Role::User, content: text.into() }],
+            messages: vec![Message::new(Role::User, text)],
             max_tokens,
-            sampling: Sampling { temperature: 0.0, top_p: 1.0, top_k: 0, repetition_penalty: 1.0, seed: 0 },
-            stop: vec![],
+            sampling: Sampling { top_p: 1.0, repetition_penalty: 1.0, ..Default::default() },
+            ..Default::default()
         }
     }
 

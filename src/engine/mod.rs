@@ -9,6 +9,7 @@
 //! token (it notices that nobody listens).
 
 pub mod echo;
+pub mod grammar;
 #[cfg(feature = "engine")]
 pub mod mistral;
 pub mod sampler;
@@ -19,10 +20,10 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::config::{ModelConfig, ModelSource};
-use crate::job::{FinishReason, Message};
+use crate::job::{FinishReason, Message, ResponseFormat, TokenLogprob, Tool, ToolCall, ToolChoice};
 
 /// Sampling settings resolved for one request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sampling {
     /// 0 means greedy.
     pub temperature: f64,
@@ -31,15 +32,37 @@ pub struct Sampling {
     pub top_k: usize,
     pub repetition_penalty: f32,
     pub seed: u64,
+    /// OpenAI's penalties, over the generated tokens only.
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// Token id → added to its logit.
+    pub logit_bias: std::collections::BTreeMap<u32, f32>,
 }
 
-#[derive(Debug, Clone)]
+impl Sampling {
+    /// Whether Sprout's own sampler must run (see [`sampler`]); greedy
+    /// decoding with none of its adjustments is left to the engine.
+    pub fn needs_processor(&self, logprobs: Option<usize>) -> bool {
+        self.temperature > 0.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
+            || !self.logit_bias.is_empty()
+            || logprobs.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
 pub struct GenRequest {
     /// The conversation as the model sees it (directive already applied).
     pub messages: Vec<Message>,
     pub max_tokens: usize,
     pub sampling: Sampling,
     pub stop: Vec<String>,
+    pub tools: Vec<Tool>,
+    pub tool_choice: ToolChoice,
+    pub response_format: ResponseFormat,
+    /// `Some(n)`: record each token's log-probability and `n` alternatives.
+    pub logprobs: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +71,8 @@ pub struct GenOutput {
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    pub tool_calls: Vec<ToolCall>,
+    pub logprobs: Option<Vec<TokenLogprob>>,
 }
 
 #[derive(Debug, thiserror::Error)]

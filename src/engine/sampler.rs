@@ -8,8 +8,94 @@
 //! engine logits where only that token is finite, and the engine (set to
 //! greedy) takes it. Same seed, same prompt, same answer, whatever else is
 //! batched alongside.
+//!
+//! The same processor applies what the engine lacks or gets wrong for
+//! OpenAI's parameters ([`Picker`]): `logit_bias` (mistral.rs 0.8.1 stores it
+//! and never applies it), presence and frequency penalties over the
+//! *generated* tokens (mistral.rs counts the prompt's too), and the
+//! log-probabilities of the distribution the token is drawn from
+//! (mistral.rs reports `log10` of a raw logit under greedy decoding).
 
+use std::collections::BTreeMap;
+
+use super::Sampling;
 use crate::directive::splitmix64;
+
+/// One generated token: its id, its log-probability and the `n` most likely
+/// alternatives (ids), in the distribution it was drawn from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Choice {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// A request's token chooser, called once per generated position (twice when
+/// a grammar turned the first pick down; the second call wins).
+#[derive(Debug)]
+pub struct Picker {
+    sampling: Sampling,
+    logprobs: Option<usize>,
+    /// The context length at the first call: the prompt's tokens.
+    prompt_len: Option<usize>,
+    /// Position in the answer → what was chosen there.
+    pub chosen: BTreeMap<usize, Choice>,
+}
+
+impl Picker {
+    pub fn new(sampling: Sampling, logprobs: Option<usize>) -> Self {
+        Self { sampling, logprobs, prompt_len: None, chosen: BTreeMap::new() }
+    }
+
+    /// Adjusts `logits` in place (penalties, bias) and returns the token to
+    /// emit; `context` is every token so far, prompt included.
+    pub fn step(&mut self, logits: &mut [f32], context: &[u32]) -> Result<usize, String> {
+        let prompt_len = *self.prompt_len.get_or_insert(context.len());
+        let generated = &context[prompt_len.min(context.len())..];
+        let s = &self.sampling;
+        if s.presence_penalty != 0.0 || s.frequency_penalty != 0.0 {
+            let mut counts: BTreeMap<u32, f32> = BTreeMap::new();
+            for &t in generated {
+                *counts.entry(t).or_default() += 1.0;
+            }
+            for (&t, &n) in &counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= s.presence_penalty + n * s.frequency_penalty;
+                }
+            }
+        }
+        for (&t, &b) in &s.logit_bias {
+            let vocab = logits.len();
+            let l = logits.get_mut(t as usize).ok_or_else(|| format!("logit_bias names token {t}, but the model has {vocab} tokens"))?;
+            *l += b;
+        }
+        let token = pick(logits, s.temperature, s.top_k, s.top_p, s.seed, context.len());
+        if let Some(n) = self.logprobs {
+            let scale = if s.temperature > 0.0 { s.temperature } else { 1.0 };
+            let lp = log_softmax(logits, scale);
+            let mut top: Vec<u32> = (0..lp.len() as u32).filter(|&i| lp[i as usize].is_finite()).collect();
+            if n < top.len() {
+                let k = n.saturating_sub(1);
+                top.select_nth_unstable_by(k, |a, b| lp[*b as usize].total_cmp(&lp[*a as usize]));
+                top.truncate(n);
+            }
+            top.sort_by(|a, b| lp[*b as usize].total_cmp(&lp[*a as usize]));
+            self.chosen.insert(
+                generated.len(),
+                Choice { token: token as u32, logprob: lp[token], top: top.into_iter().map(|i| (i, lp[i as usize])).collect() },
+            );
+        }
+        Ok(token)
+    }
+}
+
+/// `log softmax(logits / scale)`, in f64 for the sum.
+pub fn log_softmax(logits: &[f32], scale: f64) -> Vec<f32> {
+    let max = logits.iter().copied().filter(|l| l.is_finite()).fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().filter(|l| l.is_finite()).map(|&l| ((l as f64 - max) / scale).exp()).sum();
+    let log_sum = sum.ln();
+    logits.iter().map(|&l| if l.is_finite() { ((l as f64 - max) / scale - log_sum) as f32 } else { f32::NEG_INFINITY }).collect()
+}
 
 /// Picks a token index from raw `logits` (pure; the processor wraps it).
 pub fn pick(logits: &[f32], temperature: f64, top_k: usize, top_p: f64, seed: u64, position: usize) -> usize {
@@ -81,6 +167,63 @@ mod tests {
         // top_k = 2 never picks outside the two best.
         let logits = [1.0, 1.0, 0.9, 0.9, 0.8];
         assert!((0..500).all(|p| pick(&logits, 5.0, 2, 1.0, 3, p) < 2));
+    }
+
+    fn greedy() -> Sampling {
+        Sampling { top_p: 1.0, repetition_penalty: 1.0, ..Default::default() }
+    }
+
+    #[test]
+    fn logit_bias_moves_the_choice_and_unknown_tokens_are_an_error() {
+        let mut s = greedy();
+        s.logit_bias = [(2, 5.0), (0, -100.0)].into();
+        let mut p = Picker::new(s.clone(), None);
+        let mut logits = vec![3.0, 1.0, 0.0];
+        assert_eq!(p.step(&mut logits, &[7, 7]), Ok(2));
+        assert_eq!(logits, [-97.0, 1.0, 5.0]);
+        s.logit_bias = [(3, 1.0)].into();
+        let e = Picker::new(s, None).step(&mut [0.0, 0.0, 0.0], &[1]).unwrap_err();
+        assert!(e.contains("token 3") && e.contains("3 tokens"), "{e}");
+    }
+
+    #[test]
+    fn penalties_count_only_generated_tokens() {
+        let mut s = greedy();
+        s.presence_penalty = 1.0;
+        s.frequency_penalty = 0.5;
+        let mut p = Picker::new(s, None);
+        // The prompt [0, 0, 0] is not penalised.
+        let mut l = vec![2.0, 1.75, 0.0];
+        assert_eq!(p.step(&mut l, &[0, 0, 0]), Ok(0));
+        assert_eq!(l, [2.0, 1.75, 0.0]);
+        // Token 0 generated twice: 2 - 1 - 2 x 0.5 = 0; token 1 once: 1.75 - 1.5 = 0.25.
+        let mut l = vec![2.0, 1.75, 0.0];
+        assert_eq!(p.step(&mut l, &[0, 0, 0, 0, 1, 0]), Ok(1));
+        assert_eq!(l, [0.0, 0.25, 0.0]);
+    }
+
+    #[test]
+    fn logprobs_are_of_the_distribution_drawn_from() {
+        let mut p = Picker::new(greedy(), Some(2));
+        let mut l = vec![(0.5f32).ln(), (0.3f32).ln(), (0.2f32).ln(), f32::NEG_INFINITY];
+        assert_eq!(p.step(&mut l, &[9]), Ok(0));
+        let c = &p.chosen[&0];
+        assert!((c.logprob - 0.5f32.ln()).abs() < 1e-6, "{c:?}");
+        assert_eq!(c.top.iter().map(|t| t.0).collect::<Vec<_>>(), [0, 1]);
+        assert!((c.top[1].1 - 0.3f32.ln()).abs() < 1e-6);
+        // A second call at the same position (a grammar's mask) replaces the first.
+        let mut l = vec![f32::NEG_INFINITY, 0.0, 0.0, f32::NEG_INFINITY];
+        assert_eq!(p.step(&mut l, &[9]), Ok(1));
+        assert_eq!(p.chosen.len(), 1);
+        assert!((p.chosen[&0].logprob - 0.5f32.ln()).abs() < 1e-6);
+        // At temperature 2 the distribution is flatter: logits / 2.
+        let mut s = greedy();
+        s.temperature = 2.0;
+        let mut p = Picker::new(s, Some(1));
+        p.step(&mut vec![2.0, 0.0], &[1]).unwrap();
+        let expect = (1.0f64 / (1.0 + (-1.0f64).exp())).ln() as f32;
+        let c = p.chosen[&0].clone();
+        assert!((c.top[0].1 - expect).abs() < 1e-6, "{c:?}");
     }
 
     #[test]

@@ -78,6 +78,20 @@ pub enum SequenceRecognizer {
     None,
 }
 
+impl SequenceRecognizer {
+    /// Whether `token` ends a grammar that has ended: a grammar stops as soon
+    /// as nothing can extend it, then allows only the tokenizer's EOS, which
+    /// need not be the chat model's end-of-turn token (`eos_tok`).
+    pub fn ends_with(&self, token: u32) -> bool {
+        match self {
+            SequenceRecognizer::Llguidance(llg) => {
+                llg.is_stopped() && llg.tok_env().is_ok_and(|env| env.tok_trie().eos_token() == token)
+            }
+            SequenceRecognizer::None => false,
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 pub enum SeqStepType {
     PromptAndDecode,
@@ -1577,6 +1591,26 @@ impl SequenceGroup {
 mod tests {
     use super::*;
     use tokio::sync::mpsc::channel;
+
+    #[test]
+    fn a_grammar_that_has_ended_is_ended_by_its_end_token() {
+        let env = toktrie::ApproximateTokEnv::single_byte_env();
+        let eos = env.tok_trie().eos_token();
+        let factory = llguidance::ParserFactory::new_simple(&env).unwrap();
+        let parser = factory.create_parser(llguidance::api::TopLevelGrammar::from_regex("ab")).unwrap();
+        let mut m = llguidance::Matcher::new(Ok(parser));
+        assert!(!SequenceRecognizer::None.ends_with(eos));
+        // Single-byte tokens: after "a" the grammar goes on; after "b" it has
+        // ended, and only its end token ends the sequence.
+        m.consume_token(b'a' as u32).unwrap();
+        let r = SequenceRecognizer::Llguidance(Box::new(m));
+        assert!(!r.ends_with(eos) && !r.ends_with(b'a' as u32));
+        let SequenceRecognizer::Llguidance(mut m) = r else { unreachable!() };
+        m.consume_token(b'b' as u32).unwrap();
+        let r = SequenceRecognizer::Llguidance(m);
+        assert!(!r.ends_with(b'b' as u32), "the last byte of the text is kept");
+        assert!(r.ends_with(eos));
+    }
 
     fn make_test_sequence() -> Sequence {
         let (tx, _rx) = channel(1);

@@ -34,6 +34,13 @@ pub(crate) async fn finish_or_add_toks_to_seq(
     use_prefix_cacher: bool,
 ) -> Result<()> {
     let mut is_done = seq.is_done(logprobs.token, eos_tok, this.get_metadata().max_seq_len);
+    // A grammar that has ended ends the sequence with its end token: the
+    // tokenizer's EOS, which `eos_tok` (the chat template's) may not list; the
+    // grammar allows nothing else, so the model would repeat it until
+    // `max_tokens`.
+    if is_done.is_none() && seq.recognizer.ends_with(logprobs.token) {
+        is_done = Some(StopReason::Eos);
+    }
     let metadata = this.get_metadata();
     let tok_env = metadata.tok_env().ok_or(candle_core::Error::Msg(
         "`finish_or_add_toks_to_seq` requires the pipeline to have a token trie".to_string(),
