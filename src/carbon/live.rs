@@ -70,7 +70,13 @@ pub struct Snapshot {
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum FetchError {
     #[error("{url}: HTTP {status}: {body}")]
-    Status { url: String, status: u16, body: String },
+    Status {
+        url: String,
+        status: u16,
+        body: String,
+        /// The server's `Retry-After` (on a 429 or 503), when it sent one.
+        retry_after: Option<Duration>,
+    },
     #[error("{url}: no answer within {timeout_s} s")]
     Timeout { url: String, timeout_s: f64 },
     #[error("{url}: {message}")]
@@ -89,6 +95,36 @@ impl FetchError {
             Self::Body { .. } => false,
         }
     }
+
+    /// How long the server asked to be left alone, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// A `Retry-After` value: seconds, or an HTTP date (RFC 9110), from `now`.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// A response's error: its status, the start of its body, its Retry-After.
+async fn status_error(url: String, resp: reqwest::Response) -> FetchError {
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()));
+    let body: String = resp.text().await.unwrap_or_default().chars().take(200).collect();
+    FetchError::Status { url, status, body, retry_after }
 }
 
 /// A configured provider.
@@ -152,12 +188,10 @@ impl Provider {
             rb = rb.header(*k, v);
         }
         let resp = rb.send().await.map_err(|e| self.transport(&url, e))?;
-        let status = resp.status();
-        let body = resp.text().await.map_err(|e| self.transport(&url, e))?;
-        if !status.is_success() {
-            let body: String = body.chars().take(200).collect();
-            return Err(FetchError::Status { url, status: status.as_u16(), body });
+        if !resp.status().is_success() {
+            return Err(status_error(url, resp).await);
         }
+        let body = resp.text().await.map_err(|e| self.transport(&url, e))?;
         serde_json::from_str(&body).map_err(|e| FetchError::Body { url, message: format!("not JSON: {e}") })
     }
 
@@ -261,12 +295,10 @@ impl Provider {
             .send()
             .await
             .map_err(|e| self.transport(&url, e))?;
-        let status = resp.status();
-        let body = resp.text().await.map_err(|e| self.transport(&url, e))?;
-        if !status.is_success() {
-            let body: String = body.chars().take(200).collect();
-            return Err(FetchError::Status { url, status: status.as_u16(), body });
+        if !resp.status().is_success() {
+            return Err(status_error(url, resp).await);
         }
+        let body = resp.text().await.map_err(|e| self.transport(&url, e))?;
         let token = serde_json::from_str::<Value>(&body)
             .ok()
             .and_then(|v| v.get("token").and_then(Value::as_str).map(str::to_string))

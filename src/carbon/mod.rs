@@ -229,8 +229,10 @@ impl Carbon {
     }
 
     /// One poll of the live source: up to `1 + retries` attempts, waiting
-    /// `backoff`, then twice that, and so on, between them; a refusal that
-    /// will not change (4xx, a bad body) is not retried. Without a live
+    /// between them as [`retry_delay`] says (backoff with jitter, or the
+    /// server's `Retry-After`); a refusal that will not change (4xx, a bad
+    /// body) is not retried, nor one whose `Retry-After` reaches past the
+    /// next poll (the poller waits that long instead). Without a live
     /// source, nothing.
     pub async fn poll_once(&self, now_unix: impl Fn() -> i64) -> Result<(), live::FetchError> {
         let Some(live) = &self.live else { return Ok(()) };
@@ -242,6 +244,7 @@ impl Carbon {
 
     async fn poll_live(&self, live: &Live, now_unix: &impl Fn() -> i64) -> Result<(), live::FetchError> {
         let mut attempt = 0;
+        let mut delay;
         loop {
             let result = live.provider.fetch(now_unix()).await;
             {
@@ -255,14 +258,16 @@ impl Carbon {
                     }
                     Err(e) => {
                         st.last_error = Some(e.to_string());
-                        if attempt >= live.cfg.retries || !e.retryable() {
+                        let too_long = e.retry_after().is_some_and(|r| r >= live.cfg.poll_interval);
+                        if attempt >= live.cfg.retries || !e.retryable() || too_long {
                             st.failures += 1;
                             return Err(e);
                         }
+                        delay = retry_delay(live.cfg.backoff, attempt, e.retry_after(), rand::random::<f64>());
                     }
                 }
             }
-            tokio::time::sleep(live.cfg.backoff * 2u32.saturating_pow(attempt)).await;
+            tokio::time::sleep(delay).await;
             attempt += 1;
         }
     }
@@ -272,14 +277,36 @@ impl Carbon {
         let Some(live) = &self.live else { return };
         let interval = live.cfg.poll_interval;
         loop {
-            match self.poll_once(|| crate::job::now_ms() as i64 / 1000).await {
-                Ok(()) => tracing::debug!(source = %self.name(), "carbon intensity updated"),
-                Err(e) => tracing::warn!(source = %self.name(), error = %e, "carbon intensity poll failed"),
-            }
+            // A server that asked for a longer pause than the interval gets it.
+            let wait = match self.poll_once(|| crate::job::now_ms() as i64 / 1000).await {
+                Ok(()) => {
+                    tracing::debug!(source = %self.name(), "carbon intensity updated");
+                    interval
+                }
+                Err(e) => {
+                    tracing::warn!(source = %self.name(), error = %e, "carbon intensity poll failed");
+                    e.retry_after().map_or(interval, |r| r.max(interval))
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.cancelled() => return,
             }
+        }
+    }
+}
+
+/// The wait before retry `attempt` (0 first): the server's `Retry-After`
+/// when it sent one (plus up to a tenth more), else `backoff` x 2^attempt
+/// with equal jitter (half of it fixed, half drawn by `unit` in [0, 1)), so
+/// daemons that failed together do not retry in step when an API comes back.
+pub fn retry_delay(backoff: std::time::Duration, attempt: u32, retry_after: Option<std::time::Duration>, unit: f64) -> std::time::Duration {
+    let unit = unit.clamp(0.0, 1.0);
+    match retry_after {
+        Some(r) => r + r.mul_f64(0.1 * unit),
+        None => {
+            let d = backoff.saturating_mul(2u32.saturating_pow(attempt));
+            d / 2 + (d / 2).mul_f64(unit)
         }
     }
 }
@@ -422,6 +449,10 @@ mod live_tests {
     enum Mode {
         Ok,
         Fail500,
+        /// 429 with `Retry-After: 1` once, then Ok.
+        RateLimited,
+        /// 429 asking for an hour.
+        RateLimitedLong,
         Slow,
         Garbage,
         NoForecast,
@@ -437,8 +468,14 @@ mod live_tests {
 
     fn misbehave(f: &Fake) -> Option<Response> {
         f.hits.fetch_add(1, Ordering::SeqCst);
-        match *f.mode.lock().unwrap() {
+        let mut mode = f.mode.lock().unwrap();
+        match *mode {
             Mode::Fail500 => Some((StatusCode::INTERNAL_SERVER_ERROR, "upstream down").into_response()),
+            Mode::RateLimited => {
+                *mode = Mode::Ok;
+                Some((StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "slow down").into_response())
+            }
+            Mode::RateLimitedLong => Some((StatusCode::TOO_MANY_REQUESTS, [("retry-after", "3600")], "slow down").into_response()),
             Mode::Garbage => Some((StatusCode::OK, "<html>maintenance</html>").into_response()),
             _ => None,
         }
@@ -609,6 +646,43 @@ mod live_tests {
         assert!(matches!(e, live::FetchError::Status { status: 401, .. }), "{e}");
         assert_eq!(fake.hits.load(Ordering::SeqCst), hits + 1);
         assert!(bad.status(T).fallback);
+    }
+
+    #[test]
+    fn retries_back_off_with_jitter_and_honour_retry_after() {
+        let b = Duration::from_millis(100);
+        assert_eq!(retry_delay(b, 0, None, 0.0), Duration::from_millis(50));
+        assert_eq!(retry_delay(b, 2, None, 0.0), Duration::from_millis(200));
+        let top = retry_delay(b, 2, None, 0.999_999);
+        assert!(top > Duration::from_millis(399) && top < Duration::from_millis(400), "{top:?}");
+        let r = Some(Duration::from_secs(30));
+        assert_eq!(retry_delay(b, 0, r, 0.0), Duration::from_secs(30));
+        assert_eq!(retry_delay(b, 5, r, 1.0), Duration::from_secs(33));
+        // Retry-After as seconds or as an HTTP date.
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // Wed, 21 Oct 2015 07:28:00 GMT
+        assert_eq!(live::parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        assert_eq!(live::parse_retry_after("Wed, 21 Oct 2015 07:30:00 GMT", now), Some(Duration::from_secs(120)));
+        assert_eq!(live::parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now), Some(Duration::ZERO));
+        assert_eq!(live::parse_retry_after("soon", now), None);
+    }
+
+    #[tokio::test]
+    async fn a_rate_limit_is_waited_out_as_the_server_asks() {
+        let (url, fake) = serve().await;
+        let c = carbon(ProviderKind::Uk, &url, "", None, None);
+        *fake.mode.lock().unwrap() = Mode::RateLimited;
+        let t0 = std::time::Instant::now();
+        c.poll_once(|| T).await.unwrap();
+        assert!(t0.elapsed() >= Duration::from_secs(1), "retried after {:?}, before the server's Retry-After", t0.elapsed());
+        assert_eq!(fake.hits.load(Ordering::SeqCst), 2);
+        // A pause past the next poll is not slept through in the poll: it
+        // fails now, and the error carries the pause for the poller.
+        *fake.mode.lock().unwrap() = Mode::RateLimitedLong;
+        let t0 = std::time::Instant::now();
+        let e = c.poll_once(|| T).await.unwrap_err();
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3600)));
+        assert!(t0.elapsed() < Duration::from_secs(1));
+        assert_eq!(fake.hits.load(Ordering::SeqCst), 3, "not retried");
     }
 
     #[tokio::test]
