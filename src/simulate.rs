@@ -108,9 +108,9 @@ impl Artifact {
             }
             let cpath = dir.join(format!("requests/{d}.csv"));
             let text = read(&cpath)?;
-            let mut lines = text.lines();
-            let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
-            let col = |name: &str| header.iter().position(|h| *h == name).ok_or_else(|| bad(&cpath, format!("no column {name}")));
+            let mut rows = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
+            let header = rows.headers().map_err(|e| bad(&cpath, e.to_string()))?.clone();
+            let col = |name: &str| header.iter().position(|h| h == name).ok_or_else(|| bad(&cpath, format!("no column {name}")));
             let cols = [
                 col("index")?,
                 col("L0_energy_kwh")?,
@@ -122,10 +122,11 @@ impl Artifact {
                 col("small_model_L0_energy_kwh")?,
                 col("small_model_L0_time_s")?,
             ];
-            for (ln, line) in lines.enumerate() {
-                let f: Vec<&str> = line.split(',').collect();
+            for row in rows.records() {
+                let f = row.map_err(|e| bad(&cpath, e.to_string()))?;
+                let line = f.position().map_or(0, |p| p.line());
                 let num = |k: usize| -> Result<f64, ArtifactError> {
-                    f.get(cols[k]).and_then(|s| s.trim().parse::<f64>().ok()).ok_or_else(|| bad(&cpath, format!("line {}: bad number", ln + 2)))
+                    f.get(cols[k]).and_then(|s| s.parse::<f64>().ok()).ok_or_else(|| bad(&cpath, format!("line {line}: bad number")))
                 };
                 let index = num(0)? as usize;
                 let Some(text) = texts.get(&index) else { continue };
@@ -154,11 +155,13 @@ impl Artifact {
             }
         }
         let wpath = dir.join("workload/hourly_job_counts.csv");
-        let workload: Vec<f64> = read(&wpath)?
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split(',').nth(1).and_then(|v| v.trim().parse().ok()))
-            .collect();
+        let workload_text = read(&wpath)?;
+        let mut workload = Vec::new();
+        for row in csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(workload_text.as_bytes()).records() {
+            let row = row.map_err(|e| bad(&wpath, e.to_string()))?;
+            let line = row.position().map_or(0, |p| p.line());
+            workload.push(row.get(1).and_then(|v| v.parse::<f64>().ok()).ok_or_else(|| bad(&wpath, format!("line {line}: bad job count")))?);
+        }
         if workload.is_empty() || prompts.is_empty() || traces.is_empty() {
             return Err(bad(dir, "no workload, judged prompts or traces found"));
         }

@@ -428,21 +428,11 @@ pub fn from_history(past: &[Reading], now: &Reading, hours: usize) -> Vec<Readin
     (1..=hours).map(|h| Reading { at: now.at + 3600 * h as i64, gco2_per_kwh: forecast(&values, last, h) }).collect()
 }
 
-/// Unix seconds → `2023-03-15T04:01Z` (the GB API's path format).
+/// Unix seconds → `2023-03-15T04:01Z` (the GB API's path format); times
+/// beyond jiff's range (years -9999 to 9999) are clamped to it.
 pub fn format_utc_minutes(t: i64) -> String {
-    let days = t.div_euclid(86_400);
-    let secs = t.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}Z", secs / 3600, secs % 3600 / 60)
+    let ts = jiff::Timestamp::from_second(t).unwrap_or(if t < 0 { jiff::Timestamp::MIN } else { jiff::Timestamp::MAX });
+    ts.strftime("%Y-%m-%dT%H:%MZ").to_string()
 }
 
 #[cfg(test)]

@@ -28,90 +28,50 @@ pub struct Trace {
     pub start_unix: i64,
 }
 
-/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `2023-01-01 00:00:00`, `2023-01-01T00:00Z`, `2023-01-01T00:00:00+00:00` → Unix seconds (UTC).
+/// `2023-01-01 00:00:00`, `2023-01-01T00:00Z`, `2023-01-01T00:00:00+00:00`,
+/// `2023-01-01` → Unix seconds (UTC), fractions of a second dropped. A time
+/// with a zone designator (`Z`, `+01:00`, `-0530`) is that instant; one
+/// without is read as UTC. Dates are checked by jiff (no 2023-02-31); years
+/// before 1 and instants past jiff's last (9999-12-30 22:00 UTC) are refused.
 pub fn parse_utc(s: &str) -> Option<i64> {
     let s = s.trim();
-    let (date, time) = s.split_once([' ', 'T']).unwrap_or((s, "00:00"));
-    // A zone designator after the time: `Z`, `+HH:MM`, `-HH:MM`, `+HHMM` or `+HH`.
-    let (time, offset_s) = match time.find(['Z', 'z', '+', '-']) {
-        None => (time, 0),
-        Some(i) => (&time[..i], parse_offset(&time[i..])?),
+    let ts = match s.parse::<jiff::Timestamp>() {
+        Ok(ts) => ts,
+        Err(_) => s.parse::<jiff::civil::DateTime>().ok()?.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp(),
     };
-    let mut d = date.split('-').map(|p| p.parse::<i64>());
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    // Years past 9999 are no timestamps (and would overflow the arithmetic);
-    // a day past its month's end (2023-02-31) is no date.
-    if d.next().is_some() || !(1..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=days_in_month(y, m)).contains(&day) {
+    let year = ts.to_zoned(jiff::tz::TimeZone::UTC).year();
+    if !(1..=9999).contains(&year) {
         return None;
     }
-    let mut t = time.split(':').map(|p| p.parse::<f64>());
-    let (h, min) = (t.next()?.ok()?, t.next().unwrap_or(Ok(0.0)).ok()?);
-    let sec = t.next().unwrap_or(Ok(0.0)).ok()?;
-    if !(0.0..24.0).contains(&h) || !(0.0..60.0).contains(&min) || !(0.0..61.0).contains(&sec) {
-        return None;
-    }
-    Some(days_from_civil(y, m, day) * 86_400 + (h * 3600.0 + min * 60.0 + sec).floor() as i64 - offset_s)
-}
-
-/// Days in month `m` (1-12) of year `y`, Gregorian.
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Seconds east of UTC of an ISO 8601 zone designator.
-fn parse_offset(z: &str) -> Option<i64> {
-    if z.eq_ignore_ascii_case("z") {
-        return Some(0);
-    }
-    let sign = match z.as_bytes()[0] {
-        b'+' => 1,
-        b'-' => -1,
-        _ => return None,
-    };
-    let digits: String = z[1..].chars().filter(|c| *c != ':').collect();
-    if !digits.chars().all(|c| c.is_ascii_digit()) || !matches!(digits.len(), 2 | 4) {
-        return None;
-    }
-    let h: i64 = digits[..2].parse().ok()?;
-    let m: i64 = if digits.len() == 4 { digits[2..].parse().ok()? } else { 0 };
-    (h <= 23 && m <= 59).then_some(sign * (h * 3600 + m * 60))
+    let secs = ts.as_second();
+    Some(if ts.subsec_nanosecond() < 0 { secs - 1 } else { secs })
 }
 
 impl Trace {
     pub fn parse(text: &str) -> Result<Trace, TraceError> {
-        let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-        let (_, header) = lines.next().ok_or(TraceError::Empty)?;
-        let cols: Vec<&str> = header.trim_start_matches('\u{feff}').split(',').map(str::trim).collect();
+        let mut rows = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(true).from_reader(text.as_bytes());
+        let line_err = |e: csv::Error| TraceError::Line { line: e.position().map_or(0, |p| p.line() as usize), message: e.to_string() };
+        let header = rows.headers().map_err(line_err)?.clone();
+        if header.iter().all(str::is_empty) {
+            return Err(TraceError::Empty);
+        }
+        let cols: Vec<&str> = header.iter().map(|c| c.trim_start_matches('\u{feff}')).collect();
         let find = |pred: &dyn Fn(&str) -> bool| cols.iter().position(|c| pred(c));
         let value_col = find(&|c| c.starts_with("Carbon Intensity") && c.ends_with("(direct)"))
             .or_else(|| find(&|c| c == "ci_direct_g_per_kwh"))
             .or_else(|| find(&|c| c == "gco2_per_kwh"))
-            .ok_or_else(|| TraceError::Header(header.to_string()))?;
+            .ok_or_else(|| TraceError::Header(cols.join(",")))?;
         let time_col = find(&|c| c.starts_with("Datetime") || c.starts_with("datetime")).unwrap_or(0);
         let mut values = Vec::new();
         let mut start_unix = None;
-        for (i, line) in lines {
-            let fields: Vec<&str> = line.split(',').collect();
-            let err = |message: String| TraceError::Line { line: i + 1, message };
-            let t = fields.get(time_col).and_then(|t| parse_utc(t)).ok_or_else(|| err("bad or missing datetime".into()))?;
-            let v: f64 = fields
+        for row in rows.records() {
+            let row = row.map_err(line_err)?;
+            let line = row.position().map_or(0, |p| p.line() as usize);
+            let err = |message: String| TraceError::Line { line, message };
+            let t = row.get(time_col).and_then(parse_utc).ok_or_else(|| err("bad or missing datetime".into()))?;
+            let v: f64 = row
                 .get(value_col)
-                .and_then(|v| v.trim().parse().ok())
+                .and_then(|v| v.parse().ok())
                 .filter(|v: &f64| v.is_finite() && *v >= 0.0)
                 .ok_or_else(|| err("bad or missing intensity".into()))?;
             let start = *start_unix.get_or_insert(t);
@@ -213,7 +173,9 @@ mod tests {
         assert_eq!(parse_utc("29999999999999023-01-01 00:00:00"), None);
         assert_eq!(parse_utc("2024111111114-05-01T10:30Z"), None);
         assert_eq!(parse_utc("10000-01-01 00:00"), None);
-        assert_eq!(parse_utc("9999-12-31 23:00"), Some(253_402_297_200));
+        // jiff's instants end at 9999-12-30 22:00 UTC (it keeps room for offsets).
+        assert_eq!(parse_utc("9999-12-30 00:00"), Some(253_402_128_000));
+        assert_eq!(parse_utc("9999-12-31 23:00"), None);
         // Days past the month's end are no dates.
         assert_eq!(parse_utc("2023-02-31 00:00"), None);
         assert_eq!(parse_utc("2023-02-29 00:00"), None);
@@ -224,6 +186,20 @@ mod tests {
         assert_eq!(parse_utc("2023-12-31 00:00"), Some(1_703_980_800));
         let text = "datetime_utc,ci_direct_g_per_kwh,ci_lca_g_per_kwh\r\n29999999999999023-01-01 00:00:00,71.54,103.5\r\n2023-01-01 01:00:00,65.29,95.6\r\n";
         assert!(Trace::parse(text).is_err());
+        assert_eq!(parse_utc("0000-01-01 00:00"), None);
+    }
+
+    #[test]
+    fn quoted_fields_with_commas_and_a_bom_parse() {
+        // Electricity Maps zone names can hold commas; the old split(',') read the wrong column.
+        let em = "\u{feff}Datetime (UTC),Country,Zone Name,Zone Id,Carbon Intensity gCO₂eq/kWh (direct)\n\
+                  2023-01-01 00:00:00,\"Korea, Republic of\",\"Korea, South\",KR,410.5\n\
+                  2023-01-01 01:00:00,\"Korea, Republic of\",\"Korea, South\",KR,405\n";
+        let t = Trace::parse(em).unwrap();
+        assert_eq!((t.values.as_slice(), t.start_unix), (&[410.5, 405.0][..], 1_672_531_200));
+        // Blank lines are skipped; the line numbers of errors stay the file's.
+        let e = Trace::parse("datetime,gco2_per_kwh\n\n2023-01-01 00:00:00,1\n2023-01-01 00:00:00,x\n").unwrap_err();
+        assert!(matches!(e, TraceError::Line { line: 4, .. }), "{e}");
     }
 
     fn shared(path: &str) -> Option<String> {
