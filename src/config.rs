@@ -448,7 +448,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub optimizer: OptimizerConfig,
     pub evaluator: EvaluatorConfig,
-    /// The API token file (`auth.token_file`); its content is read at start.
+    /// The API token file (`auth.token_file`); its content is read at start and on each reload (SIGHUP).
     pub token_file: Option<PathBuf>,
 }
 

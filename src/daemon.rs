@@ -16,7 +16,7 @@
 //! 4. interrupted jobs go back to the queue, the store is flushed, exit 0.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -146,9 +146,66 @@ pub fn open_store(dir: &Path, timeout: Duration, accept_loss: bool) -> Result<St
     out
 }
 
-/// Serves until `shutdown`, on a store [`open_store`] opened and a bound listener.
+/// Re-reads the config file: its reloadable sections replace the running
+/// ones ([`Service::reload`]); a file that is not valid changes nothing.
+pub fn reload(svc: &Service, path: &Path) -> Result<crate::service::Reloaded, String> {
+    let config = Config::load(path).map_err(|e| match e {
+        crate::config::ConfigError::Invalid(errs) => errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "),
+        e => e.to_string(),
+    })?;
+    svc.reload(config, now_ms() as i64 / 1000)
+}
+
+/// SIGHUP (`systemctl reload`): [`reload`], told to systemd as RELOADING=1
+/// then READY=1 with the outcome in STATUS=; a refused reload is logged as
+/// an error and the running config stays.
+async fn reload_on_sighup(svc: Arc<Service>, path: PathBuf, stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: reloads are off");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = stop.cancelled() => return,
+        }
+        // systemd hears of reloads only once the service is up (READY=1 means both).
+        let up = matches!(svc.engine_status(), EngineStatus::Ready(_));
+        if up {
+            notify(sd_notify::NotifyState::Reloading);
+            if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+                notify(now);
+            }
+        }
+        let status = match reload(&svc, &path) {
+            Ok(r) => {
+                tracing::info!(config = %path.display(), carbon_replaced = r.carbon_replaced, "config reloaded: directives, optimizer, evaluator, carbon source and API token");
+                if !r.needs_restart.is_empty() {
+                    tracing::warn!(sections = ?r.needs_restart, "these sections changed in the file but keep their running values until a restart");
+                }
+                "config reloaded".to_string()
+            }
+            Err(e) => {
+                tracing::error!(config = %path.display(), error = %e, "reload refused; the running config stays");
+                format!("reload refused: {e}")
+            }
+        };
+        if up {
+            notify(sd_notify::NotifyState::Status(&status));
+            notify(sd_notify::NotifyState::Ready);
+        }
+    }
+}
+
+/// Serves until `shutdown`, on a store [`open_store`] opened and a bound
+/// listener. With `config_path`, SIGHUP re-reads that file ([`reload`]).
 pub async fn run(
     config: Config,
+    config_path: Option<PathBuf>,
     store: Store,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -169,20 +226,44 @@ pub async fn run(
     }
     let (engine_tx, engine_rx) = watch::channel(EngineStatus::Loading);
     let svc = Arc::new(Service::new(config, store, carbon, metering, engine_rx));
+    svc.set_token(token.clone());
     tracing::info!(
         %addr,
-        data_dir = %svc.config.data_dir.display(),
+        data_dir = %svc.config().data_dir.display(),
         queued = svc.store.queued_len(),
         startup_ms = t0.elapsed().as_millis() as u64,
         auth = token.is_some(),
-        carbon = %svc.carbon.name(),
+        carbon = %svc.carbon().name(),
         meter = %svc.metering.lock().expect("poisoned").status().meter,
         "sproutd listening"
     );
 
     let stop = CancellationToken::new();
     let interrupt = CancellationToken::new();
-    tokio::spawn(svc.carbon.clone().run_poller(stop.clone()));
+    {
+        // The carbon source's poller, restarted on the new source when a
+        // reload replaces it.
+        let (svc, stop) = (svc.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let replaced = svc.carbon_replaced.notified();
+                tokio::pin!(replaced);
+                replaced.as_mut().enable();
+                let this = stop.child_token();
+                let poller = tokio::spawn(svc.carbon().run_poller(this.clone()));
+                tokio::select! {
+                    _ = &mut replaced => {
+                        this.cancel();
+                        let _ = poller.await;
+                    }
+                    _ = stop.cancelled() => return,
+                }
+            }
+        });
+    }
+    if let Some(path) = config_path {
+        tokio::spawn(reload_on_sighup(svc.clone(), path, stop.clone()));
+    }
     tokio::spawn(planner::run(svc.clone(), stop.clone(), Duration::from_secs(1)));
     {
         // Deferred jobs enter the queue when their hour comes.
@@ -201,7 +282,7 @@ pub async fn run(
     }
 
     // The model loads while the API already answers (503 for generation).
-    let model_cfg = svc.config.model.clone();
+    let model_cfg = svc.config().model.clone();
     let load_stop = stop.clone();
     tokio::spawn(async move {
         let t0 = std::time::Instant::now();
@@ -245,7 +326,7 @@ pub async fn run(
     {
         let (svc, stop) = (svc.clone(), stop.clone());
         tokio::spawn(async move {
-            let retention = svc.config.queue.result_retention;
+            let retention = svc.config().queue.result_retention;
             let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
             let mut tick = tokio::time::interval(every);
             loop {
@@ -261,7 +342,7 @@ pub async fn run(
                     Ok(Err(e)) => tracing::error!(error = %e, "collecting finished jobs failed"),
                     Err(e) => tracing::error!(error = %e, "the collector panicked"),
                 }
-                let cutoff = now_ms().saturating_sub(svc.config.evaluator.sample_retention.as_millis() as u64);
+                let cutoff = now_ms().saturating_sub(svc.config().evaluator.sample_retention.as_millis() as u64);
                 let svc2 = svc.clone();
                 if let Ok(Err(e)) = tokio::task::spawn_blocking(move || svc2.store.collect_samples(cutoff)).await {
                     tracing::error!(error = %e, "collecting old prompt samples failed");
@@ -284,7 +365,7 @@ pub async fn run(
             notify(sd_notify::NotifyState::Stopping);
             svc.begin_shutdown();
             stop.cancel();
-            let grace = svc.config.queue.shutdown_grace;
+            let grace = svc.config().queue.shutdown_grace;
             let mut worker = worker;
             if tokio::time::timeout(grace, &mut worker).await.is_err() {
                 tracing::warn!(grace_s = grace.as_secs_f64(), "shutdown grace over; interrupting running jobs");
@@ -295,8 +376,8 @@ pub async fn run(
             let _ = drained_tx.send(());
         });
     }
-    let header_timeout = svc.config.access.header_read_timeout;
-    api::serve::serve(listener, api::router(svc.clone(), token), header_timeout, async move {
+    let header_timeout = svc.config().access.header_read_timeout;
+    api::serve::serve(listener, api::router(svc.clone()), header_timeout, async move {
         let _ = drained_rx.await;
     })
     .await

@@ -66,21 +66,21 @@ enum Judge {
 impl Judge {
     fn describe(&self, svc: &Service) -> String {
         match self {
-            Judge::Local => format!("local ({})", svc.config.model.name),
+            Judge::Local => format!("local ({})", svc.config().model.name),
             Judge::OpenAi { url, model, .. } => format!("openai {model} at {url}"),
         }
     }
 }
 
 fn judge_for(svc: &Service, opts: &RunOptions) -> Result<Judge, EvalError> {
-    let cfg = &svc.config.evaluator;
+    let cfg = &svc.config().evaluator;
     let url = opts.judge_url.clone().or_else(|| cfg.judge_url.clone());
     let model = opts.judge_model.clone().or_else(|| cfg.judge_model.clone());
     if opts.judge_url.is_none() && cfg.judge == "local" {
         return Ok(Judge::Local);
     }
     let url = url.ok_or_else(|| EvalError::Judge("no judge URL (evaluator.judge_url or --judge-url)".into()))?;
-    let model = model.unwrap_or_else(|| svc.config.model.name.clone());
+    let model = model.unwrap_or_else(|| svc.config().model.name.clone());
     let key = match &cfg.judge_key_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -99,7 +99,7 @@ fn judge_for(svc: &Service, opts: &RunOptions) -> Result<Judge, EvalError> {
 
 fn request(svc: &Service, text: &str, directive: &str, max_tokens: usize) -> ChatRequest {
     ChatRequest {
-        model: svc.config.model.name.clone(),
+        model: svc.config().model.name.clone(),
         messages: vec![Message::new(Role::User, text.to_string())],
         max_tokens,
         temperature: Some(0.0),
@@ -199,7 +199,7 @@ pub fn spawn(slot: RunSlot, opts: RunOptions) -> tokio::task::JoinHandle<Result<
 }
 
 async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, EvalError> {
-    let cfg = &svc.config.evaluator;
+    let cfg = &svc.config().evaluator;
     let started_ms = now_ms();
     let judge = judge_for(svc, &opts)?;
     let mut samples = svc.store.samples()?;
@@ -214,8 +214,8 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
         samples.swap(i, (state % (i as u64 + 1)) as usize);
     }
     let samples = evaluator::stratify(samples, k);
-    let levels: Vec<String> = svc.directives.names().map(str::to_string).collect();
-    let intensity = svc.carbon.now(started_ms as i64 / 1000).gco2_per_kwh;
+    let levels: Vec<String> = svc.directives().names().map(str::to_string).collect();
+    let intensity = svc.carbon().now(started_ms as i64 / 1000).gco2_per_kwh;
     tracing::info!(prompts = samples.len(), per_class = k, judge = %judge.describe(svc), reason = %opts.reason, "evaluation run starting");
 
     // 1. Every level's answer, through the queue.
@@ -345,13 +345,13 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
         carbon_g,
         estimated,
         error: (!any_signal).then(|| "no answer could be compared with the baseline's (no final answer, no readable verdict); nothing changes".into()),
-        wording: svc.directives.fingerprint(),
+        wording: svc.directives().fingerprint(),
         cells,
     };
     svc.store.save_eval(&run).await?;
     tracing::info!(id = %run.id, q = ?run.q, failures, carbon_g = format!("{carbon_g:.4}"), "evaluation run finished");
     if any_signal && svc.planner.enabled() {
-        let ci = svc.carbon.now(now_ms() as i64 / 1000).gco2_per_kwh;
+        let ci = svc.carbon().now(now_ms() as i64 / 1000).gco2_per_kwh;
         crate::planner::resolve(svc, ci, format!("evaluation {}", run.id));
     }
     Ok(run)
@@ -360,7 +360,7 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
 /// Per class, how well each level kept the baseline's quality over the
 /// runs the planner pools (n, share, lower bound).
 fn kept_by_class(svc: &Service) -> Result<Value, StoreError> {
-    let levels = svc.directives.names().count();
+    let levels = svc.directives().names().count();
     let runs = crate::planner::pooled_runs(svc)?;
     let mut out = serde_json::Map::new();
     for class in crate::classify::CLASSES {
@@ -376,11 +376,11 @@ pub fn status(svc: &Service) -> Result<Value, StoreError> {
     let plan = svc.evals.last_schedule().unwrap_or_else(|| decide(svc, now_s, last.as_ref()));
     Ok(json!({
         "object": "eval.status",
-        "enabled": svc.config.evaluator.enabled,
+        "enabled": svc.config().evaluator.enabled,
         "running": svc.evals.running(),
         "samples": svc.store.samples_len(),
-        "samples_needed": svc.config.evaluator.prompts,
-        "levels": svc.directives.names().collect::<Vec<_>>(),
+        "samples_needed": svc.config().evaluator.prompts,
+        "levels": svc.directives().names().collect::<Vec<_>>(),
         "q": last.as_ref().and_then(|r| r.q.clone()),
         "q_source": if last.as_ref().is_some_and(|r| r.q.is_some()) { "the last run's judged prompts (pick-best shares)" } else { "no judged prompts yet" },
         "kept": kept_by_class(svc)?,
@@ -390,24 +390,24 @@ pub fn status(svc: &Service) -> Result<Value, StoreError> {
         })),
         "next": {"run_now": plan.run, "at": plan.next_at, "forecast_gco2_per_kwh": plan.next_gco2_per_kwh, "reason": plan.reason},
         "rule": {
-            "min_interval_s": svc.config.evaluator.min_interval.as_secs(),
-            "max_staleness_s": svc.config.evaluator.max_staleness.as_secs(),
-            "tolerance": svc.config.evaluator.tolerance,
+            "min_interval_s": svc.config().evaluator.min_interval.as_secs(),
+            "max_staleness_s": svc.config().evaluator.max_staleness.as_secs(),
+            "tolerance": svc.config().evaluator.tolerance,
         },
     }))
 }
 
 fn decide(svc: &Service, now_s: i64, last: Option<&EvalRun>) -> Schedule {
-    let cfg = &svc.config.evaluator;
-    let ci = svc.carbon.now(now_s).gco2_per_kwh;
+    let cfg = &svc.config().evaluator;
+    let ci = svc.carbon().now(now_s).gco2_per_kwh;
     let hours = (cfg.max_staleness.as_secs() / 3600 + 1).min(72) as usize;
-    let forecast = svc.carbon.forecast(now_s, hours);
+    let forecast = svc.carbon().forecast(now_s, hours);
     evaluator::schedule(
         now_s,
         last.map(|r| r.started_ms as i64 / 1000),
         ci,
         &forecast,
-        svc.config.optimizer.ci_range.unwrap_or_else(|| svc.carbon.range()),
+        svc.config().optimizer.ci_range.unwrap_or_else(|| svc.carbon().range()),
         cfg.min_interval.as_secs() as i64,
         cfg.max_staleness.as_secs() as i64,
         cfg.tolerance,
@@ -416,12 +416,12 @@ fn decide(svc: &Service, now_s: i64, last: Option<&EvalRun>) -> Schedule {
 
 /// Starts runs when the rule says so (and there are prompts to judge).
 pub async fn scheduler(svc: Arc<Service>, stop: CancellationToken) {
-    if !svc.config.evaluator.enabled {
+    if !svc.config().evaluator.enabled {
         return;
     }
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(svc.config.evaluator.check_interval) => {}
+            _ = tokio::time::sleep(svc.config().evaluator.check_interval) => {}
             _ = stop.cancelled() => return,
         }
         let last = match svc.store.eval_runs(1) {
@@ -434,7 +434,7 @@ pub async fn scheduler(svc: Arc<Service>, stop: CancellationToken) {
         let plan = decide(&svc, now_ms() as i64 / 1000, last.as_ref());
         *svc.evals.last_schedule.lock().expect("poisoned") = Some(plan.clone());
         // A scheduled run waits for a full sample (a forced one may use fewer).
-        let has_samples = svc.store.samples_len() >= svc.config.evaluator.prompts;
+        let has_samples = svc.store.samples_len() >= svc.config().evaluator.prompts;
         if plan.run && has_samples && !svc.is_shutting_down() {
             if let Ok(slot) = RunSlot::take(&svc) {
                 spawn(slot, RunOptions { reason: plan.reason.clone(), ..RunOptions::default() });

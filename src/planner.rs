@@ -90,7 +90,9 @@ pub struct HistoryItem {
 }
 
 pub struct Planner {
-    cfg: OptimizerConfig,
+    /// Replaced by a reload (`set_config`), which also makes a solve due.
+    cfg: RwLock<OptimizerConfig>,
+    reloaded: std::sync::atomic::AtomicBool,
     current: RwLock<Option<Solved>>,
     history: RwLock<VecDeque<HistoryItem>>,
 }
@@ -217,17 +219,23 @@ pub fn build_inputs(
 
 impl Planner {
     pub fn new(cfg: OptimizerConfig) -> Self {
-        Self { cfg, current: RwLock::new(None), history: RwLock::new(VecDeque::new()) }
+        Self { cfg: RwLock::new(cfg), reloaded: Default::default(), current: RwLock::new(None), history: RwLock::new(VecDeque::new()) }
     }
 
     pub fn enabled(&self) -> bool {
-        self.cfg.enabled
+        self.cfg.read().expect("poisoned").enabled
+    }
+
+    /// New settings from a reload: the next check re-solves with them.
+    pub fn set_config(&self, cfg: OptimizerConfig) {
+        *self.cfg.write().expect("poisoned") = cfg;
+        self.reloaded.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The mix for a request of `class`; None when the optimizer is off or
     /// has not solved yet (the configured mix applies).
     pub fn mix_for(&self, class: &str) -> Option<Vec<f64>> {
-        if !self.cfg.enabled {
+        if !self.enabled() {
             return None;
         }
         let cur = self.current.read().expect("poisoned");
@@ -286,30 +294,34 @@ impl Planner {
     /// grew (`knowledge`: users' finished requests and evaluation runs) by
     /// `min_samples` or 5%, whichever is more.
     pub fn due(&self, now_ms: u64, ci: f64, knowledge: u64) -> Option<String> {
+        let cfg = self.cfg.read().expect("poisoned").clone();
+        if self.reloaded.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Some("reload".into());
+        }
         let cur = self.current.read().expect("poisoned");
         let Some(s) = cur.as_ref() else { return Some("start".into()) };
-        if now_ms.saturating_sub(s.at_ms) >= self.cfg.resolve_interval.as_millis() as u64 {
+        if now_ms.saturating_sub(s.at_ms) >= cfg.resolve_interval.as_millis() as u64 {
             return Some("interval".into());
         }
         let grown = knowledge.saturating_sub(s.knowledge);
-        if grown >= (self.cfg.min_samples as u64).max(s.knowledge / 20).max(1) {
+        if grown >= (cfg.min_samples as u64).max(s.knowledge / 20).max(1) {
             return Some(format!("{grown} new measurements"));
         }
         let moved = ci - s.inputs.ci;
-        (moved.abs() > self.cfg.resolve_threshold).then(|| format!("intensity moved {moved:+.0} gCO2e/kWh"))
+        (moved.abs() > cfg.resolve_threshold).then(|| format!("intensity moved {moved:+.0} gCO2e/kWh"))
     }
 }
 
 /// Re-solves when due; checks every `check` (a minute, or less for tests).
+/// While the optimizer is off it only waits (a reload may turn it on).
 pub async fn run(svc: Arc<crate::service::Service>, stop: CancellationToken, check: Duration) {
-    if !svc.planner.enabled() {
-        return;
-    }
     loop {
         let t = now_ms();
-        let ci = svc.carbon.now(t as i64 / 1000).gco2_per_kwh;
-        if let Some(reason) = svc.planner.due(t, ci, knowledge(&svc)) {
-            resolve(&svc, ci, reason);
+        let ci = svc.carbon().now(t as i64 / 1000).gco2_per_kwh;
+        if svc.planner.enabled() {
+            if let Some(reason) = svc.planner.due(t, ci, knowledge(&svc)) {
+                resolve(&svc, ci, reason);
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(check) => {}
@@ -333,8 +345,8 @@ pub fn knowledge(svc: &crate::service::Service) -> u64 {
 /// levels with these wordings (a changed wording starts afresh) that
 /// compared any answers.
 pub fn pooled_runs(svc: &crate::service::Service) -> Result<Vec<crate::evaluator::EvalRun>, crate::queue::StoreError> {
-    let names: Vec<String> = svc.directives.names().map(str::to_string).collect();
-    let wording = svc.directives.fingerprint();
+    let names: Vec<String> = svc.directives().names().map(str::to_string).collect();
+    let wording = svc.directives().fingerprint();
     Ok(svc
         .store
         .eval_runs(EVAL_HISTORY * 2)?
@@ -346,18 +358,18 @@ pub fn pooled_runs(svc: &crate::service::Service) -> Result<Vec<crate::evaluator
 
 /// One solve with the daemon's current knowledge.
 pub fn resolve(svc: &crate::service::Service, ci: f64, reason: String) -> Solved {
-    let cfg = &svc.config;
+    let cfg = &svc.config();
     let since = now_ms().saturating_sub(LOOKBACK_MS);
     let entries = svc.store.ledger_recent(since, RECENT).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "reading the ledger for the optimizer failed; using priors");
         Vec::new()
     });
-    let names: Vec<String> = svc.directives.names().map(str::to_string).collect();
+    let names: Vec<String> = svc.directives().names().map(str::to_string).collect();
     let runs = pooled_runs(svc).unwrap_or_default();
     let cells: Vec<Cell> = runs.iter().flat_map(|r| r.cells.iter().cloned()).collect();
     let kept = |class: &str| crate::evaluator::kept_stats(&runs, class, names.len());
     let measured = Measured { kept: &kept, cells: &cells };
-    let (inputs, sources, kept) = build_inputs(&cfg.optimizer, &cfg.accounting, &entries, &names, &measured, ci, svc.carbon.range());
+    let (inputs, sources, kept) = build_inputs(&cfg.optimizer, &cfg.accounting, &entries, &names, &measured, ci, svc.carbon().range());
     svc.planner.install(inputs, sources, kept, reason, knowledge(svc))
 }
 

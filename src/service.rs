@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
@@ -72,13 +72,19 @@ struct RunningJob {
 const MAX_DEADLINE_MS: u64 = 72 * 3_600_000;
 
 pub struct Service {
-    pub config: Config,
+    /// The running config: replaced whole by a reload ([`Service::reload`]),
+    /// so a reader sees one version throughout (`config()` hands an `Arc`).
+    config: RwLock<Arc<Config>>,
     pub store: Store,
-    /// Grid carbon intensity now and ahead.
-    pub carbon: Arc<Carbon>,
+    /// Grid carbon intensity now and ahead (replaced when a reload changes the source).
+    carbon: RwLock<Arc<Carbon>>,
+    /// Woken when a reload replaced the carbon source (its poller restarts).
+    pub carbon_replaced: Notify,
+    /// The API token, if any (a reload re-reads its file).
+    token: RwLock<Option<Arc<String>>>,
     /// The energy meter and the attribution of its readings to requests.
     pub metering: Mutex<Metering>,
-    pub directives: Directives,
+    directives: RwLock<Arc<Directives>>,
     /// The directive optimizer's current plan.
     pub planner: Planner,
     /// The quality evaluator's live state.
@@ -102,6 +108,14 @@ pub struct Service {
     pub latencies: Mutex<[crate::stats::Latencies; 2]>,
 }
 
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reloaded {
+    /// Sections that changed in the file but keep their running values until a restart.
+    pub needs_restart: Vec<&'static str>,
+    pub carbon_replaced: bool,
+}
+
 /// Holds one place among [`Service::admitting`] until dropped.
 struct Admission<'a>(&'a std::sync::atomic::AtomicUsize);
 
@@ -120,12 +134,14 @@ impl Service {
         engine: watch::Receiver<EngineStatus>,
     ) -> Self {
         Self {
-            carbon,
+            carbon: RwLock::new(carbon),
+            carbon_replaced: Notify::new(),
+            token: RwLock::new(None),
             metering: Mutex::new(metering),
-            directives: Directives::new(&config.directives),
+            directives: RwLock::new(Arc::new(Directives::new(&config.directives))),
             planner: Planner::new(config.optimizer.clone()),
             evals: Default::default(),
-            config,
+            config: RwLock::new(Arc::new(config)),
             store,
             engine,
             work: Notify::new(),
@@ -137,6 +153,74 @@ impl Service {
             admitting: Default::default(),
             latencies: Default::default(),
         }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().expect("poisoned").clone()
+    }
+
+    pub fn directives(&self) -> Arc<Directives> {
+        self.directives.read().expect("poisoned").clone()
+    }
+
+    pub fn carbon(&self) -> Arc<Carbon> {
+        self.carbon.read().expect("poisoned").clone()
+    }
+
+    pub fn token(&self) -> Option<Arc<String>> {
+        self.token.read().expect("poisoned").clone()
+    }
+
+    pub fn set_token(&self, token: Option<String>) {
+        *self.token.write().expect("poisoned") = token.map(Arc::new);
+    }
+
+    /// Applies a new config's reloadable sections (directives, optimizer,
+    /// evaluator, carbon source, API token) while running; everything else
+    /// keeps its running value (it needs a restart), and the sections that
+    /// changed there are returned by name so the caller can say so. The new
+    /// config must be valid (`Config::load`); a token file or carbon source
+    /// that cannot be read fails the reload and changes nothing.
+    pub fn reload(&self, new: Config, now_s: i64) -> Result<Reloaded, String> {
+        let old = self.config();
+        let token = crate::daemon::read_token(&new).map_err(|e| e.to_string())?;
+        let carbon_changed = format!("{:?}", old.carbon) != format!("{:?}", new.carbon);
+        let carbon = if carbon_changed { Some(Arc::new(Carbon::from_config(&new.carbon, now_s).map_err(|e| e.to_string())?)) } else { None };
+        if token.is_none() && !old.listen.ip().is_loopback() {
+            return Err(format!("{} is not loopback: an API token is required (auth.token_file)", old.listen));
+        }
+        let section = |name: &'static str, a: String, b: String| (a != b).then_some(name);
+        let restart: Vec<&'static str> = [
+            section("server", format!("{:?}{:?}{:?}", old.listen, old.max_body_bytes, old.access), format!("{:?}{:?}{:?}", new.listen, new.max_body_bytes, new.access)),
+            section("storage", format!("{:?}{:?}", old.data_dir, old.store_open_timeout), format!("{:?}{:?}", new.data_dir, new.store_open_timeout)),
+            section("model", format!("{:?}", old.model), format!("{:?}", new.model)),
+            section("generation", format!("{:?}", old.generation), format!("{:?}", new.generation)),
+            section("accounting", format!("{:?}", old.accounting), format!("{:?}", new.accounting)),
+            section("queue", format!("{:?}", old.queue), format!("{:?}", new.queue)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let levels_changed = old.directives.levels.iter().map(|(n, _)| n).ne(new.directives.levels.iter().map(|(n, _)| n));
+        if levels_changed {
+            return Err("the directive levels' names changed: that needs a restart (jobs and measurements name them)".into());
+        }
+        let mut merged = (*old).clone();
+        merged.directives = new.directives;
+        merged.optimizer = new.optimizer;
+        merged.evaluator = new.evaluator;
+        merged.carbon = new.carbon;
+        merged.token_file = new.token_file;
+        *self.directives.write().expect("poisoned") = Arc::new(Directives::new(&merged.directives));
+        self.planner.set_config(merged.optimizer.clone());
+        *self.config.write().expect("poisoned") = Arc::new(merged);
+        self.set_token(token);
+        if let Some(c) = carbon {
+            *self.carbon.write().expect("poisoned") = c;
+            self.carbon_replaced.notify_waiters();
+        }
+        self.bump();
+        Ok(Reloaded { needs_restart: restart, carbon_replaced: carbon_changed })
     }
 
     pub fn engine_status(&self) -> EngineStatus {
@@ -172,7 +256,7 @@ impl Service {
             return Err(SubmitError::ShuttingDown);
         }
         let chars: usize = request.messages.iter().map(|m| m.content.chars().count()).sum();
-        let max = self.config.queue.max_prompt_chars;
+        let max = self.config().queue.max_prompt_chars;
         if chars > max {
             return Err(SubmitError::TooLong { chars, max });
         }
@@ -181,7 +265,7 @@ impl Service {
         let reserved = self.admitting.fetch_add(1, Ordering::SeqCst);
         let _admission = Admission(&self.admitting);
         let queued = self.store.queued_len() + self.store.deferred_len();
-        if queued + reserved >= self.config.queue.max_queued {
+        if queued + reserved >= self.config().queue.max_queued {
             return Err(SubmitError::Full { queued: queued + reserved });
         }
         let seq = self.store.next_seq()?;
@@ -190,11 +274,11 @@ impl Service {
         // shortened unless the client pins a level: its length is the
         // schema's, and the evaluator measures free-text answers only.
         let directive = match self.planner.mix_for(class) {
-            _ if request.directive.is_none() && request.shape_is_fixed() => self.directives.baseline().to_string(),
-            Some(mix) => self.directives.choose_from(request.directive.as_deref(), seq, &mix),
-            None => self.directives.choose(request.directive.as_deref(), seq),
+            _ if request.directive.is_none() && request.shape_is_fixed() => self.directives().baseline().to_string(),
+            Some(mix) => self.directives().choose_from(request.directive.as_deref(), seq, &mix),
+            None => self.directives().choose(request.directive.as_deref(), seq),
         };
-        let seed = request.seed.unwrap_or_else(|| splitmix64(self.config.directives.seed.wrapping_add(seq)) >> 1);
+        let seed = request.seed.unwrap_or_else(|| splitmix64(self.config().directives.seed.wrapping_add(seq)) >> 1);
         let now = now_ms();
         let deadline_ms = deadline.map(|d| d.to_unix_ms(now));
         let deferral = match deadline_ms {
@@ -239,7 +323,7 @@ impl Service {
     /// Offers a user's prompt to the evaluator's sample, unless it opted out
     /// or its answer has a fixed shape (the evaluator asks for free text).
     fn sample(&self, job: &Job, class: &str) {
-        let ev = &self.config.evaluator;
+        let ev = &self.config().evaluator;
         if !ev.enabled || job.origin == Origin::Daemon || job.request.store == Some(false) || job.request.shape_is_fixed() {
             return;
         }
@@ -253,9 +337,9 @@ impl Service {
     /// hour that leaves `queue.deadline_margin` to run it (see `deferral`).
     fn deferral(&self, now_ms: u64, deadline_ms: u64) -> Option<Deferral> {
         let now_s = (now_ms / 1000) as i64;
-        let now_ci = self.carbon.now(now_s).gco2_per_kwh;
-        let forecast = self.carbon.forecast(now_s, 72);
-        let margin = self.config.queue.deadline_margin.as_secs() as i64;
+        let now_ci = self.carbon().now(now_s).gco2_per_kwh;
+        let forecast = self.carbon().forecast(now_s, 72);
+        let margin = self.config().queue.deadline_margin.as_secs() as i64;
         let hold = crate::deferral::decide(now_s, (deadline_ms / 1000) as i64, margin, now_ci, &forecast)?;
         Some(Deferral {
             until_ms: hold.until_s as u64 * 1000,

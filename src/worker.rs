@@ -32,7 +32,7 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
     let sampler = {
         let (svc, stop) = (svc.clone(), interrupt.clone());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(svc.config.accounting.sample_interval);
+            let mut tick = tokio::time::interval(svc.config().accounting.sample_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -42,7 +42,7 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
             }
         })
     };
-    let slots = Arc::new(Semaphore::new(svc.config.model.max_seqs));
+    let slots = Arc::new(Semaphore::new(svc.config().model.max_seqs));
     let share = Arc::new(std::sync::Mutex::new((EngineShare::default(), Instant::now())));
     let mut tasks = JoinSet::new();
     loop {
@@ -53,7 +53,7 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
         let job = loop {
             // Register for a wake-up before looking, so a submit in between is not missed.
             let notified = svc.work.notified();
-            let daemon_turn = share.lock().expect("poisoned").0.daemon_turn(svc.config.evaluator.share);
+            let daemon_turn = share.lock().expect("poisoned").0.daemon_turn(svc.config().evaluator.share);
             let claimed = match daemon_turn {
                 true => svc.store.claim_daemon().and_then(|j| if j.is_some() { Ok(j) } else { svc.store.claim() }),
                 false => svc.store.claim(),
@@ -125,9 +125,9 @@ async fn wait_for_engine(svc: &Service, shutdown: &CancellationToken) -> Option<
 
 /// The engine request for a job: its directive applied, sampling resolved.
 pub fn gen_request(svc: &Service, job: &Job) -> GenRequest {
-    let g = &svc.config.generation;
+    let g = &svc.config().generation;
     GenRequest {
-        messages: svc.directives.apply(&job.directive, crate::classify::classify(job.request.last_user_text()), &job.request.messages),
+        messages: svc.directives().apply(&job.directive, crate::classify::classify(job.request.last_user_text()), &job.request.messages),
         max_tokens: job.request.max_tokens,
         sampling: Sampling {
             temperature: job.request.temperature.unwrap_or(g.temperature),
@@ -194,8 +194,8 @@ async fn run_job(svc: &Service, engine: Arc<dyn Engine>, job: Job, interrupt: &C
     let share = svc.metering.lock().expect("poisoned").finish(&job.id);
     let duration_s = end.duration_since(t0).as_secs_f64();
 
-    let intensity = svc.carbon.now(now_ms() as i64 / 1000).gco2_per_kwh;
-    let receipt = accounting::receipt(&svc.config.accounting, intensity, &job.directive, &job.id, share, duration_s);
+    let intensity = svc.carbon().now(now_ms() as i64 / 1000).gco2_per_kwh;
+    let receipt = accounting::receipt(&svc.config().accounting, intensity, &job.directive, &job.id, share, duration_s);
     let mut ledger = LedgerEntry {
         job_id: job.id.clone(),
         origin: job.origin,

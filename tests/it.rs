@@ -1378,9 +1378,11 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     ] {
         assert!(unit.contains(needed), "the unit lacks {needed}");
     }
-    // No reload that stops it; a config error (sproutd's exit status 2, as a
-    // bad config really gives) is not retried forever.
-    assert!(!unit.contains("ExecReload="), "a SIGTERM reload leaves the service stopped");
+    // Reload is SIGHUP (a SIGTERM "reload" drained it and left it stopped);
+    // a config error (sproutd's exit status 2, as a bad config really gives)
+    // is not retried forever.
+    let reloads: Vec<&str> = unit.lines().filter(|l| l.starts_with("ExecReload=")).collect();
+    assert_eq!(reloads, ["ExecReload=/bin/kill -HUP $MAINPID"]);
     let prevented: Vec<&str> = unit
         .lines()
         .filter_map(|l| l.strip_prefix("RestartPreventExitStatus="))
@@ -1404,21 +1406,34 @@ fn systemd_unit_passes_systemd_analyze_verify() {
     assert!(out.status.success() && err.trim().is_empty(), "systemd-analyze verify: {err}");
 }
 
-#[test]
-fn the_debian_package_holds_the_binaries_the_unit_and_a_conffile_with_an_absolute_model_path() {
-    for tool in ["dpkg-deb", "dpkg-shlibdeps", "systemd-analyze"] {
+/// The Debian package of the binaries under test (scripts/deb.sh), or `None`
+/// (a skip) where the tools it needs are missing.
+fn build_deb(tools: &[&str]) -> Option<std::path::PathBuf> {
+    for tool in ["dpkg-deb", "dpkg-shlibdeps"].iter().chain(tools) {
         if std::process::Command::new("which").arg(tool).output().map(|o| !o.status.success()).unwrap_or(true) {
             assert!(std::env::var("SPROUT_REQUIRE_MODEL").as_deref() != Ok("1"), "{tool} is missing (scripts/setup.sh installs it)");
             eprintln!("skipping: no {tool}");
-            return;
+            return None;
         }
     }
-    // Package the binaries under test: their target directory.
-    let target = std::path::Path::new(SPROUTD).parent().unwrap().parent().unwrap().to_path_buf();
-    let out = std::process::Command::new("bash").arg(repo().join("scripts/deb.sh")).arg("--no-build").env("CARGO_TARGET_DIR", &target).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let deb = std::path::PathBuf::from(stdout.lines().last().unwrap().trim());
+    // Once per test run (the tests run in parallel and would write the same
+    // files), from the binaries under test: their target directory.
+    static DEB: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    Some(
+        DEB.get_or_init(|| {
+            let target = std::path::Path::new(SPROUTD).parent().unwrap().parent().unwrap().to_path_buf();
+            let out = std::process::Command::new("bash").arg(repo().join("scripts/deb.sh")).arg("--no-build").env("CARGO_TARGET_DIR", &target).output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+            std::path::PathBuf::from(stdout.lines().last().unwrap().trim())
+        })
+        .clone(),
+    )
+}
+
+#[test]
+fn the_debian_package_holds_the_binaries_the_unit_and_a_conffile_with_an_absolute_model_path() {
+    let Some(deb) = build_deb(&["systemd-analyze"]) else { return };
     let run = |args: &[&std::ffi::OsStr]| {
         let o = std::process::Command::new(args[0]).args(&args[1..]).output().unwrap();
         assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
@@ -1462,6 +1477,173 @@ fn the_debian_package_holds_the_binaries_the_unit_and_a_conffile_with_an_absolut
     let o = std::process::Command::new("systemd-analyze").arg("verify").arg(&checked).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && err.trim().is_empty(), "systemd-analyze verify: {err}");
+}
+
+/// The package installed on a booted systemd: systemd runs as PID 1 in new
+/// PID and mount namespaces, on a tmpfs overlay of this machine's root
+/// (nothing outside the overlay changes; killing `unshare` ends it all),
+/// with the package installed by dpkg and the echo engine configured.
+#[test]
+fn the_debian_package_runs_under_a_booted_systemd() {
+    let booted_systemd = std::path::Path::new("/lib/systemd/systemd");
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !booted_systemd.exists() {
+        assert!(std::env::var("SPROUT_REQUIRE_MODEL").as_deref() != Ok("1"), "needs root and systemd (scripts/setup.sh installs it)");
+        eprintln!("skipping: needs root and /lib/systemd/systemd");
+        return;
+    }
+    let Some(deb) = build_deb(&["unshare", "nsenter"]) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let w = dir.path();
+    // The same steps systemd-nspawn takes, by hand (it is not installed here).
+    let inner = format!(
+        r#"set -e
+mount -t tmpfs tmpfs {w}/upper
+mkdir -p {w}/upper/u {w}/upper/w {w}/root
+mount -t overlay overlay -o lowerdir=/,upperdir={w}/upper/u,workdir={w}/upper/w {w}/root
+mount -t proc proc {w}/root/proc
+mount --rbind /sys {w}/root/sys
+mount --rbind /dev {w}/root/dev
+mount -t tmpfs tmpfs {w}/root/run
+mount -t tmpfs tmpfs {w}/root/tmp
+cp {deb} {w}/root/tmp/sprout.deb
+chroot {w}/root dpkg -i /tmp/sprout.deb
+chroot {w}/root sed -i 's/^kind = "gguf"/kind = "echo"/; s/^name = "qwen2.5-coder-0.5b-instruct"/name = "echo"/; s/^listen = .*/listen = "127.0.0.1:{port}"/' /etc/sproutd/config.toml
+for u in $(chroot {w}/root systemctl list-unit-files --state=enabled --no-legend | cut -d' ' -f1); do chroot {w}/root systemctl mask "$u" >/dev/null 2>&1 || true; done
+chroot {w}/root systemctl mask getty.target remote-fs.target >/dev/null 2>&1 || true
+chroot {w}/root systemctl enable sproutd.service
+exec chroot {w}/root env container=sprout-test /lib/systemd/systemd --system --unit=multi-user.target --log-target=console
+"#,
+        w = w.display(),
+        deb = deb.display(),
+    );
+    std::fs::create_dir(w.join("upper")).unwrap();
+    std::fs::write(w.join("inner.sh"), inner).unwrap();
+    let log = std::fs::File::create(w.join("boot.log")).unwrap();
+    let child = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount", "--propagation", "private", "--kill-child", "bash"])
+        .arg(w.join("inner.sh"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let unshare = child.id();
+    let _guard = KillOnDrop(child);
+    let boot_log = || std::fs::read_to_string(w.join("boot.log")).unwrap_or_default();
+    let url = format!("http://127.0.0.1:{port}");
+    let t0 = Instant::now();
+    while http_status(&format!("{url}/health")) != Some(200) {
+        assert!(t0.elapsed() < Duration::from_secs(90), "sproutd did not come up under systemd:\n{}", boot_log());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // systemd is unshare's child; systemctl talks to it inside its namespaces and root.
+    let children = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children")).unwrap();
+    let pid = children.split_whitespace().next().expect("systemd").to_string();
+    let systemctl = |args: &[&str]| {
+        let o = std::process::Command::new("nsenter").args(["-t", &pid, "-m", "-p", "-r", "systemctl"]).args(args).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).trim().to_string(), String::from_utf8_lossy(&o.stderr).trim().to_string())
+    };
+    assert_eq!(systemctl(&["is-active", "sproutd"]).1, "active");
+    let props = systemctl(&["show", "sproutd", "-p", "User", "-p", "Type", "-p", "StatusErrno"]).1;
+    assert!(props.contains("User=sproutd") && props.contains("Type=notify"), "{props}");
+    let (s, b) = http("POST", &format!("{url}/v1/chat/completions"), Some(&json!({"messages": user("hello from systemd")}).to_string()));
+    assert_eq!((s, b["usage"]["sprout"]["estimated"].as_bool()), (200, Some(true)), "{b}");
+    // Reload: SIGHUP re-reads the config; here the optimizer off and every request at L2.
+    let edit = std::process::Command::new("nsenter")
+        .args(["-t", &pid, "-m", "-p", "-r", "sed", "-i", "-e", "0,/^enabled = true/s//enabled = false/", "-e", "s/^mix = .*/mix = { L0 = 0.0, L1 = 0.0, L2 = 1.0 }/", "/etc/sproutd/config.toml"])
+        .status()
+        .unwrap();
+    assert!(edit.success());
+    let (code, _, err) = systemctl(&["reload", "sproutd"]);
+    assert_eq!(code, Some(0), "{err}");
+    let t0 = Instant::now();
+    loop {
+        let (s, b) = http("POST", &format!("{url}/v1/chat/completions"), Some(&json!({"messages": user("after the reload")}).to_string()));
+        assert_eq!(s, 200, "{b}");
+        if b["usage"]["sprout"]["directive"] == "L2" {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "the reload did not take: {b}\n{}", systemctl(&["status", "sproutd"]).1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(systemctl(&["is-active", "sproutd"]).1, "active");
+    assert!(systemctl(&["show", "sproutd", "-p", "StatusText"]).1.contains("config reloaded"));
+    // Stop drains and exits 0; start serves the same store.
+    assert_eq!(systemctl(&["stop", "sproutd"]).0, Some(0));
+    let props = systemctl(&["show", "sproutd", "-p", "ActiveState", "-p", "Result", "-p", "ExecMainStatus"]).1;
+    assert!(props.contains("ActiveState=inactive") && props.contains("Result=success") && props.contains("ExecMainStatus=0"), "{props}");
+    assert_eq!(http_status(&format!("{url}/health")), None);
+    assert_eq!(systemctl(&["start", "sproutd"]).0, Some(0), "{}", boot_log());
+    assert_eq!(http_status(&format!("{url}/health")), Some(200), "start returns once READY=1 is sent");
+    let (_, jobs) = http("GET", &format!("{url}/v1/jobs"), None);
+    assert!(jobs["data"].as_array().is_some_and(|j| j.len() >= 2 && j.iter().any(|j| j["request"]["messages"][0]["content"] == "hello from systemd")), "{jobs}");
+    let _ = systemctl(&["poweroff"]);
+}
+
+fn http_status(url: &str) -> Option<u16> {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(2)).build().unwrap().get(url).send().ok().map(|r| r.status().as_u16())
+}
+
+#[test]
+fn sighup_reloads_directives_optimizer_and_token_and_a_bad_config_changes_nothing() {
+    let secrets = tempfile::tempdir().unwrap();
+    let base = echo_config(0, 1, &[("mix = { L0 = 0.4, L1 = 0.3, L2 = 0.3 }", "mix = { L0 = 1.0, L1 = 0.0, L2 = 0.0 }"), ("enabled = true", "enabled = false")]);
+    let cfg = with_file_setting(&base, secrets.path(), "token_file", "token", "first-token-0123456789");
+    let d = Daemon::start(&cfg);
+    let call = |token: &str| {
+        let client = reqwest::blocking::Client::new();
+        let r = client.post(format!("{}/v1/chat/completions", d.url)).bearer_auth(token).json(&json!({"messages": user("a b c")})).send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().unwrap())
+    };
+    let (s, b) = call("first-token-0123456789");
+    assert_eq!((s, b["usage"]["sprout"]["directive"].as_str()), (200, Some("L0")), "{b}");
+    let hup = |d: &Daemon| assert_eq!(unsafe { libc::kill(d.child.id() as i32, libc::SIGHUP) }, 0);
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| {
+        let t0 = Instant::now();
+        while !ok() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "{what}: not after 10 s\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // A new mix, a new token (the same file, new content), the optimizer
+    // on, and a change that needs a restart.
+    let path = d.dir.path().join("config.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(secrets.path().join("token"), "second-token-0123456789").unwrap();
+    let text = text.replace("mix = { L0 = 1.0, L1 = 0.0, L2 = 0.0 }", "mix = { L0 = 0.0, L1 = 0.0, L2 = 1.0 }").replace("max_queued = 100000", "max_queued = 5");
+    assert!(text.contains("L2 = 1.0") && text.contains("max_queued = 5"));
+    std::fs::write(&path, &text).unwrap();
+    hup(&d);
+    wait_for("the new token", &|| call("second-token-0123456789").0 == 200);
+    assert_eq!(call("first-token-0123456789").0, 401);
+    let (_, b) = call("second-token-0123456789");
+    assert_eq!(b["usage"]["sprout"]["directive"], "L2", "{b}");
+    assert!(d.log().contains("config reloaded"), "{}", d.log());
+    assert!(d.log().contains("keep their running values") && d.log().contains("queue"), "{}", d.log());
+    // A broken file: refused with the reason, everything as it was.
+    std::fs::write(&path, text.replace("[queue]", "[queue\n")).unwrap();
+    hup(&d);
+    wait_for("the refusal in the log", &|| d.log().contains("reload refused"));
+    let (s, b) = call("second-token-0123456789");
+    assert_eq!((s, b["usage"]["sprout"]["directive"].as_str()), (200, Some("L2")), "{b}");
+    // A token file that cannot be read is refused too (the old token stays).
+    std::fs::write(&path, &text).unwrap();
+    std::fs::remove_file(secrets.path().join("token")).unwrap();
+    let refusals = d.log().matches("reload refused").count();
+    hup(&d);
+    wait_for("a second refusal", &|| d.log().matches("reload refused").count() > refusals);
+    assert_eq!(call("second-token-0123456789").0, 200);
+    // The plan: with the optimizer turned on by a reload, it solves.
+    std::fs::write(secrets.path().join("token"), "second-token-0123456789").unwrap();
+    std::fs::write(&path, text.replace("enabled = false", "enabled = true")).unwrap();
+    hup(&d);
+    let client = reqwest::blocking::Client::new();
+    wait_for("a plan solved after the reload", &|| {
+        let plan: Value = client.get(format!("{}/v1/plan", d.url)).bearer_auth("second-token-0123456789").send().unwrap().json().unwrap();
+        plan["enabled"] == true && plan["reason"] == "reload"
+    });
 }
 
 #[test]

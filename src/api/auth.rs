@@ -1,6 +1,5 @@
 //! Bearer-token authentication for every route but `/healthz`.
 
-use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -29,8 +28,9 @@ fn bearer(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
-pub async fn require_token(State(token): State<Option<Arc<String>>>, req: Request, next: Next) -> Response {
-    let Some(token) = token else { return next.run(req).await };
+/// The token is the service's current one (a reload may change it).
+pub async fn require_token(State(svc): State<super::AppState>, req: Request, next: Next) -> Response {
+    let Some(token) = svc.token() else { return next.run(req).await };
     let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(bearer);
     match given {
         Some(g) if same(g.as_bytes(), token.as_bytes()) => next.run(req).await,

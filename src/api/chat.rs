@@ -53,8 +53,8 @@ pub async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body_bytes(body, svc.config.max_body_bytes)?;
-    let parsed = parse_request(&body, &svc.config, &svc.directives)?;
+    let body = body_bytes(body, svc.config().max_body_bytes)?;
+    let parsed = parse_request(&body, &svc.config(), &svc.directives())?;
     let key = idempotency_key(&headers)?;
     ensure_serving(&svc)?;
     if parsed.deadline.is_some() {

@@ -37,7 +37,7 @@ struct RunBody {
 
 /// `POST /v1/eval/runs`: forces a run; `"wait": true` answers with the run.
 pub async fn start(State(svc): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<impl IntoResponse, ApiError> {
-    let body = body_bytes(body, svc.config.max_body_bytes)?;
+    let body = body_bytes(body, svc.config().max_body_bytes)?;
     let b: RunBody = if body.iter().all(u8::is_ascii_whitespace) {
         RunBody::default()
     } else {

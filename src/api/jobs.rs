@@ -27,8 +27,8 @@ pub async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body = body_bytes(body, svc.config.max_body_bytes)?;
-    let parsed = parse_request(&body, &svc.config, &svc.directives)?;
+    let body = body_bytes(body, svc.config().max_body_bytes)?;
+    let parsed = parse_request(&body, &svc.config(), &svc.directives())?;
     if parsed.stream {
         return Err(ApiError::invalid("stream", "jobs are not streamed; use /v1/chat/completions to stream"));
     }

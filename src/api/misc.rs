@@ -15,7 +15,7 @@ pub async fn models(State(svc): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({
         "object": "list",
         "data": [{
-            "id": svc.config.model.name,
+            "id": svc.config().model.name,
             "object": "model",
             "created": 0,
             "owned_by": "sprout",
@@ -25,13 +25,13 @@ pub async fn models(State(svc): State<AppState>) -> Json<serde_json::Value> {
 
 /// `GET /v1/models/{id}`: the served model, or 404.
 pub async fn model(State(svc): State<AppState>, Path(id): Path<String>) -> Result<Json<serde_json::Value>, ApiError> {
-    if id != svc.config.model.name {
+    if id != svc.config().model.name {
         return Err(ApiError {
             param: Some("model".into()),
-            ..ApiError::not_found("model_not_found", format!("the model {id:?} is not served here; this sproutd serves {:?}", svc.config.model.name))
+            ..ApiError::not_found("model_not_found", format!("the model {id:?} is not served here; this sproutd serves {:?}", svc.config().model.name))
         });
     }
-    Ok(Json(json!({"id": svc.config.model.name, "object": "model", "created": 0, "owned_by": "sprout"})))
+    Ok(Json(json!({"id": svc.config().model.name, "object": "model", "created": 0, "owned_by": "sprout"})))
 }
 
 /// `GET /healthz` and `GET /health` (the name vLLM, llama.cpp's server and mistral.rs use).
@@ -54,7 +54,7 @@ pub async fn healthz(State(svc): State<AppState>) -> impl IntoResponse {
     let status = if failure.is_some() { StatusCode::SERVICE_UNAVAILABLE } else { status };
     let body = json!({
         "status": label,
-        "model": svc.config.model.name,
+        "model": svc.config().model.name,
         "engine": model,
         "store": failure.map(|e| format!("writes fail: {e}")).unwrap_or_else(|| "ok".into()),
         "queued": svc.store.queued_len(),
@@ -66,13 +66,13 @@ pub async fn healthz(State(svc): State<AppState>) -> impl IntoResponse {
 /// `GET /v1/carbon`: the grid's intensity now, the next 24 hours, and the source.
 pub async fn carbon(State(svc): State<AppState>) -> Json<serde_json::Value> {
     let now = crate::job::now_ms() as i64 / 1000;
-    let (min, max) = svc.carbon.range();
+    let (min, max) = svc.carbon().range();
     Json(json!({
         "object": "carbon",
-        "now": svc.carbon.now(now),
-        "past": svc.carbon.past(now, crate::carbon::PAST_HOURS),
-        "forecast": svc.carbon.forecast(now, 24),
-        "source": svc.carbon.status(now),
+        "now": svc.carbon().now(now),
+        "past": svc.carbon().past(now, crate::carbon::PAST_HOURS),
+        "forecast": svc.carbon().forecast(now, 24),
+        "source": svc.carbon().status(now),
         "range": {"min": min, "max": max},
         "unit": "gCO2e/kWh",
     }))
@@ -80,7 +80,8 @@ pub async fn carbon(State(svc): State<AppState>) -> Json<serde_json::Value> {
 
 /// `GET /v1/plan`: the optimizer's current plan and its recent solves.
 pub async fn plan(State(svc): State<AppState>) -> Json<serde_json::Value> {
-    let levels: Vec<&str> = svc.directives.names().collect();
+    let directives = svc.directives();
+    let levels: Vec<&str> = directives.names().collect();
     let Some(s) = svc.planner.current() else {
         let why = if svc.planner.enabled() { "not solved yet" } else { "the optimizer is off (optimizer.enabled)" };
         return Json(json!({
@@ -88,7 +89,7 @@ pub async fn plan(State(svc): State<AppState>) -> Json<serde_json::Value> {
             "enabled": svc.planner.enabled(),
             "status": why,
             "levels": levels,
-            "x": svc.config.directives.mix,
+            "x": svc.config().directives.mix,
         }));
     };
     let classes: Vec<serde_json::Value> = s
@@ -111,7 +112,7 @@ pub async fn plan(State(svc): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({
         "object": "plan",
         "enabled": true,
-        "policy": svc.config.optimizer.policy,
+        "policy": svc.config().optimizer.policy,
         "levels": levels,
         "ci": s.inputs.ci,
         "ci_min": s.inputs.ci_min,

@@ -54,9 +54,9 @@ use error::ApiError;
 
 pub type AppState = Arc<Service>;
 
-/// Every route. With a `token`, all but `/healthz` and `/health` need `Authorization: Bearer <token>`.
-pub fn router(svc: AppState, token: Option<String>) -> Router {
-    let limit = svc.config.max_body_bytes;
+/// Every route. With an API token (`Service::token`), all but `/healthz` and `/health` need `Authorization: Bearer <token>`.
+pub fn router(svc: AppState) -> Router {
+    let limit = svc.config().max_body_bytes;
     let protected = Router::new()
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(misc::models))
@@ -73,10 +73,10 @@ pub fn router(svc: AppState, token: Option<String>) -> Router {
         .route("/metrics", get(stats::metrics))
         .fallback(misc::no_route)
         .method_not_allowed_fallback(misc::no_method)
-        .layer(middleware::from_fn_with_state(token.map(Arc::new), auth::require_token));
+        .layer(middleware::from_fn_with_state(svc.clone(), auth::require_token));
     let guard = Arc::new(guard::Guard {
-        access: svc.config.access.clone(),
-        listen: svc.config.listen,
+        access: svc.config().access.clone(),
+        listen: svc.config().listen,
         max_body_bytes: limit,
     });
     Router::new()

@@ -28,7 +28,7 @@ pub async fn stats(State(svc): State<AppState>, Query(p): Query<Params>) -> Resu
         Some(s) if s.is_finite() && s >= 0.0 => Totals::from_entries(&svc.store.ledger((s * 1000.0) as u64)?),
         Some(_) => return Err(ApiError::invalid("since", "since must be a Unix time in seconds")),
     };
-    let baseline = svc.directives.names().next().unwrap_or("L0").to_string();
+    let baseline = svc.directives().names().next().unwrap_or("L0").to_string();
     let (all, own) = (totals.overall(), totals.own());
     Ok(Json(json!({
         "object": "stats",
@@ -105,7 +105,8 @@ fn latencies(out: &mut String, svc: &crate::service::Service) {
 
 pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
     let t = svc.store.totals();
-    let levels: Vec<&str> = svc.directives.names().collect();
+    let directives = svc.directives();
+    let levels: Vec<&str> = directives.names().collect();
     // Counters by directive level and origin (users' requests, or the
     // daemon's own evaluation work).
     let by_origin = |f: &dyn Fn(&crate::stats::LevelTotals) -> Vec<(&'static str, f64)>| -> Vec<(String, f64)> {
@@ -153,7 +154,7 @@ pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
         levels.iter().map(|l| (format!("directive=\"{l}\""), t.by_level.get(*l).map(|x| x.requests as f64 / total).unwrap_or(0.0))).collect();
     metric(&mut out, "sproutd_directive_share_ratio", "gauge", "Share of users' requests served at each level so far.", &share);
     let plan = svc.planner.current();
-    let planned = svc.planner.history().last().map(|h| h.x.clone()).unwrap_or_else(|| svc.config.directives.mix.clone());
+    let planned = svc.planner.history().last().map(|h| h.x.clone()).unwrap_or_else(|| svc.config().directives.mix.clone());
     let mix: Vec<(String, f64)> = levels.iter().zip(&planned).map(|(l, w)| (format!("directive=\"{l}\""), *w)).collect();
     metric(&mut out, "sproutd_directive_mix_ratio", "gauge", "The mix for requests that pin no level (the optimizer's plan, over all classes).", &mix);
     if let Some(s) = &plan {
@@ -167,9 +168,9 @@ pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
         metric(&mut out, "sproutd_evaluation_quality", "gauge", "The newest evaluation's q: share of prompts each level won.", &qs);
     }
     let t_now = now_ms() as i64 / 1000;
-    let now = svc.carbon.now(t_now).gco2_per_kwh;
+    let now = svc.carbon().now(t_now).gco2_per_kwh;
     metric(&mut out, "sproutd_grid_intensity_gco2_per_kwh", "gauge", "Grid carbon intensity now.", &[(String::new(), now)]);
-    let source = svc.carbon.status(t_now);
+    let source = svc.carbon().status(t_now);
     metric(&mut out, "sproutd_carbon_source_fallback", "gauge", "1 while the carbon source's fallback is in use.", &[(
         format!("source=\"{}\"", source.kind),
         source.fallback as u8 as f64,

@@ -100,7 +100,7 @@ fn main() -> ExitCode {
     if let Some(Cmd::Store { command }) = args.command {
         return store(&config, command);
     }
-    match serve(config, args.listen, args.accept_missing_jobs) {
+    match serve(config, args.config.clone(), args.listen, args.accept_missing_jobs) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sproutd: {e:#}");
@@ -146,7 +146,7 @@ fn store(config: &Config, command: StoreCmd) -> ExitCode {
     }
 }
 
-fn serve(mut config: Config, listen: Option<String>, accept_missing_jobs: bool) -> anyhow::Result<()> {
+fn serve(mut config: Config, config_path: Option<PathBuf>, listen: Option<String>, accept_missing_jobs: bool) -> anyhow::Result<()> {
     if let Some(l) = listen {
         config.listen = l.parse().with_context(|| format!("--listen {l:?} is not an ADDR:PORT socket address"))?;
     }
@@ -157,7 +157,7 @@ fn serve(mut config: Config, listen: Option<String>, accept_missing_jobs: bool) 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        sprout::daemon::run(config, store, listener, shutdown_signal()).await?;
+        sprout::daemon::run(config, config_path, store, listener, shutdown_signal()).await?;
         Ok(())
     })
 }
