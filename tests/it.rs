@@ -1878,7 +1878,7 @@ fn a_live_carbon_source_feeds_receipts_and_its_failure_engages_the_fallback() {
     let url_line = format!("url = {url:?}");
     let cfg = echo_config(0, 1, &[
         ("source = \"trace\"", "source = \"uk\""),
-        ("# url = \"https://api.electricitymap.org/v3\"", &url_line),
+        ("# url = \"https://api.electricitymaps.com/v4\"", &url_line),
         ("poll_interval = \"5m\"", "poll_interval = \"500ms\""),
         ("retries = 3", "retries = 0"),
         ("max_age = \"2h\"", "max_age = \"2s\""),

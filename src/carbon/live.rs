@@ -48,7 +48,8 @@ impl ProviderKind {
 
     pub fn default_url(&self) -> &'static str {
         match self {
-            Self::ElectricityMaps => "https://api.electricitymap.org/v3",
+            // v4, the current API (v3 is legacy; its paths and shapes are the same).
+            Self::ElectricityMaps => "https://api.electricitymaps.com/v4",
             Self::WattTime => "https://api.watttime.org",
             Self::Uk => "https://api.carbonintensity.org.uk",
             // Self-hosted: no public default; config validation requires a URL.
@@ -218,8 +219,16 @@ impl Provider {
                 let zone = [("zone", self.zone.as_str())];
                 let latest = self.get("/carbon-intensity/latest", &zone, &auth).await?;
                 let now = em_reading(&latest).map_err(|m| body_err("/carbon-intensity/latest", m))?;
-                // The forecast endpoint is on paid plans; without it, forecast from the last 24 h.
-                match self.get("/carbon-intensity/forecast", &zone, &auth).await {
+                // The forecast endpoint is on paid plans; without it, forecast
+                // from the last 24 h. v4 forecasts up to 72 h ahead when asked
+                // (`horizonHours`); an API that refuses the parameter is asked
+                // again without it (its default horizon, 24 h).
+                let long = [("zone", self.zone.as_str()), ("horizonHours", "72")];
+                let forecast = match self.get("/carbon-intensity/forecast", &long, &auth).await {
+                    Err(FetchError::Status { status: 400, .. }) => self.get("/carbon-intensity/forecast", &zone, &auth).await,
+                    other => other,
+                };
+                match forecast {
                     Ok(f) => {
                         let points = em_series(&f, "forecast").map_err(|m| body_err("/carbon-intensity/forecast", m))?;
                         Ok(Snapshot { forecast: hourly(&points, now.at, 72), now, forecast_from: "provider" })

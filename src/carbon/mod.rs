@@ -98,6 +98,9 @@ impl Carbon {
                     None => std::env::var("SPROUT_CARBON_TOKEN").ok().filter(|s| !s.is_empty()),
                 };
                 let provider = Provider::new(l.kind.clone(), &l.url, &l.zone, secret, l.username.clone(), l.timeout);
+                if l.kind == live::ProviderKind::ElectricityMaps && l.url.trim_end_matches('/').ends_with("/v3") {
+                    tracing::warn!(url = %l.url, "Electricity Maps API v3 is legacy: set carbon.url to https://api.electricitymaps.com/v4 (or leave it unset)");
+                }
                 Some(Live {
                     provider,
                     cfg: l.clone(),
@@ -453,6 +456,8 @@ mod live_tests {
         RateLimited,
         /// 429 asking for an hour.
         RateLimitedLong,
+        /// The forecast refuses `horizonHours` (400).
+        NoHorizon,
         Slow,
         Garbage,
         NoForecast,
@@ -499,11 +504,17 @@ mod live_tests {
         axum::Json(json!({"zone":"DE","carbonIntensity":302,"datetime":"2024-05-01T14:00:00.000Z","isEstimated":true})).into_response()
     }
 
-    async fn em_forecast(State(f): S) -> Response {
-        if *f.mode.lock().unwrap() == Mode::NoForecast {
+    async fn em_forecast(State(f): S, Query(q): Query<std::collections::HashMap<String, String>>) -> Response {
+        let mode = *f.mode.lock().unwrap();
+        if mode == Mode::NoForecast {
             return (StatusCode::FORBIDDEN, "{\"error\":\"not in your plan\"}").into_response();
         }
-        let pts: Vec<_> = (1..=24)
+        let horizon: i64 = match q.get("horizonHours") {
+            Some(_) if mode == Mode::NoHorizon => return (StatusCode::BAD_REQUEST, "{\"error\":\"unknown parameter\"}").into_response(),
+            Some(h) => h.parse().unwrap(),
+            None => 24,
+        };
+        let pts: Vec<_> = (1..=horizon)
             .map(|h| json!({"carbonIntensity": 300 - h, "datetime": live::format_utc_minutes(T + 3600 * h)}))
             .collect();
         axum::Json(json!({"zone":"DE","forecast": pts})).into_response()
@@ -589,6 +600,9 @@ mod live_tests {
             .route("/v3/carbon-intensity/latest", get(em_latest))
             .route("/v3/carbon-intensity/forecast", get(em_forecast))
             .route("/v3/carbon-intensity/history", get(em_history))
+            .route("/v4/carbon-intensity/latest", get(em_latest))
+            .route("/v4/carbon-intensity/forecast", get(em_forecast))
+            .route("/v4/carbon-intensity/history", get(em_history))
             .route("/login", get(wt_login))
             .route("/v3/forecast", get(wt_forecast))
             .route("/intensity/{from}/fw48h", get(uk))
@@ -683,6 +697,21 @@ mod live_tests {
         assert_eq!(e.retry_after(), Some(Duration::from_secs(3600)));
         assert!(t0.elapsed() < Duration::from_secs(1));
         assert_eq!(fake.hits.load(Ordering::SeqCst), 3, "not retried");
+    }
+
+    #[tokio::test]
+    async fn electricity_maps_v4_forecasts_72_hours_and_falls_back_to_its_default_horizon() {
+        assert_eq!(ProviderKind::ElectricityMaps.default_url(), "https://api.electricitymaps.com/v4");
+        let (url, fake) = serve().await;
+        let c = carbon(ProviderKind::ElectricityMaps, &format!("{url}/v4"), "DE", Some("em-key"), None);
+        c.poll_once(|| T).await.unwrap();
+        assert_eq!(c.now(T).gco2_per_kwh, 302.0);
+        let f = c.forecast(T, 96);
+        assert_eq!((f.len(), f[71].at, c.status(T).forecast.as_str()), (72, T + 72 * 3600, "provider"));
+        // An API that refuses the horizon is asked again without it: 24 h from the provider.
+        *fake.mode.lock().unwrap() = Mode::NoHorizon;
+        c.poll_once(|| T).await.unwrap();
+        assert_eq!((c.status(T).forecast.as_str(), c.forecast(T, 96)[23].at), ("provider", T + 24 * 3600));
     }
 
     #[tokio::test]
