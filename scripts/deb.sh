@@ -41,7 +41,7 @@ grep -q "^path = \"$model_dir/" "$gen/config.toml" || { echo "deb.sh: config.tom
 sed 's#/usr/local/bin/#/usr/bin/#g' systemd/sproutd.service > "$gen/sproutd.service"
 
 if command -v cargo-deb >/dev/null 2>&1; then
-    cargo deb --no-build --locked --output "$CARGO_TARGET_DIR/debian/"
+    cargo deb --no-build --output "$CARGO_TARGET_DIR/debian/"
     ls -t "$CARGO_TARGET_DIR"/debian/*.deb | head -n 1
     exit 0
 fi

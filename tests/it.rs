@@ -926,7 +926,7 @@ fn real_model_holds_fixed_shapes_and_applies_openai_sampling_parameters() {
         "response_format": {"type": "json_object"}}), None);
     assert_eq!(s, 202, "{j}");
     let (_, j) = http("GET", &format!("{}/v1/jobs/{}?wait=120", d.url, j["id"].as_str().unwrap()), None);
-    assert_eq!(j["request"]["response_format"], "json_object", "{j}");
+    assert_eq!(j["request"]["response_format"], json!({"type": "json_object"}), "{j}");
     assert!(serde_json::from_str::<Value>(&content(&j["result"])).unwrap().is_object(), "{j}");
 }
 

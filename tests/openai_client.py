@@ -90,6 +90,12 @@ for chunk in stream:
     finish = c.finish_reason or finish
 assert finish == "tool_calls" and calls[0]["name"] == "get_weather", (finish, calls)
 assert isinstance(json.loads(calls[0]["arguments"])["city"], str), calls
+# ... and the round trip's answer streamed too.
+stream = client.chat.completions.create(
+    model=ids[0], messages=msgs, tools=tools, tool_choice="none", temperature=0, max_tokens=60, stream=True
+)
+streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+assert streamed == answer, (streamed, answer)
 print("stream tools ok", calls)
 
 
