@@ -130,7 +130,8 @@ pub struct EvaluatorConfig {
     pub judge_key_file: Option<PathBuf>,
     pub judge_timeout: Duration,
     pub judge_retries: u32,
-    pub judge_prompt: String,
+    /// `None`: the evaluator's own (`evaluator::DEFAULT_JUDGE_PROMPT`).
+    pub judge_prompt: Option<String>,
     pub min_interval: Duration,
     pub max_staleness: Duration,
     pub tolerance: f64,
@@ -267,7 +268,7 @@ pub struct CarbonConfig {
 
 #[derive(Debug, Clone)]
 pub struct LiveCarbonConfig {
-    pub kind: crate::carbon::live::ProviderKind,
+    pub kind: ProviderKind,
     pub url: String,
     pub zone: String,
     /// The API key (Electricity Maps) or password (WattTime); the
@@ -428,6 +429,48 @@ impl Default for RawAccounting {
 }
 
 // ---------------------------------------------------------------------------
+/// A live carbon-intensity API (`carbon.source`); the requests and
+/// parsers are `carbon::live`'s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderKind {
+    ElectricityMaps,
+    WattTime,
+    Uk,
+    CarbonAwareSdk,
+}
+
+impl ProviderKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "electricitymaps" => Self::ElectricityMaps,
+            "watttime" => Self::WattTime,
+            "uk" => Self::Uk,
+            "carbon_aware_sdk" => Self::CarbonAwareSdk,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::ElectricityMaps => "electricitymaps",
+            Self::WattTime => "watttime",
+            Self::Uk => "uk",
+            Self::CarbonAwareSdk => "carbon_aware_sdk",
+        }
+    }
+
+    pub fn default_url(&self) -> &'static str {
+        match self {
+            // v4, the current API (v3 is legacy; its paths and shapes are the same).
+            Self::ElectricityMaps => "https://api.electricitymaps.com/v4",
+            Self::WattTime => "https://api.watttime.org",
+            Self::Uk => "https://api.carbonintensity.org.uk",
+            // Self-hosted: no public default; config validation requires a URL.
+            Self::CarbonAwareSdk => "",
+        }
+    }
+}
+
 // Validated.
 
 #[derive(Debug, Clone)]
@@ -864,7 +907,7 @@ impl Config {
         }
 
         let c = &raw.carbon;
-        let kind = crate::carbon::live::ProviderKind::parse(&c.source);
+        let kind = ProviderKind::parse(&c.source);
         if kind.is_none() && c.source != "trace" {
             errs.push(format!(
                 "carbon.source: {:?} is not one of \"trace\", \"electricitymaps\", \"watttime\", \"uk\", \"carbon_aware_sdk\"",
@@ -878,7 +921,7 @@ impl Config {
             errs.push("carbon.trace_offset_hours: must be a number".into());
         }
         let live = kind.map(|kind| {
-            use crate::carbon::live::ProviderKind as K;
+            use ProviderKind as K;
             let url = c.url.clone().filter(|u| !u.trim().is_empty()).unwrap_or_else(|| kind.default_url().to_string());
             if url.is_empty() {
                 errs.push(format!("carbon.url: required for carbon.source = {:?} (the URL of its WebApi)", c.source));
@@ -1042,7 +1085,7 @@ impl Config {
             judge_key_file: ev.judge_key_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(|p| resolve_at("evaluator.judge_key_file", p)),
             judge_timeout: edur("judge_timeout", &ev.judge_timeout),
             judge_retries: ev.judge_retries,
-            judge_prompt: ev.judge_prompt.clone().filter(|p| !p.trim().is_empty()).unwrap_or_else(|| crate::evaluator::DEFAULT_JUDGE_PROMPT.to_string()),
+            judge_prompt: ev.judge_prompt.clone().filter(|p| !p.trim().is_empty()),
             min_interval: edur("min_interval", &ev.min_interval),
             max_staleness: edur("max_staleness", &ev.max_staleness),
             tolerance: ev.tolerance,
@@ -1069,7 +1112,7 @@ impl Config {
             errs.push("evaluator.tolerance: must be a non-negative share (0.05 = 5%)".into());
         }
         for key in ["{question}", "{answers}"] {
-            if !evaluator.judge_prompt.contains(key) {
+            if evaluator.judge_prompt.as_ref().is_some_and(|p| !p.contains(key)) {
                 errs.push(format!("evaluator.judge_prompt: must contain {key}"));
             }
         }

@@ -266,7 +266,10 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
             continue;
         }
         let prompts: Vec<String> =
-            rotations.iter().map(|order| evaluator::judge_prompt(&cfg.judge_prompt, &s.text, texts, order)).collect();
+            rotations
+                .iter()
+                .map(|order| evaluator::judge_prompt(cfg.judge_prompt.as_deref().unwrap_or(evaluator::DEFAULT_JUDGE_PROMPT), &s.text, texts, order))
+                .collect();
         let replies: Vec<Result<String, String>> = match &judge {
             Judge::Local => {
                 let mut local = Vec::new();

@@ -18,45 +18,7 @@ use super::Reading;
 /// 1 lb/MWh in g/kWh.
 pub const LBS_PER_MWH_TO_G_PER_KWH: f64 = 0.453_592_37;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProviderKind {
-    ElectricityMaps,
-    WattTime,
-    Uk,
-    CarbonAwareSdk,
-}
-
-impl ProviderKind {
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "electricitymaps" => Self::ElectricityMaps,
-            "watttime" => Self::WattTime,
-            "uk" => Self::Uk,
-            "carbon_aware_sdk" => Self::CarbonAwareSdk,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::ElectricityMaps => "electricitymaps",
-            Self::WattTime => "watttime",
-            Self::Uk => "uk",
-            Self::CarbonAwareSdk => "carbon_aware_sdk",
-        }
-    }
-
-    pub fn default_url(&self) -> &'static str {
-        match self {
-            // v4, the current API (v3 is legacy; its paths and shapes are the same).
-            Self::ElectricityMaps => "https://api.electricitymaps.com/v4",
-            Self::WattTime => "https://api.watttime.org",
-            Self::Uk => "https://api.carbonintensity.org.uk",
-            // Self-hosted: no public default; config validation requires a URL.
-            Self::CarbonAwareSdk => "",
-        }
-    }
-}
+pub use crate::config::ProviderKind;
 
 /// What one successful fetch gives.
 #[derive(Debug, Clone, PartialEq)]
