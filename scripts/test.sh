@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # The whole test suite: set everything up (packages, model, build, a Python
 # venv with the official openai client and prometheus_client's text-format
-# parser), then run every test, the real-model ones included.
+# parser, Prometheus' promtool), then run every test, the real-model ones included.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$root/scripts/setup.sh"
 
 venv="${SPROUT_VENV:-$HOME/.cache/sprout/venv}"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import openai, prometheus_client" 2>/dev/null; then
+# openai 1.92 has chat.completions.parse (structured output into pydantic models).
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import openai, prometheus_client, sys; sys.exit(tuple(map(int, openai.__version__.split('.')[:2])) < (1, 92))" 2>/dev/null; then
     echo "test: creating $venv with the openai client and the Prometheus parser"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "openai>=1.40" "prometheus_client>=0.20"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "openai>=1.92" "prometheus_client>=0.20"
 fi
 export SPROUT_PYTHON="$venv/bin/python"
+SPROUT_PROMTOOL="$(bash "$root/scripts/fetch-promtool.sh")"
+export SPROUT_PROMTOOL
 export SPROUT_REQUIRE_MODEL=1
 
 cd "$root"
