@@ -16,12 +16,18 @@ if [ ! -x "$bin" ]; then
     trap 'rm -rf "$work"' EXIT
     # apt's download user must be able to write there.
     chmod 755 "$work"
-    (cd "$work" && apt-get download prometheus >/dev/null 2>&1) || {
-        echo "fetch-promtool: apt-get download prometheus failed (no Debian mirror?)" >&2
-        exit 1
-    }
+    if ! (cd "$work" && apt-get download prometheus >/dev/null 2>&1); then
+        # Package lists may be missing on a fresh machine.
+        sudo_cmd=""
+        [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+        $sudo_cmd apt-get update -qq >/dev/null 2>&1 || true
+        (cd "$work" && apt-get download prometheus >/dev/null 2>&1) || {
+            echo "fetch-promtool: apt-get download prometheus failed (no Debian mirror?)" >&2
+            exit 1
+        }
+    fi
     mkdir -p "$dir"
-    dpkg-deb -x "$work"/prometheus_*.deb "$dir"
+    dpkg-deb --fsys-tarfile "$work"/prometheus_*.deb | tar -x -C "$dir" ./usr/bin/promtool
 fi
 "$bin" --version >/dev/null
 echo "$bin"
