@@ -187,7 +187,7 @@ impl Service {
         let carbon_changed = format!("{:?}", old.carbon) != format!("{:?}", new.carbon);
         let carbon = if carbon_changed { Some(Arc::new(Carbon::from_config(&new.carbon, now_s).map_err(|e| e.to_string())?)) } else { None };
         if token.is_none() && !old.listen.ip().is_loopback() {
-            return Err(format!("{} is not loopback: an API token is required (auth.token_file)", old.listen));
+            return Err(crate::daemon::DaemonError::NoToken(old.listen).to_string());
         }
         let section = |name: &'static str, a: String, b: String| (a != b).then_some(name);
         let restart: Vec<&'static str> = [

@@ -498,20 +498,23 @@ fn message(r: &JobResult) -> Value {
     if r.tool_calls.is_empty() {
         return json!({"role": "assistant", "content": r.text});
     }
-    let mut calls = tool_calls(r);
-    for c in &mut calls {
-        c.as_object_mut().map(|o| o.remove("index"));
-    }
+    let calls = tool_calls(r, false);
     let content = if r.text.trim().is_empty() { Value::Null } else { Value::from(r.text.clone()) };
     json!({"role": "assistant", "content": content, "tool_calls": calls})
 }
 
-/// Tool calls in OpenAI's shape (with `index`, which stream deltas need).
-pub fn tool_calls(r: &JobResult) -> Vec<Value> {
+/// Tool calls in OpenAI's shape; `indexed` adds the `index` stream deltas carry.
+fn tool_calls(r: &JobResult, indexed: bool) -> Vec<Value> {
     r.tool_calls
         .iter()
         .enumerate()
-        .map(|(i, c)| json!({"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+        .map(|(i, c)| {
+            let mut call = json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}});
+            if indexed {
+                call["index"] = i.into();
+            }
+            call
+        })
         .collect()
 }
 
@@ -553,7 +556,7 @@ pub fn chunk(job: &Job, delta: Value, finish_reason: Option<&str>, usage: Option
 pub fn closing_chunks(job: &Job, r: &JobResult, usage: Option<Value>) -> Vec<Value> {
     let mut out = vec![];
     if !r.tool_calls.is_empty() {
-        out.push(chunk(job, json!({"tool_calls": tool_calls(r)}), None, None));
+        out.push(chunk(job, json!({"tool_calls": tool_calls(r, true)}), None, None));
     }
     let mut last = chunk(job, json!({}), Some(r.finish_reason.as_str()), usage);
     last["choices"][0]["logprobs"] = logprobs(r);
