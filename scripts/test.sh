@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: set everything up (packages, model, build, a Python
 # venv with the official openai client and prometheus_client's text-format
-# parser, Prometheus' promtool), then run every test, the real-model ones included.
+# parser, Prometheus' promtool, llama.cpp's server), then run every test, the
+# real-model ones included.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 . "$root/scripts/setup.sh"
@@ -17,6 +18,10 @@ export SPROUT_PYTHON="$venv/bin/python"
 SPROUT_PROMTOOL="$(bash "$root/scripts/fetch-promtool.sh")"
 export SPROUT_PROMTOOL
 export SPROUT_REQUIRE_MODEL=1
+# llama.cpp's server, an upstream backend in tests/backends.rs (built from the
+# llama-cpp-python sdist by scripts/build-llamacpp.sh, which the benchmarks share).
+SPROUT_LLAMA_SERVER="$(SPROUT_PIP="$venv/bin/pip" bash "$root/scripts/build-llamacpp.sh" --server-only | sed -n 's/^llama-server: //p')"
+export SPROUT_LLAMA_SERVER
 
 cd "$root"
 # The vendored crates are the published ones plus vendor/patches, byte for byte.

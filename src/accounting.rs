@@ -18,7 +18,7 @@ use std::time::Instant;
 use crate::config::AccountingConfig;
 use crate::job::Receipt;
 
-const SECONDS_PER_YEAR: f64 = 365.25 * 24.0 * 3600.0;
+pub const SECONDS_PER_YEAR: f64 = 365.25 * 24.0 * 3600.0;
 
 /// What one request was attributed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -101,11 +101,24 @@ impl Attribution {
     }
 }
 
+/// The hardware a request ran on, for its embodied carbon.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hardware {
+    pub embodied_kgco2: f64,
+    pub lifetime_years: f64,
+}
+
+impl From<&AccountingConfig> for Hardware {
+    fn from(cfg: &AccountingConfig) -> Self {
+        Self { embodied_kgco2: cfg.embodied_kgco2, lifetime_years: cfg.lifetime_years }
+    }
+}
+
 /// The receipt for a request that was attributed `share` of the machine's
 /// energy and time and took `duration_s` of wall time, at grid intensity
-/// `intensity` (gCO2e/kWh).
+/// `intensity` (gCO2e/kWh). Its backend and zone are the caller's to fill.
 pub fn receipt(
-    cfg: &AccountingConfig,
+    cfg: Hardware,
     intensity: f64,
     directive: &str,
     job_id: &str,
@@ -125,6 +138,8 @@ pub fn receipt(
         intensity_gco2_per_kwh: intensity,
         duration_s,
         estimated: !share.measured,
+        backend: String::new(),
+        zone: String::new(),
     }
 }
 
@@ -175,7 +190,7 @@ mod tests {
             lifetime_years: 5.0,
         };
         let share = Share { energy_j: 3600.0, machine_s: 36.0, measured: false };
-        let r = receipt(&cfg, 360.0, "L1", "job-1", share, 40.0);
+        let r = receipt((&cfg).into(), 360.0, "L1", "job-1", share, 40.0);
         assert!((r.energy_j - 3600.0).abs() < 1e-9); // 1 Wh
         assert!((r.operational_g - 0.36).abs() < 1e-12); // 1 Wh at 360 g/kWh
         let embodied = 1e6 * 36.0 / (5.0 * SECONDS_PER_YEAR);
@@ -183,6 +198,6 @@ mod tests {
         assert!((r.carbon_g - (0.36 + embodied)).abs() < 1e-12);
         assert!(r.estimated);
         assert_eq!(r.duration_s, 40.0);
-        assert!(!receipt(&cfg, 360.0, "L1", "job-1", Share { measured: true, ..share }, 40.0).estimated);
+        assert!(!receipt((&cfg).into(), 360.0, "L1", "job-1", Share { measured: true, ..share }, 40.0).estimated);
     }
 }

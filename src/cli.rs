@@ -87,6 +87,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Where answers are made: each backend's health, load, grid, energy source and totals.
+    Backends {
+        #[command(subcommand)]
+        command: Option<BackendsCommand>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The directive optimizer's plan: intensity, quality floor, e, p, q and the mix.
     Plan {
         #[arg(long)]
@@ -197,11 +204,53 @@ pub struct SimulateArgs {
     /// Compare the method's evaluation trigger with Sprout's over a year of every grid (markdown).
     #[arg(long)]
     pub eval_rules: bool,
+    /// The spatial lever: the same workload served from every grid, routed
+    /// cleanest first up to each region's capacity (with --table: every grid
+    /// as home, three start hours).
+    #[arg(long)]
+    pub spatial: bool,
+    /// Per-region capacities for --spatial, in units of the mean load / regions
+    /// (5 with five grids: any one region can take the whole mean load).
+    #[arg(long, default_value = "5,2,1,0.5", value_delimiter = ',')]
+    pub capacity: Vec<f64>,
     /// Write an SVG of intensity, mix and carbon over the window.
     #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackendsCommand {
+    /// Measure an upstream's joules per prompt and per completion token
+    /// against its energy counter, for `j_per_prompt_token` and
+    /// `j_per_completion_token` (talks to the upstream, not to sproutd).
+    Calibrate {
+        /// The upstream's API base, e.g. http://10.0.0.5:8000/v1.
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        model: String,
+        /// Its Prometheus page and energy counter.
+        #[arg(long)]
+        energy_url: String,
+        #[arg(long)]
+        energy_metric: String,
+        /// Label filters, `key=value`, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        energy_labels: Vec<String>,
+        /// J, mJ (DCGM), Wh or kWh.
+        #[arg(long, default_value = "J")]
+        energy_unit: String,
+        /// Times to send each of the three request shapes.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Seconds to wait after each answer for the counter to catch up.
+        #[arg(long, default_value_t = 2.0)]
+        settle: f64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -463,6 +512,48 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Backends { command: Some(BackendsCommand::Calibrate { url, model, energy_url, energy_metric, energy_labels, energy_unit, rounds, settle, json }), .. } => {
+            calibrate(&url, &model, &energy_url, &energy_metric, &energy_labels, &energy_unit, rounds, settle, json).await
+        }
+        Command::Backends { command: None, json } => {
+            let list = client.backends().await?;
+            if json {
+                print_json(&serde_json::to_value(&list).expect("serializable"));
+                return Ok(());
+            }
+            println!(
+                "{:<12} {:<8} {:<6} {:>7} {:>8} {:>10} {:>9} {:>9} {:>10} {:>10}  {}",
+                "backend", "kind", "health", "load", "gCO2/kWh", "J/token", "mg/token", "requests", "energy kJ", "carbon g", "grid; energy source"
+            );
+            for b in &list.data {
+                let health = match (b.ready, b.healthy) {
+                    (false, _) => "loading",
+                    (true, true) => "up",
+                    (true, false) => "down",
+                };
+                println!(
+                    "{:<12} {:<8} {:<6} {:>7} {:>8.0} {:>10} {:>9.3} {:>9} {:>10.2} {:>10.4}  {}; {}{}",
+                    b.name,
+                    b.kind,
+                    health,
+                    format!("{}/{}", b.running, b.capacity),
+                    b.gco2_per_kwh,
+                    format!("{:.3}{}", b.j_per_token, if b.j_per_token_measured { "" } else { "*" }),
+                    b.expected_g_per_token * 1000.0,
+                    b.requests,
+                    b.energy_j / 1000.0,
+                    b.carbon_g,
+                    b.zone,
+                    b.energy_source,
+                    if b.measured { " (measured)" } else { " (estimated)" },
+                );
+                if let Some(e) = b.last_error.as_ref().filter(|_| !b.healthy) {
+                    println!("{:<12} last error: {e}; next probe in {:.0} s", "", b.retry_in_s.unwrap_or(0.0));
+                }
+            }
+            println!("(* J/token not measured yet: the prior routing uses until its first answer)");
+            Ok(())
+        }
         Command::Carbon { json } => {
             let c = client.carbon().await?;
             if json {
@@ -566,6 +657,83 @@ fn read_prompt(prompt: String) -> Result<String, CliError> {
         return Err(CliError::Usage("the prompt is empty".into()));
     }
     Ok(text)
+}
+
+/// `sproutctl backends calibrate`: the requests and readings; the fit is
+/// `backends::calibrate::fit`.
+#[allow(clippy::too_many_arguments)]
+async fn calibrate(url: &str, model: &str, energy_url: &str, metric: &str, labels: &[String], unit: &str, rounds: usize, settle: f64, json: bool) -> Result<(), CliError> {
+    use crate::backends::calibrate::{fit, Sample};
+    use crate::engine::{Engine, GenRequest};
+    let joules_per_unit = match unit {
+        "J" => 1.0,
+        "mJ" => 1e-3,
+        "Wh" => 3600.0,
+        "kWh" => 3.6e6,
+        other => return Err(CliError::Usage(format!("--energy-unit {other:?}: not one of J, mJ, Wh, kWh"))),
+    };
+    let mut filter = std::collections::BTreeMap::new();
+    for l in labels {
+        let (k, v) = l.split_once('=').ok_or_else(|| CliError::Usage(format!("--energy-labels {l:?}: expected key=value")))?;
+        filter.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    if !(settle.is_finite() && settle >= 0.0) || rounds == 0 {
+        return Err(CliError::Usage("--settle must be >= 0 and --rounds >= 1".into()));
+    }
+    let (_, scraper) = crate::backends::prometheus::meter(energy_url, metric, &filter, joules_per_unit, std::time::Duration::from_secs(1));
+    let read = || async { scraper.scrape_once().await.map_err(|e| CliError::Usage(format!("reading the energy counter: {e}"))) };
+    let cfg = crate::config::BackendConfig {
+        name: "calibrate".into(),
+        url: url.trim_end_matches('/').to_string(),
+        model: model.to_string(),
+        api_key_file: None,
+        max_concurrent: 1,
+        timeout: std::time::Duration::from_secs(300),
+        energy: crate::config::BackendEnergy::PerToken { prompt_j: 0.0, completion_j: 0.0 },
+        embodied_kgco2: 0.0,
+        lifetime_years: 1.0,
+        carbon: None,
+    };
+    let upstream = crate::engine::upstream::Upstream::new(&cfg).map_err(CliError::Usage)?;
+    let pause = std::time::Duration::from_secs_f64(settle);
+    // Idle power first, to take out of the settling time after each answer.
+    let (e0, t0) = (read().await?, std::time::Instant::now());
+    tokio::time::sleep(pause.max(std::time::Duration::from_secs(3))).await;
+    let idle_w = ((read().await? - e0) / t0.elapsed().as_secs_f64()).max(0.0);
+    let context = "The committee reviewed the quarterly figures for every site, compared them with the plan, and noted where the numbers diverged. ".repeat(40);
+    let shapes: [(String, usize); 3] = [
+        (format!("{context}\nIn one word: did the committee review figures?"), 8),
+        ("Write a long, detailed story about a lighthouse keeper.".to_string(), 256),
+        (format!("{}\nSummarise the text above in a few sentences.", &context[..context.len() / 3]), 96),
+    ];
+    let mut samples = Vec::new();
+    for round in 0..rounds {
+        for (prompt, max_tokens) in &shapes {
+            let before = read().await?;
+            let t = std::time::Instant::now();
+            let req = GenRequest { messages: vec![crate::job::Message::new(crate::job::Role::User, prompt.clone())], max_tokens: *max_tokens, ..Default::default() };
+            let out = upstream
+                .generate(req, tokio::sync::mpsc::unbounded_channel().0)
+                .await
+                .map_err(|e| CliError::Usage(format!("{url}: {e}")))?;
+            let busy = t.elapsed();
+            tokio::time::sleep(pause).await;
+            let joules = (read().await? - before - idle_w * pause.as_secs_f64()).max(0.0);
+            if !json {
+                println!("round {}: {} prompt + {} completion tokens in {:.1} s: {joules:.1} J", round + 1, out.prompt_tokens, out.completion_tokens, busy.as_secs_f64());
+            }
+            samples.push(Sample { prompt: out.prompt_tokens as f64, completion: out.completion_tokens as f64, joules });
+        }
+    }
+    let (a, b, r2) = fit(&samples).ok_or_else(|| CliError::Usage("too few answers to fit".into()))?;
+    if json {
+        print_json(&json!({"idle_w": idle_w, "j_per_prompt_token": a, "j_per_completion_token": b, "r2": r2,
+            "samples": samples.iter().map(|s| json!({"prompt_tokens": s.prompt, "completion_tokens": s.completion, "joules": s.joules})).collect::<Vec<_>>()}));
+    } else {
+        println!("idle: {idle_w:.1} W (taken out of the {settle} s settling after each answer)");
+        println!("fit (R² {r2:.3}): put in the backend's [[backends]] entry:\nj_per_prompt_token = {a:.4}\nj_per_completion_token = {b:.4}");
+    }
+    Ok(())
 }
 
 fn print_json(v: &Value) {
@@ -742,6 +910,32 @@ fn simulate(args: &SimulateArgs) -> Result<(), CliError> {
                 "| {region} | {} | {:.0} | {:.2} | {:.1} / {} | {} | {:.0} | {:.2} | {:.1} / {} |",
                 m.runs, m.mean_ci, m.carbon_g / 1000.0, m.mean_staleness_h, m.max_staleness_h,
                 o.runs, o.mean_ci, o.carbon_g / 1000.0, o.mean_staleness_h, o.max_staleness_h
+            );
+        }
+        return Ok(());
+    }
+    if args.spatial {
+        if args.capacity.is_empty() || args.capacity.iter().any(|c| !(c.is_finite() && *c >= 0.0)) {
+            return Err(CliError::Usage("--capacity: non-negative numbers, comma-separated".into()));
+        }
+        if args.table {
+            print!("{}", simulate::spatial::table(&artifact, &base, &args.capacity).map_err(CliError::Usage)?);
+            return Ok(());
+        }
+        let r = simulate::spatial::spatial(&artifact, &base, &args.capacity).map_err(CliError::Usage)?;
+        if args.json {
+            print_json(&json!(r));
+            return Ok(());
+        }
+        println!(
+            "home {} from hour {} for {} h: mean {:.0} gCO2/kWh at home, {:.0} in the cleanest region each hour",
+            r.home, r.start_hour, r.hours, r.home_mean_ci, r.cleanest_mean_ci
+        );
+        println!("directives alone: {:.1}% less carbon than L0 at home (quality {:.1}%)", r.directives_pct, r.quality_pct);
+        for (k, c) in r.capacities.iter().enumerate() {
+            println!(
+                "capacity {c}: routing alone {:.1}%, directives + routing {:.1}% (+{:.1} points over directives alone)",
+                r.spatial_pct[k], r.both_pct[k], r.both_pct[k] - r.directives_pct
             );
         }
         return Ok(());

@@ -163,6 +163,12 @@ impl Client {
         self.send(reqwest::Method::POST, "/v1/chat/completions", Some(body)).await
     }
 
+    /// `GET /v1/backends`, typed.
+    pub async fn backends(&self) -> Result<crate::backends::BackendList, ClientError> {
+        let v = self.send(reqwest::Method::GET, "/v1/backends", None).await?;
+        serde_json::from_value(v).map_err(|e| ClientError::Protocol(format!("GET /v1/backends: {e}")))
+    }
+
     pub async fn plan(&self) -> Result<Value, ClientError> {
         self.send(reqwest::Method::GET, "/v1/plan", None).await
     }

@@ -62,6 +62,59 @@ pub struct RawConfig {
     pub optimizer: RawOptimizer,
     #[serde(default)]
     pub evaluator: RawEvaluator,
+    /// OpenAI-compatible engines to route requests to, beside the embedded one.
+    #[serde(default)]
+    pub backends: Vec<RawBackend>,
+}
+
+/// One `[[backends]]` entry: an OpenAI-compatible upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub name: String,
+    /// The API's base, e.g. `http://10.0.0.5:8000/v1` (`/chat/completions` is added).
+    pub url: String,
+    /// The model name sent upstream.
+    pub model: String,
+    pub api_key_file: Option<PathBuf>,
+    #[serde(default = "default_backend_concurrency")]
+    pub max_concurrent: usize,
+    /// The longest silence while connecting or answering.
+    #[serde(default = "default_backend_timeout")]
+    pub timeout: String,
+    /// Energy, estimated: joules per prompt and per completion token.
+    pub j_per_prompt_token: Option<f64>,
+    pub j_per_completion_token: Option<f64>,
+    /// Energy, measured: a Prometheus endpoint and the counter to read.
+    pub energy_url: Option<String>,
+    pub energy_metric: Option<String>,
+    #[serde(default)]
+    pub energy_labels: BTreeMap<String, String>,
+    /// The counter's unit: `J`, `mJ` (DCGM), `Wh` or `kWh`.
+    #[serde(default = "default_energy_unit")]
+    pub energy_unit: String,
+    #[serde(default = "default_energy_interval")]
+    pub energy_interval: String,
+    pub embodied_kgco2: Option<f64>,
+    pub lifetime_years: Option<f64>,
+    /// Its own grid; absent: the daemon's `[carbon]`.
+    pub carbon: Option<RawCarbon>,
+}
+
+fn default_backend_concurrency() -> usize {
+    4
+}
+
+fn default_backend_timeout() -> String {
+    "60s".into()
+}
+
+fn default_energy_unit() -> String {
+    "J".into()
+}
+
+fn default_energy_interval() -> String {
+    "1s".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -255,7 +308,7 @@ impl Default for RawCarbon {
 }
 
 /// Where grid intensity comes from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CarbonConfig {
     /// None: the trace compiled into sproutd. With a live source, the
     /// trace is the fallback (unless `fallback_gco2_per_kwh` is set).
@@ -266,7 +319,7 @@ pub struct CarbonConfig {
     pub live: Option<LiveCarbonConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LiveCarbonConfig {
     pub kind: ProviderKind,
     pub url: String,
@@ -493,6 +546,43 @@ pub struct Config {
     pub evaluator: EvaluatorConfig,
     /// The API token file (`auth.token_file`); its content is read at start and on each reload (SIGHUP).
     pub token_file: Option<PathBuf>,
+    /// Upstream engines (`[[backends]]`), in the file's order.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// A validated `[[backends]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    pub name: String,
+    /// Base URL without a trailing slash.
+    pub url: String,
+    pub model: String,
+    pub api_key_file: Option<PathBuf>,
+    pub max_concurrent: usize,
+    pub timeout: Duration,
+    pub energy: BackendEnergy,
+    pub embodied_kgco2: f64,
+    pub lifetime_years: f64,
+    /// None: the daemon's grid.
+    pub carbon: Option<CarbonConfig>,
+}
+
+/// Where a backend's energy comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendEnergy {
+    /// Calibrated joules per token (receipts say `estimated`).
+    PerToken { prompt_j: f64, completion_j: f64 },
+    /// A Prometheus counter, scraped every `interval`, times `joules_per_unit`,
+    /// divided among the requests running there by tokens.
+    Prometheus {
+        url: String,
+        metric: String,
+        labels: BTreeMap<String, String>,
+        joules_per_unit: f64,
+        interval: Duration,
+        /// Joules per completion token until receipts have measured it (routing only).
+        prior_j_per_token: Option<f64>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -576,6 +666,8 @@ pub enum ModelSource {
     Gguf { path: PathBuf, cpu: bool },
     HuggingFace { id: String, isq: Option<String>, cpu: bool },
     Echo { token_delay_ms: u64, load_delay_ms: u64 },
+    /// No embedded engine: every request goes to a `[[backends]]` upstream.
+    None,
 }
 
 #[derive(Debug, Clone)]
@@ -694,6 +786,186 @@ fn remove_key(table: &mut toml::Table, path: &[String]) -> bool {
     false
 }
 
+/// Validates a carbon-source table (`[carbon]`, or a backend's own
+/// `[backends.carbon]`): `prefix` names it in errors.
+fn carbon_config(prefix: &str, c: &RawCarbon, errs: &mut Vec<String>, resolve_at: &dyn Fn(&str, &Path) -> PathBuf) -> CarbonConfig {
+    let kind = ProviderKind::parse(&c.source);
+    if kind.is_none() && c.source != "trace" {
+        errs.push(format!(
+            "{prefix}.source: {:?} is not one of \"trace\", \"electricitymaps\", \"watttime\", \"uk\", \"carbon_aware_sdk\"",
+            c.source
+        ));
+    }
+    if !(c.trace_speedup.is_finite() && c.trace_speedup > 0.0) {
+        errs.push(format!("{prefix}.trace_speedup: must be a positive number"));
+    }
+    if !c.trace_offset_hours.is_finite() {
+        errs.push(format!("{prefix}.trace_offset_hours: must be a number"));
+    }
+    let live = kind.map(|kind| {
+        use ProviderKind as K;
+        let url = c.url.clone().filter(|u| !u.trim().is_empty()).unwrap_or_else(|| kind.default_url().to_string());
+        if url.is_empty() {
+            errs.push(format!("{prefix}.url: required for carbon.source = {:?} (the URL of its WebApi)", c.source));
+        } else if !(url.starts_with("http://") || url.starts_with("https://")) {
+            errs.push(format!("{prefix}.url: {url:?} is not an http:// or https:// URL"));
+        }
+        if c.zone.trim().is_empty() && kind != K::Uk {
+            let what = match kind {
+                K::ElectricityMaps => "a zone such as \"DE\"",
+                K::WattTime => "a region such as \"CAISO_NORTH\"",
+                _ => "a location such as \"eastus\"",
+            };
+            errs.push(format!("{prefix}.zone: required for carbon.source = {:?}: {what}", c.source));
+        }
+        if kind == K::Uk && !c.zone.trim().is_empty() && !matches!(c.zone.trim().parse::<u32>(), Ok(1..=17)) {
+            errs.push(format!("{prefix}.zone: {:?} is not a GB region id (1 to 17; empty for national)", c.zone));
+        }
+        if kind == K::WattTime && c.username.as_deref().unwrap_or("").is_empty() {
+            errs.push(format!("{prefix}.username: required for carbon.source = \"watttime\" (the password comes from carbon.token_file or SPROUT_CARBON_TOKEN)"));
+        }
+        if c.fallback_gco2_per_kwh.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+            errs.push(format!("{prefix}.fallback_gco2_per_kwh: must be a non-negative number"));
+        }
+        let mut dur = |key: &str, v: &str| {
+            parse_duration(v).filter(|d| !d.is_zero()).unwrap_or_else(|| {
+                errs.push(format!("{prefix}.{key}: {v:?} is not a positive duration like \"10s\" or \"5m\""));
+                Duration::from_secs(1)
+            })
+        };
+        LiveCarbonConfig {
+            kind,
+            url,
+            zone: c.zone.trim().to_string(),
+            token_file: c.token_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(|p| resolve_at(&format!("{prefix}.token_file"), p)),
+            username: c.username.clone(),
+            poll_interval: dur("poll_interval", &c.poll_interval),
+            timeout: dur("timeout", &c.timeout),
+            retries: c.retries,
+            backoff: dur("backoff", &c.backoff),
+            max_age: dur("max_age", &c.max_age),
+            fallback_gco2_per_kwh: c.fallback_gco2_per_kwh,
+        }
+    });
+    CarbonConfig {
+        trace_file: c.trace_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(|p| resolve_at(&format!("{prefix}.trace_file"), p)),
+        offset_hours: c.trace_offset_hours,
+        speedup: c.trace_speedup,
+        live,
+    }
+}
+
+/// The name the embedded engine has among the backends.
+pub const EMBEDDED_BACKEND: &str = "local";
+
+/// Validates `[[backends]]`.
+fn backend_configs(
+    raw: &[RawBackend],
+    accounting: &RawAccounting,
+    errs: &mut Vec<String>,
+    resolve_at: &dyn Fn(&str, &Path) -> PathBuf,
+) -> Vec<BackendConfig> {
+    let mut out = Vec::new();
+    for (i, b) in raw.iter().enumerate() {
+        let at = format!("backends[{i}]");
+        if b.name.is_empty() || !b.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
+            errs.push(format!("{at}.name: {:?} must be non-empty letters, digits, '_', '-' or '.'", b.name));
+        } else if b.name == EMBEDDED_BACKEND || raw[..i].iter().any(|o| o.name == b.name) {
+            errs.push(format!("{at}.name: {:?} is taken (\"{EMBEDDED_BACKEND}\" is the embedded engine; names are unique)", b.name));
+        }
+        let url = b.url.trim().trim_end_matches('/').to_string();
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.split_once("://").is_some_and(|(_, r)| r.is_empty()) {
+            errs.push(format!("{at}.url: {:?} is not an http:// or https:// URL like \"http://10.0.0.5:8000/v1\"", b.url));
+        }
+        if b.model.trim().is_empty() {
+            errs.push(format!("{at}.model: required: the model name the upstream serves"));
+        }
+        if b.max_concurrent == 0 || b.max_concurrent > 4096 {
+            errs.push(format!("{at}.max_concurrent: must be between 1 and 4096"));
+        }
+        let timeout = parse_duration(&b.timeout).filter(|d| !d.is_zero()).unwrap_or_else(|| {
+            errs.push(format!("{at}.timeout: {:?} is not a positive duration like \"60s\"", b.timeout));
+            Duration::from_secs(60)
+        });
+        let nonneg = |key: &str, v: Option<f64>, errs: &mut Vec<String>| {
+            if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
+                errs.push(format!("{at}.{key}: must be a non-negative number"));
+            }
+        };
+        nonneg("j_per_prompt_token", b.j_per_prompt_token, errs);
+        nonneg("j_per_completion_token", b.j_per_completion_token, errs);
+        nonneg("embodied_kgco2", b.embodied_kgco2, errs);
+        if b.lifetime_years.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+            errs.push(format!("{at}.lifetime_years: must be positive"));
+        }
+        let energy = match (&b.energy_url, &b.energy_metric) {
+            (Some(u), Some(metric)) => {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    errs.push(format!("{at}.energy_url: {u:?} is not an http:// or https:// URL of a Prometheus /metrics page"));
+                }
+                if metric.is_empty() || !metric.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+                    errs.push(format!("{at}.energy_metric: {metric:?} is not a Prometheus metric name"));
+                }
+                let joules_per_unit = match b.energy_unit.as_str() {
+                    "J" => 1.0,
+                    "mJ" => 1e-3,
+                    "Wh" => 3600.0,
+                    "kWh" => 3.6e6,
+                    other => {
+                        errs.push(format!("{at}.energy_unit: {other:?} is not one of \"J\", \"mJ\" (DCGM), \"Wh\", \"kWh\""));
+                        1.0
+                    }
+                };
+                let interval = parse_duration(&b.energy_interval).filter(|d| !d.is_zero()).unwrap_or_else(|| {
+                    errs.push(format!("{at}.energy_interval: {:?} is not a positive duration like \"1s\"", b.energy_interval));
+                    Duration::from_secs(1)
+                });
+                if b.j_per_prompt_token.is_some() {
+                    errs.push(format!("{at}.j_per_prompt_token: not used with a measured energy_url (only j_per_completion_token, as the routing prior until measured)"));
+                }
+                BackendEnergy::Prometheus {
+                    url: u.clone(),
+                    metric: metric.clone(),
+                    labels: b.energy_labels.clone(),
+                    joules_per_unit,
+                    interval,
+                    prior_j_per_token: b.j_per_completion_token,
+                }
+            }
+            (None, None) => match (b.j_per_prompt_token, b.j_per_completion_token) {
+                (Some(p), Some(c)) => BackendEnergy::PerToken { prompt_j: p, completion_j: c },
+                _ => {
+                    errs.push(format!(
+                        "{at}: no energy source: set energy_url and energy_metric (a Prometheus counter, measured) or j_per_prompt_token and j_per_completion_token (an estimate; `sproutctl backends calibrate` measures them)"
+                    ));
+                    BackendEnergy::PerToken { prompt_j: 0.0, completion_j: 0.0 }
+                }
+            },
+            (Some(_), None) => {
+                errs.push(format!("{at}.energy_metric: required with energy_url (e.g. \"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION\")"));
+                BackendEnergy::PerToken { prompt_j: 0.0, completion_j: 0.0 }
+            }
+            (None, Some(_)) => {
+                errs.push(format!("{at}.energy_url: required with energy_metric (the exporter's /metrics URL)"));
+                BackendEnergy::PerToken { prompt_j: 0.0, completion_j: 0.0 }
+            }
+        };
+        out.push(BackendConfig {
+            name: b.name.clone(),
+            url,
+            model: b.model.trim().to_string(),
+            api_key_file: b.api_key_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(|p| resolve_at(&format!("{at}.api_key_file"), p)),
+            max_concurrent: b.max_concurrent,
+            timeout,
+            energy,
+            embodied_kgco2: b.embodied_kgco2.unwrap_or(accounting.embodied_kgco2),
+            lifetime_years: b.lifetime_years.unwrap_or(accounting.lifetime_years),
+            carbon: b.carbon.as_ref().map(|c| carbon_config(&format!("{at}.carbon"), c, errs, resolve_at)),
+        });
+    }
+    out
+}
+
 impl Config {
     /// Reads and validates a config file; relative paths resolve against its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -809,8 +1081,14 @@ impl Config {
                 }
             }
             "echo" => Some(ModelSource::Echo { token_delay_ms: m.echo_token_delay_ms, load_delay_ms: m.echo_load_delay_ms }),
+            "none" => {
+                if raw.backends.is_empty() {
+                    errs.push("model.kind: \"none\" (no embedded engine) needs at least one [[backends]] entry".into());
+                }
+                Some(ModelSource::None)
+            }
             other => {
-                errs.push(format!("model.kind: {other:?} is not one of \"gguf\", \"hf\", \"echo\""));
+                errs.push(format!("model.kind: {other:?} is not one of \"gguf\", \"hf\", \"echo\", \"none\""));
                 None
             }
         };
@@ -822,6 +1100,7 @@ impl Config {
                 path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
             }
             Some(ModelSource::HuggingFace { id, .. }) => id.clone(),
+            Some(ModelSource::None) => raw.backends.first().map(|b| b.model.clone()).unwrap_or_default(),
             _ => "echo".into(),
         });
         if name.is_empty() {
@@ -906,71 +1185,8 @@ impl Config {
             errs.push("accounting.lifetime_years: must be positive".into());
         }
 
-        let c = &raw.carbon;
-        let kind = ProviderKind::parse(&c.source);
-        if kind.is_none() && c.source != "trace" {
-            errs.push(format!(
-                "carbon.source: {:?} is not one of \"trace\", \"electricitymaps\", \"watttime\", \"uk\", \"carbon_aware_sdk\"",
-                c.source
-            ));
-        }
-        if !(c.trace_speedup.is_finite() && c.trace_speedup > 0.0) {
-            errs.push("carbon.trace_speedup: must be a positive number".into());
-        }
-        if !c.trace_offset_hours.is_finite() {
-            errs.push("carbon.trace_offset_hours: must be a number".into());
-        }
-        let live = kind.map(|kind| {
-            use ProviderKind as K;
-            let url = c.url.clone().filter(|u| !u.trim().is_empty()).unwrap_or_else(|| kind.default_url().to_string());
-            if url.is_empty() {
-                errs.push(format!("carbon.url: required for carbon.source = {:?} (the URL of its WebApi)", c.source));
-            } else if !(url.starts_with("http://") || url.starts_with("https://")) {
-                errs.push(format!("carbon.url: {url:?} is not an http:// or https:// URL"));
-            }
-            if c.zone.trim().is_empty() && kind != K::Uk {
-                let what = match kind {
-                    K::ElectricityMaps => "a zone such as \"DE\"",
-                    K::WattTime => "a region such as \"CAISO_NORTH\"",
-                    _ => "a location such as \"eastus\"",
-                };
-                errs.push(format!("carbon.zone: required for carbon.source = {:?}: {what}", c.source));
-            }
-            if kind == K::Uk && !c.zone.trim().is_empty() && !matches!(c.zone.trim().parse::<u32>(), Ok(1..=17)) {
-                errs.push(format!("carbon.zone: {:?} is not a GB region id (1 to 17; empty for national)", c.zone));
-            }
-            if kind == K::WattTime && c.username.as_deref().unwrap_or("").is_empty() {
-                errs.push("carbon.username: required for carbon.source = \"watttime\" (the password comes from carbon.token_file or SPROUT_CARBON_TOKEN)".into());
-            }
-            if c.fallback_gco2_per_kwh.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
-                errs.push("carbon.fallback_gco2_per_kwh: must be a non-negative number".into());
-            }
-            let mut dur = |key: &str, v: &str| {
-                parse_duration(v).filter(|d| !d.is_zero()).unwrap_or_else(|| {
-                    errs.push(format!("carbon.{key}: {v:?} is not a positive duration like \"10s\" or \"5m\""));
-                    Duration::from_secs(1)
-                })
-            };
-            LiveCarbonConfig {
-                kind,
-                url,
-                zone: c.zone.trim().to_string(),
-                token_file: c.token_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(|p| resolve_at("carbon.token_file", p)),
-                username: c.username.clone(),
-                poll_interval: dur("poll_interval", &c.poll_interval),
-                timeout: dur("timeout", &c.timeout),
-                retries: c.retries,
-                backoff: dur("backoff", &c.backoff),
-                max_age: dur("max_age", &c.max_age),
-                fallback_gco2_per_kwh: c.fallback_gco2_per_kwh,
-            }
-        });
-        let carbon = CarbonConfig {
-            trace_file: c.trace_file.as_deref().filter(|p| !p.as_os_str().is_empty()).map(|p| resolve_at("carbon.trace_file", p)),
-            offset_hours: c.trace_offset_hours,
-            speedup: c.trace_speedup,
-            live,
-        };
+        let carbon = carbon_config("carbon", &raw.carbon, &mut errs, &resolve_at);
+        let backends = backend_configs(&raw.backends, a, &mut errs, &resolve_at);
 
         let q = &raw.queue;
         let mut duration = |key: &str, v: &str| {
@@ -1161,6 +1377,7 @@ impl Config {
             optimizer,
             evaluator,
             token_file,
+            backends,
         })
     }
 }
@@ -1305,6 +1522,37 @@ mod tests {
             Err(ConfigError::Invalid(ConfigErrors(errs))) => errs,
             other => panic!("expected validation errors, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn backends_are_checked_and_need_an_energy_source() {
+        let good = "[[backends]]\nname = \"gpu\"\nurl = \"http://10.0.0.5:8000/v1/\"\nmodel = \"m\"\nj_per_prompt_token = 0.1\nj_per_completion_token = 1\n\
+                    [[backends]]\nname = \"dcgm\"\nurl = \"https://x/v1\"\nmodel = \"m\"\nenergy_url = \"http://x:9400/metrics\"\nenergy_metric = \"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION\"\nenergy_unit = \"mJ\"\n[backends.carbon]\nsource = \"uk\"\n";
+        let c = Config::parse(&format!("{DEFAULT_CONFIG}\n{good}"), Path::new("x"), Path::new("")).unwrap();
+        assert_eq!(c.backends.len(), 2);
+        assert_eq!(c.backends[0].url, "http://10.0.0.5:8000/v1");
+        assert_eq!(c.backends[0].energy, BackendEnergy::PerToken { prompt_j: 0.1, completion_j: 1.0 });
+        assert_eq!((c.backends[0].max_concurrent, c.backends[0].timeout), (4, Duration::from_secs(60)));
+        assert!(c.backends[0].carbon.is_none());
+        assert!(matches!(&c.backends[1].energy, BackendEnergy::Prometheus { joules_per_unit, .. } if *joules_per_unit == 1e-3));
+        assert!(c.backends[1].carbon.as_ref().unwrap().live.is_some());
+        let bad = "[[backends]]\nname = \"local\"\nurl = \"ftp://x\"\nmodel = \"\"\nmax_concurrent = 0\ntimeout = \"soon\"\n\
+                   [[backends]]\nname = \"b\"\nurl = \"http://x\"\nmodel = \"m\"\nenergy_url = \"http://x/metrics\"\nenergy_unit = \"GJ\"\n[backends.carbon]\nsource = \"nowhere\"\n";
+        let errs = errors(&format!("{DEFAULT_CONFIG}\n{bad}"));
+        for want in [
+            "backends[0].name:",
+            "backends[0].url:",
+            "backends[0].model:",
+            "backends[0].max_concurrent:",
+            "backends[0].timeout:",
+            "backends[0]: no energy source",
+            "backends[1].energy_metric: required",
+            "backends[1].carbon.source:",
+        ] {
+            assert!(errs.iter().any(|e| e.starts_with(want)), "{want} not in {errs:?}");
+        }
+        let errs = errors(&DEFAULT_CONFIG.replace("kind = \"gguf\"", "kind = \"none\""));
+        assert!(errs.iter().any(|e| e.starts_with("model.kind: \"none\"")), "{errs:?}");
     }
 
     #[test]

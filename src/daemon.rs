@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::api;
+use crate::backends::Backends;
 use crate::carbon::{Carbon, CarbonError};
 use crate::config::Config;
 use crate::energy::{self, MeterError};
@@ -53,6 +54,8 @@ pub enum DaemonError {
     Token { path: String, reason: String },
     #[error("refusing to listen on {0} without an API token: set auth.token_file (only loopback addresses may go without)")]
     NoToken(std::net::SocketAddr),
+    #[error("{0}")]
+    Backends(String),
     #[error("model.path {0} is not a file: put the model there (scripts/fetch-model.sh fetches the default one), or set model.path")]
     NoModel(String),
 }
@@ -64,6 +67,9 @@ pub enum DaemonError {
 /// model is in place fails once, with the reason).
 pub fn preflight(config: &Config) -> Result<(), DaemonError> {
     read_token(config)?;
+    for b in &config.backends {
+        crate::engine::upstream::Upstream::new(b).map_err(DaemonError::Backends)?;
+    }
     if let crate::config::ModelSource::Gguf { path, .. } = &config.model.source {
         if !path.is_file() {
             return Err(DaemonError::NoModel(path.display().to_string()));
@@ -174,7 +180,7 @@ async fn reload_on_sighup(svc: Arc<Service>, path: PathBuf, stop: CancellationTo
             _ = stop.cancelled() => return,
         }
         // systemd hears of reloads only once the service is up (READY=1 means both).
-        let up = matches!(svc.engine_status(), EngineStatus::Ready(_));
+        let up = matches!(svc.engine_status(), EngineStatus::Ready);
         if up {
             notify(sd_notify::NotifyState::Reloading);
             if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
@@ -218,14 +224,15 @@ pub async fn run(
     let t0 = std::time::Instant::now();
     let carbon = Arc::new(Carbon::from_config(&config.carbon, now_ms() as i64 / 1000)?);
     let meter = energy::detect(&config.accounting)?;
-    let metering = energy::Metering::new(meter, &config.accounting);
+    let metering = Arc::new(std::sync::Mutex::new(energy::Metering::new(meter, &config.accounting)));
+    let backends = Arc::new(Backends::from_config(&config, metering.clone(), now_ms() as i64 / 1000).map_err(DaemonError::Backends)?);
     store.recover(config.queue.max_attempts)?;
     let orphans = store.cancel_orphaned_daemon_work().await?;
     if orphans > 0 {
         tracing::info!(jobs = orphans, "cancelled the queued answers of an evaluation run a restart interrupted");
     }
     let (engine_tx, engine_rx) = watch::channel(EngineStatus::Loading);
-    let svc = Arc::new(Service::new(config, store, carbon, metering, engine_rx));
+    let svc = Arc::new(Service::new(config, store, carbon, metering, backends, engine_rx));
     svc.set_token(token.clone());
     tracing::info!(
         %addr,
@@ -235,6 +242,7 @@ pub async fn run(
         auth = token.is_some(),
         carbon = %svc.carbon().name(),
         meter = %svc.metering.lock().expect("poisoned").status().meter,
+        backends = %svc.backends.describe(),
         "sproutd listening"
     );
 
@@ -281,16 +289,25 @@ pub async fn run(
         });
     }
 
+    tokio::spawn(svc.backends.clone().run(stop.clone()));
     // The model loads while the API already answers (503 for generation).
     let model_cfg = svc.config().model.clone();
     let load_stop = stop.clone();
+    let loaded = svc.backends.clone();
     tokio::spawn(async move {
+        if matches!(model_cfg.source, crate::config::ModelSource::None) {
+            tracing::info!("no embedded model: answers come from the backends");
+            let _ = engine_tx.send(EngineStatus::Ready);
+            notify(sd_notify::NotifyState::Ready);
+            return;
+        }
         let t0 = std::time::Instant::now();
         tracing::info!(model = %model_cfg.name, "loading the model");
         match engine::load(&model_cfg).await {
             Ok(e) => {
                 tracing::info!(model = %model_cfg.name, secs = format!("{:.1}", t0.elapsed().as_secs_f64()), "model ready");
-                let _ = engine_tx.send(EngineStatus::Ready(e));
+                loaded.set_embedded(e);
+                let _ = engine_tx.send(EngineStatus::Ready);
                 notify(sd_notify::NotifyState::Ready);
             }
             Err(e) => {

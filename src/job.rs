@@ -37,6 +37,58 @@ impl Message {
     pub fn new(role: Role, content: impl Into<String>) -> Self {
         Self { role, content: content.into(), tool_calls: vec![], tool_call_id: None }
     }
+
+    /// The message in OpenAI's request shape.
+    pub fn to_openai(&self) -> Value {
+        let mut m = serde_json::json!({"role": self.role, "content": self.content});
+        if !self.tool_calls.is_empty() {
+            m["tool_calls"] = self.tool_calls.iter().map(ToolCall::to_openai).collect();
+            if self.content.is_empty() {
+                m["content"] = Value::Null;
+            }
+        }
+        if let Some(id) = &self.tool_call_id {
+            m["tool_call_id"] = id.clone().into();
+        }
+        m
+    }
+}
+
+impl Tool {
+    /// `{"type": "function", "function": {...}}`.
+    pub fn to_openai(&self) -> Value {
+        serde_json::json!({"type": "function", "function": self})
+    }
+}
+
+impl ToolCall {
+    /// `{"id", "type": "function", "function": {"name", "arguments"}}`.
+    pub fn to_openai(&self) -> Value {
+        serde_json::json!({"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}})
+    }
+}
+
+impl ToolChoice {
+    pub fn to_openai(&self) -> Value {
+        match self {
+            ToolChoice::Auto => "auto".into(),
+            ToolChoice::None => "none".into(),
+            ToolChoice::Required => "required".into(),
+            ToolChoice::Function(name) => serde_json::json!({"type": "function", "function": {"name": name}}),
+        }
+    }
+}
+
+impl ResponseFormat {
+    pub fn to_openai(&self) -> Value {
+        match self {
+            ResponseFormat::Text => serde_json::json!({"type": "text"}),
+            ResponseFormat::JsonObject => serde_json::json!({"type": "json_object"}),
+            ResponseFormat::JsonSchema { name, schema } => {
+                serde_json::json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema}})
+            }
+        }
+    }
 }
 
 /// A function the model may call (OpenAI's `tools[].function`).
@@ -301,6 +353,12 @@ pub struct Receipt {
     pub duration_s: f64,
     /// True when energy or intensity is an estimate rather than a measurement.
     pub estimated: bool,
+    /// The backend that answered (`local`: the embedded engine) and its
+    /// grid (the carbon source's name); empty in records from before routing.
+    #[serde(default)]
+    pub backend: String,
+    #[serde(default)]
+    pub zone: String,
 }
 
 /// One accounting record per job that reached the engine, kept after the
@@ -331,6 +389,11 @@ pub struct LedgerEntry {
     /// The job was held for a low-carbon hour (`deferral_saving_g` is its saving).
     #[serde(default)]
     pub deferred: bool,
+    /// The backend that answered and its grid (see [`Receipt::backend`]).
+    #[serde(default)]
+    pub backend: String,
+    #[serde(default)]
+    pub zone: String,
 }
 
 pub fn now_ms() -> u64 {

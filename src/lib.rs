@@ -9,7 +9,7 @@
 //!         service::submit ─► queue (sled; flushed before the ack)
 //!           │ directive chosen (directive), seed drawn
 //!           ▼
-//!         worker ─► claim ─► directive applied ─► engine (mistral.rs | echo)
+//!         worker ─► claim ─► backends (route) ─► directive applied ─► engine (mistral.rs | echo | upstream)
 //!           │                                        │ token deltas ─► service listeners ─► SSE
 //!           ▼                                        ▼
 //!         accounting (energy share, receipt) ─► queue::finish (flushed) ─► api answer
@@ -27,6 +27,7 @@ pub mod queue;
 pub mod directive;
 pub mod worker;
 pub mod engine;
+pub mod backends;
 pub mod accounting;
 pub mod stats;
 pub mod energy;

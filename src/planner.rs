@@ -397,6 +397,8 @@ mod tests {
             class: class.into(),
             deferral_saving_g: 0.0,
             deferred: false,
+            backend: "local".into(),
+            zone: "GB".into(),
         }
     }
 

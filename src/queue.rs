@@ -1144,6 +1144,26 @@ impl Store {
         Ok(out)
     }
 
+    /// Puts one running job back in the queue (the backend running it
+    /// failed), and flushes. `counted`: the attempt stays counted (the
+    /// backend took the request and failed; a prompt that fails every
+    /// backend stops at `queue.max_attempts`); otherwise it is returned.
+    pub async fn requeue_job(&self, id: &str, counted: bool) -> Result<Job, StoreError> {
+        let bytes = self.jobs.get(id.as_bytes())?.ok_or_else(|| StoreError::NotFound(id.into()))?;
+        let mut job: Job = decode(id.as_bytes(), &bytes)?;
+        if job.state != JobState::Running {
+            return Err(StoreError::Conflict { id: id.into(), state: job.state.as_str() });
+        }
+        if !counted {
+            job.attempts = job.attempts.saturating_sub(1);
+        }
+        self.requeue(job.clone())?;
+        self.sync().await?;
+        job.state = JobState::Queued;
+        job.started_ms = None;
+        Ok(job)
+    }
+
     /// Puts every running job back in the queue (graceful shutdown), and
     /// flushes. A graceful interruption does not count as an attempt.
     pub fn requeue_running(&self) -> Result<usize, StoreError> {
@@ -1231,6 +1251,8 @@ mod tests {
                 intensity_gco2_per_kwh: 400.0,
                 duration_s: 0.1,
                 estimated: true,
+                backend: "local".into(),
+                zone: "GB".into(),
             },
             tool_calls: vec![],
             logprobs: None,
@@ -1256,6 +1278,8 @@ mod tests {
             class: "question".into(),
             deferral_saving_g: 0.0,
             deferred: false,
+            backend: "local".into(),
+            zone: "GB".into(),
         }
     }
 

@@ -19,15 +19,15 @@ use crate::config::Config;
 use crate::classify::classify;
 use crate::directive::{splitmix64, Directives};
 use crate::planner::Planner;
-use crate::engine::Engine;
 use crate::job::{now_ms, ChatRequest, Deadline, Deferral, Job, Origin};
 use crate::queue::{job_id, CancelOutcome, NewJob, Store, StoreError};
 
-/// Where the model is in its life.
+/// Where the embedded model is in its life (`Ready` at once without one:
+/// upstream backends need no loading).
 #[derive(Clone)]
 pub enum EngineStatus {
     Loading,
-    Ready(Arc<dyn Engine>),
+    Ready,
     Failed(String),
 }
 
@@ -58,6 +58,10 @@ pub enum SubmitError {
 #[derive(Debug)]
 pub enum JobEvent {
     Delta(String),
+    /// The backend running it failed after sending part of the answer: the
+    /// job runs again elsewhere, from the start, so a stream cannot go on
+    /// (a client waiting for the whole answer keeps waiting).
+    Interrupted(String),
     Finished(Job),
 }
 
@@ -82,8 +86,11 @@ pub struct Service {
     pub carbon_replaced: Notify,
     /// The API token, if any (a reload re-reads its file).
     token: RwLock<Option<Arc<String>>>,
-    /// The energy meter and the attribution of its readings to requests.
-    pub metering: Mutex<Metering>,
+    /// The local energy meter and the attribution of its readings to requests
+    /// (the `local` backend's; upstreams have their own).
+    pub metering: Arc<Mutex<Metering>>,
+    /// Where answers are made: the embedded engine and the upstreams.
+    pub backends: Arc<crate::backends::Backends>,
     directives: RwLock<Arc<Directives>>,
     /// The directive optimizer's current plan.
     pub planner: Planner,
@@ -130,14 +137,16 @@ impl Service {
         config: Config,
         store: Store,
         carbon: Arc<Carbon>,
-        metering: Metering,
+        metering: Arc<Mutex<Metering>>,
+        backends: Arc<crate::backends::Backends>,
         engine: watch::Receiver<EngineStatus>,
     ) -> Self {
         Self {
             carbon: RwLock::new(carbon),
             carbon_replaced: Notify::new(),
             token: RwLock::new(None),
-            metering: Mutex::new(metering),
+            metering,
+            backends,
             directives: RwLock::new(Arc::new(Directives::new(&config.directives))),
             planner: Planner::new(config.optimizer.clone()),
             evals: Default::default(),
@@ -197,6 +206,7 @@ impl Service {
             section("generation", format!("{:?}", old.generation), format!("{:?}", new.generation)),
             section("accounting", format!("{:?}", old.accounting), format!("{:?}", new.accounting)),
             section("queue", format!("{:?}", old.queue), format!("{:?}", new.queue)),
+            section("backends", format!("{:?}", old.backends), format!("{:?}", new.backends)),
         ]
         .into_iter()
         .flatten()
@@ -410,6 +420,19 @@ impl Service {
         if let Some(tx) = self.listeners.lock().expect("poisoned").remove(&job.id) {
             let _ = tx.send(JobEvent::Finished(job));
         }
+        self.bump();
+    }
+
+    /// Called by the worker when a job went back to the queue (its backend
+    /// failed): listeners that already received part of it are told.
+    pub fn requeued(&self, id: &str, why: &str) {
+        let sent = self.running.lock().expect("poisoned").remove(id).map_or(0, |r| r.tokens);
+        if sent > 0 {
+            if let Some(tx) = self.listeners.lock().expect("poisoned").get(id) {
+                let _ = tx.send(JobEvent::Interrupted(why.to_string()));
+            }
+        }
+        self.work.notify_one();
         self.bump();
     }
 

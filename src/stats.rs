@@ -214,6 +214,8 @@ mod tests {
             class: "question".into(),
             deferral_saving_g: 0.0,
             deferred: false,
+            backend: "local".into(),
+            zone: "GB".into(),
         }
     }
 

@@ -1,34 +1,36 @@
-//! The worker: claims queued jobs and feeds them to the engine, up to
-//! `model.max_seqs` at once so the engine can batch them (the daemon's own
+//! The worker: claims queued jobs and feeds them to the backends (the
+//! embedded engine, up to `model.max_seqs` at once so it can batch them,
+//! and the upstreams, up to their `max_concurrent`), each job to the one
+//! where it costs the least carbon now (`backends::route`) (the daemon's own
 //! evaluation jobs go ahead of queued users' jobs while they have had less
 //! than `evaluator.share` of the recent engine time); streams their
 //! tokens to listeners; writes each result with its receipt; and aborts a
 //! running job when it is cancelled.
 //!
-//! Path of one job: `Store::claim` → directive applied → `Engine::generate`
+//! Path of one job: `Store::claim` → backend chosen → directive applied → `Engine::generate`
 //! (deltas → `Service::send_delta`, tokens → the metering) → energy share → receipt →
 //! `Store::finish` (flushed) → `Service::finished` (wakes waiters).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::accounting;
-use crate::engine::{Engine, GenRequest, Sampling};
+use crate::backends::{Backend, Energy};
+use crate::engine::{EngineError, GenRequest, Sampling};
 use crate::evaluator::EngineShare;
 use crate::job::{now_ms, Job, JobResult, JobState, LedgerEntry, Origin, ToolChoice};
 use crate::stats::RequestTimes;
-use crate::service::{EngineStatus, Service};
+use crate::service::Service;
 
 /// Claims jobs until `stop` fires, then waits for the running ones. Those
 /// still running when `interrupt` fires are abandoned as `running` on disk;
 /// the daemon requeues them before it exits.
 pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: CancellationToken) {
-    let Some(engine) = wait_for_engine(&svc, &stop).await else { return };
-    // The meter is read at every start and end, and this often in between.
+    // The meters are read at every start and end, and this often in between.
     let sampler = {
         let (svc, stop) = (svc.clone(), interrupt.clone());
         tokio::spawn(async move {
@@ -36,20 +38,30 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => svc.metering.lock().expect("poisoned").sample(),
+                    _ = tick.tick() => svc.backends.sample(),
                     _ = stop.cancelled() => return,
                 }
             }
         })
     };
-    let slots = Arc::new(Semaphore::new(svc.config().model.max_seqs));
     let share = Arc::new(std::sync::Mutex::new((EngineShare::default(), Instant::now())));
+    let mut backends_changed = svc.backends.subscribe();
     let mut tasks = JoinSet::new();
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = stop.cancelled() => break,
-        };
+        // A backend with a free slot (and its engine loaded) first.
+        loop {
+            backends_changed.borrow_and_update();
+            if svc.backends.has_room(&svc.carbon(), now_s()) {
+                break;
+            }
+            tokio::select! {
+                r = backends_changed.changed() => if r.is_err() { break },
+                _ = stop.cancelled() => break,
+            }
+        }
+        if stop.is_cancelled() {
+            break;
+        }
         let job = loop {
             // Register for a wake-up before looking, so a submit in between is not missed.
             let notified = svc.work.notified();
@@ -80,14 +92,23 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
         if let Err(e) = svc.store.sync().await {
             tracing::error!(error = %e, job = %job.id, "flushing a claim failed; running the job anyway");
         }
+        // The backend where it costs the least carbon now; none when one
+        // went down while the worker waited for work: back to the queue.
+        let Some(slot) = svc.backends.choose(&svc.carbon(), now_s()) else {
+            if let Err(e) = svc.store.requeue_job(&job.id, false).await {
+                tracing::error!(error = %e, job = %job.id, "returning a job to the queue failed");
+            }
+            svc.requeued(&job.id, "no backend");
+            continue;
+        };
         let daemon = job.origin == Origin::Daemon;
         if daemon {
             share.lock().expect("poisoned").0.daemon_running += 1;
         }
-        let (svc, engine, interrupt, share) = (svc.clone(), engine.clone(), interrupt.clone(), share.clone());
+        let (svc, interrupt, share) = (svc.clone(), interrupt.clone(), share.clone());
         tasks.spawn(async move {
             let t0 = Instant::now();
-            run_job(&svc, engine, job, &interrupt).await;
+            run_job(&svc, &slot.backend, job, &interrupt).await;
             let mut s = share.lock().expect("poisoned");
             let (sh, last) = &mut *s;
             sh.decay(last.elapsed().as_secs_f64());
@@ -97,7 +118,7 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
                 sh.daemon_running -= 1;
             }
             drop(s);
-            drop(permit);
+            drop(slot);
         });
         // Reap finished tasks so the set does not grow.
         while tasks.try_join_next().is_some() {}
@@ -110,17 +131,8 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
     sampler.abort();
 }
 
-async fn wait_for_engine(svc: &Service, shutdown: &CancellationToken) -> Option<Arc<dyn Engine>> {
-    let mut status = svc.engine_watch();
-    loop {
-        if let EngineStatus::Ready(e) = &*status.borrow_and_update() {
-            return Some(e.clone());
-        }
-        tokio::select! {
-            r = status.changed() => if r.is_err() { return None },
-            _ = shutdown.cancelled() => return None,
-        }
-    }
+fn now_s() -> i64 {
+    now_ms() as i64 / 1000
 }
 
 /// The engine request for a job: its directive applied, sampling resolved.
@@ -153,7 +165,12 @@ fn prompt_tokens_estimate(req: &GenRequest) -> f64 {
     (req.messages.iter().map(|m| m.content.chars().count()).sum::<usize>() as f64 / 4.0).ceil().max(1.0)
 }
 
-async fn run_job(svc: &Service, engine: Arc<dyn Engine>, job: Job, interrupt: &CancellationToken) {
+async fn run_job(svc: &Service, backend: &Backend, job: Job, interrupt: &CancellationToken) {
+    let Some(engine) = backend.engine() else { return };
+    let metering = match &backend.energy {
+        Energy::Metered(m) => Some(m.clone()),
+        Energy::PerToken { .. } => None,
+    };
     let cancel = svc.started(&job.id);
     let req = gen_request(svc, &job);
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
@@ -162,10 +179,14 @@ async fn run_job(svc: &Service, engine: Arc<dyn Engine>, job: Job, interrupt: &C
     let ready_ms = job.deferral.map_or(job.created_ms, |d| d.until_ms.max(job.created_ms));
     let waited_s = now_ms().saturating_sub(ready_ms) as f64 / 1000.0;
     let first_token = std::sync::OnceLock::<Instant>::new();
-    svc.metering.lock().expect("poisoned").start(&job.id, prompt_tokens_estimate(&req));
+    if let Some(m) = &metering {
+        m.lock().expect("poisoned").start(&job.id, prompt_tokens_estimate(&req));
+    }
     let token = |piece: String| {
         first_token.get_or_init(Instant::now);
-        svc.metering.lock().expect("poisoned").tokens(&job.id, 1.0);
+        if let Some(m) = &metering {
+            m.lock().expect("poisoned").tokens(&job.id, 1.0);
+        }
         svc.send_delta(&job.id, piece);
     };
     tracing::debug!(job = %job.id, directive = %job.directive, attempt = job.attempts, "running");
@@ -184,18 +205,46 @@ async fn run_job(svc: &Service, engine: Arc<dyn Engine>, job: Job, interrupt: &C
             Some(piece) = rx.recv() => token(piece),
             _ = cancel.cancelled() => break None,
             _ = interrupt.cancelled() => {
-                svc.metering.lock().expect("poisoned").finish(&job.id);
+                if let Some(m) = &metering {
+                    m.lock().expect("poisoned").finish(&job.id);
+                }
                 tracing::info!(job = %job.id, "shutdown grace over: interrupted; it will be requeued");
                 return;
             }
         }
     };
     let end = Instant::now();
-    let share = svc.metering.lock().expect("poisoned").finish(&job.id);
+    let metered = metering.as_ref().map(|m| m.lock().expect("poisoned").finish(&job.id));
     let duration_s = end.duration_since(t0).as_secs_f64();
 
-    let intensity = svc.carbon().now(now_ms() as i64 / 1000).gco2_per_kwh;
-    let receipt = accounting::receipt(&svc.config().accounting, intensity, &job.directive, &job.id, share, duration_s);
+    // The backend failed, not the request: the job goes back to the queue
+    // to run elsewhere, with nothing in the ledger for this attempt.
+    if let Some(Err(e)) = &outcome {
+        if e.is_backend_fault() && !interrupt.is_cancelled() {
+            let counted = matches!(e, EngineError::Backend(_));
+            svc.backends.fault(backend, &e.to_string());
+            if !(counted && job.attempts >= svc.config().queue.max_attempts) {
+                let why = format!("backend {} failed: {e}", backend.name);
+                match svc.store.requeue_job(&job.id, counted).await {
+                    Ok(_) => tracing::warn!(job = %job.id, backend = %backend.name, error = %e, "backend failed; the job goes back to the queue"),
+                    Err(err) => tracing::error!(job = %job.id, error = %err, "returning a job to the queue failed"),
+                }
+                svc.requeued(&job.id, &why);
+                return;
+            }
+        }
+    }
+
+    let (prompt_n, completion_n) = match &outcome {
+        Some(Ok(out)) => (out.prompt_tokens, out.completion_tokens),
+        _ => (0, 0),
+    };
+    let share = metered.or_else(|| backend.per_token_share(prompt_n, completion_n, duration_s)).unwrap_or_default();
+    let carbon = backend.carbon(&svc.carbon());
+    let intensity = carbon.now(now_s()).gco2_per_kwh;
+    let mut receipt = accounting::receipt(backend.hardware, intensity, &job.directive, &job.id, share, duration_s);
+    receipt.backend = backend.name.clone();
+    receipt.zone = carbon.name();
     let mut ledger = LedgerEntry {
         job_id: job.id.clone(),
         origin: job.origin,
@@ -215,6 +264,8 @@ async fn run_job(svc: &Service, engine: Arc<dyn Engine>, job: Job, interrupt: &C
         // What holding it saved: its energy at the intensity it avoided.
         deferral_saving_g: job.deferral.map_or(0.0, |d| receipt.energy_j / 3.6e6 * (d.submit_gco2_per_kwh - intensity)),
         deferred: job.deferral.is_some(),
+        backend: receipt.backend.clone(),
+        zone: receipt.zone.clone(),
     };
     let (state, result, error) = match outcome {
         Some(Ok(out)) => {
@@ -250,6 +301,9 @@ async fn run_job(svc: &Service, engine: Arc<dyn Engine>, job: Job, interrupt: &C
         }
         None => (JobState::Cancelled, None, Some("cancelled by request while running".to_string())),
     };
+    if state != JobState::Cancelled {
+        backend.record(&ledger);
+    }
     match svc.store.finish(&job.id, state, result, error, Some(ledger)).await {
         Ok(done) => {
             tracing::info!(

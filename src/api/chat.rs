@@ -95,7 +95,7 @@ fn replay(job: Job, stream: bool, include_usage: bool) -> Result<Response, ApiEr
 async fn wait_and_answer(mut rx: mpsc::UnboundedReceiver<JobEvent>, mut guard: CancelOnDrop) -> Result<Response, ApiError> {
     loop {
         match rx.recv().await {
-            Some(JobEvent::Delta(_)) => continue,
+            Some(JobEvent::Delta(_) | JobEvent::Interrupted(_)) => continue,
             Some(JobEvent::Finished(job)) => {
                 guard.armed = false;
                 return match openai::completion(&job) {
@@ -162,6 +162,16 @@ fn sse_stream(
             Phase::Start => data(openai::chunk(&st.job, json!({"role": "assistant", "content": ""}), None, None)),
             Phase::Tokens => match st.rx.recv().await {
                 Some(JobEvent::Delta(piece)) => data(openai::chunk(&st.job, json!({"content": piece}), None, None)),
+                Some(JobEvent::Interrupted(why)) => {
+                    // The job itself goes on (elsewhere): only this stream ends.
+                    st.guard.armed = false;
+                    st.phase = Phase::Done;
+                    data(ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "backend_failed",
+                        format!("{why}; job {} was requeued and will finish elsewhere: GET /v1/jobs/{}", st.job.id, st.job.id),
+                    ).body())
+                }
                 Some(JobEvent::Finished(done)) => {
                     st.guard.armed = false;
                     match done.result.as_ref() {

@@ -20,11 +20,16 @@ pub struct Params {
     format: Option<String>,
 }
 
-pub const CSV_HEADER: &str = "job_id,origin,state,finished_at,directive,prompt_tokens,completion_tokens,duration_s,energy_j,intensity_gco2_per_kwh,operational_g,embodied_g,carbon_g,estimated,class,deferred,deferral_saving_g";
+pub const CSV_HEADER: &str = "job_id,origin,state,finished_at,directive,prompt_tokens,completion_tokens,duration_s,energy_j,intensity_gco2_per_kwh,operational_g,embodied_g,carbon_g,estimated,class,deferred,deferral_saving_g,backend,zone";
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+fn field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
+}
 
 pub fn csv_row(e: &LedgerEntry) -> String {
     format!(
-        "{},{},{},{:.3},{},{},{},{:.6},{:.6},{:.3},{:.9},{:.9},{:.9},{},{},{},{:.9}",
+        "{},{},{},{:.3},{},{},{},{:.6},{:.6},{:.3},{:.9},{:.9},{:.9},{},{},{},{:.9},{},{}",
         e.job_id,
         serde_json::to_value(e.origin).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
         e.state.as_str(),
@@ -41,7 +46,9 @@ pub fn csv_row(e: &LedgerEntry) -> String {
         e.estimated,
         e.class,
         e.deferred,
-        e.deferral_saving_g
+        e.deferral_saving_g,
+        field(&e.backend),
+        field(&e.zone)
     )
 }
 

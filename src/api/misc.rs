@@ -37,8 +37,8 @@ pub async fn model(State(svc): State<AppState>, Path(id): Path<String>) -> Resul
 /// `GET /healthz` and `GET /health` (the name vLLM, llama.cpp's server and mistral.rs use).
 pub async fn healthz(State(svc): State<AppState>) -> impl IntoResponse {
     let (status, model) = match svc.engine_status() {
-        EngineStatus::Ready(_) if !svc.is_shutting_down() => (StatusCode::OK, "ready".to_string()),
-        EngineStatus::Ready(_) => (StatusCode::SERVICE_UNAVAILABLE, "ready".to_string()),
+        EngineStatus::Ready if !svc.is_shutting_down() => (StatusCode::OK, "ready".to_string()),
+        EngineStatus::Ready => (StatusCode::SERVICE_UNAVAILABLE, "ready".to_string()),
         EngineStatus::Loading => (StatusCode::SERVICE_UNAVAILABLE, "loading".to_string()),
         EngineStatus::Failed(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("failed: {e}")),
     };
@@ -76,6 +76,13 @@ pub async fn carbon(State(svc): State<AppState>) -> Json<serde_json::Value> {
         "range": {"min": min, "max": max},
         "unit": "gCO2e/kWh",
     }))
+}
+
+/// `GET /v1/backends`: every backend, its health, load, grid, energy
+/// source and totals since start.
+pub async fn backends(State(svc): State<AppState>) -> Json<crate::backends::BackendList> {
+    let now = crate::job::now_ms() as i64 / 1000;
+    Json(crate::backends::BackendList { object: "list".into(), data: svc.backends.views(&svc.carbon(), now) })
 }
 
 /// `GET /v1/plan`: the optimizer's current plan and its recent solves.

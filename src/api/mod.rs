@@ -65,6 +65,7 @@ pub fn router(svc: AppState) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/ledger", get(ledger::export))
         .route("/v1/carbon", get(misc::carbon))
+        .route("/v1/backends", get(misc::backends))
         .route("/v1/plan", get(misc::plan))
         .route("/v1/eval/runs", post(eval::start).get(eval::history))
         .route("/v1/eval/runs/{id}", get(eval::get))
@@ -113,7 +114,7 @@ pub fn ensure_serving(svc: &Service) -> Result<(), ApiError> {
         return Err(ApiError::unavailable("sproutd is shutting down"));
     }
     match svc.engine_status() {
-        EngineStatus::Ready(_) => Ok(()),
+        EngineStatus::Ready => Ok(()),
         EngineStatus::Loading => Err(ApiError::unavailable("the model is still loading; retry shortly")),
         EngineStatus::Failed(e) => Err(ApiError::unavailable(format!("the model failed to load: {e}"))),
     }

@@ -459,17 +459,7 @@ pub fn usage(job: &Job) -> Option<Value> {
         "prompt_tokens": r.prompt_tokens,
         "completion_tokens": r.completion_tokens,
         "total_tokens": r.prompt_tokens + r.completion_tokens,
-        "sprout": {
-            "directive": r.receipt.directive,
-            "job_id": r.receipt.job_id,
-            "energy_j": r.receipt.energy_j,
-            "carbon_g": r.receipt.carbon_g,
-            "operational_g": r.receipt.operational_g,
-            "embodied_g": r.receipt.embodied_g,
-            "intensity_gco2_per_kwh": r.receipt.intensity_gco2_per_kwh,
-            "duration_s": r.receipt.duration_s,
-            "estimated": r.receipt.estimated,
-        },
+        "sprout": r.receipt,
     }))
 }
 
@@ -509,7 +499,7 @@ fn tool_calls(r: &JobResult, indexed: bool) -> Vec<Value> {
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let mut call = json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}});
+            let mut call = c.to_openai();
             if indexed {
                 call["index"] = i.into();
             }
@@ -600,18 +590,9 @@ pub fn job_view(job: &Job) -> Value {
             "seed": job.request.seed,
             "stop": job.request.stop,
             "directive": job.request.directive,
-            "tools": job.request.tools.iter().map(|t| json!({"type": "function", "function": t})).collect::<Vec<_>>(),
-            "tool_choice": match &job.request.tool_choice {
-                ToolChoice::Auto => json!("auto"),
-                ToolChoice::None => json!("none"),
-                ToolChoice::Required => json!("required"),
-                ToolChoice::Function(name) => json!({"type": "function", "function": {"name": name}}),
-            },
-            "response_format": match &job.request.response_format {
-                ResponseFormat::Text => json!({"type": "text"}),
-                ResponseFormat::JsonObject => json!({"type": "json_object"}),
-                ResponseFormat::JsonSchema { name, schema } => json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema}}),
-            },
+            "tools": job.request.tools.iter().map(Tool::to_openai).collect::<Vec<_>>(),
+            "tool_choice": job.request.tool_choice.to_openai(),
+            "response_format": job.request.response_format.to_openai(),
             "logprobs": job.request.logprobs.is_some(),
             "top_logprobs": job.request.logprobs,
         },

@@ -103,6 +103,22 @@ fn latencies(out: &mut String, svc: &crate::service::Service) {
     histogram(out, "sproutd_request_completion_tokens", "Succeeded requests: completion tokens.", &by_origin(|l| &l.completion_tokens));
 }
 
+/// Per backend (`backend` label: `local` or an upstream's name).
+fn backend_metrics(out: &mut String, views: &[crate::backends::BackendView]) {
+    let by = |f: &dyn Fn(&crate::backends::BackendView) -> f64| -> Vec<(String, f64)> {
+        views.iter().map(|v| (format!("backend=\"{}\"", v.name), f(v))).collect()
+    };
+    metric(out, "sproutd_backend_up", "gauge", "1 while a backend is healthy and ready; 0 while down (probed back with backoff) or loading.", &by(&|v| (v.healthy && v.ready) as u8 as f64));
+    metric(out, "sproutd_backend_running", "gauge", "Requests running on a backend.", &by(&|v| v.running as f64));
+    metric(out, "sproutd_backend_capacity", "gauge", "Requests a backend runs at once.", &by(&|v| v.capacity as f64));
+    metric(out, "sproutd_backend_requests_total", "counter", "Requests a backend answered since start.", &by(&|v| v.requests as f64));
+    metric(out, "sproutd_backend_faults_total", "counter", "Answers a backend failed since start (each job went back to the queue).", &by(&|v| v.faults as f64));
+    metric(out, "sproutd_backend_energy_joules_total", "counter", "Energy of the requests a backend answered since start.", &by(&|v| v.energy_j));
+    metric(out, "sproutd_backend_carbon_grams_total", "counter", "Carbon of the requests a backend answered since start, gCO2e.", &by(&|v| v.carbon_g));
+    metric(out, "sproutd_backend_grid_intensity_gco2_per_kwh", "gauge", "A backend's grid intensity now.", &by(&|v| v.gco2_per_kwh));
+    metric(out, "sproutd_backend_expected_grams_per_token", "gauge", "What routing compares: a backend's expected gCO2e per completion token now.", &by(&|v| v.expected_g_per_token));
+}
+
 pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
     let t = svc.store.totals();
     let directives = svc.directives();
@@ -124,7 +140,7 @@ pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
     let mut out = String::new();
     metric(&mut out, "sproutd_up", "gauge", "1 while sproutd serves with its model loaded.", &[(
         String::new(),
-        matches!(svc.engine_status(), EngineStatus::Ready(_)) as u8 as f64,
+        matches!(svc.engine_status(), EngineStatus::Ready) as u8 as f64,
     )]);
     metric(&mut out, "sproutd_store_errors_total", "counter", "Job store writes and flushes that failed (I/O) since start; /healthz is 503 while the latest stands.", &[(
         String::new(),
@@ -185,5 +201,6 @@ pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
     )]);
     latencies(&mut out, &svc);
     metric(&mut out, "sproutd_idle_energy_joules_total", "counter", "Energy metered while no request ran (not in any receipt).", &[(String::new(), meter.idle_energy_j)]);
+    backend_metrics(&mut out, &svc.backends.views(&svc.carbon(), t_now));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out)
 }

@@ -46,8 +46,8 @@ impl MistralEngine {
                 }
                 b.build().await.map_err(|e| EngineError::Load(format!("{id}: {e:#}")))?
             }
-            ModelSource::Echo { .. } => {
-                return Err(EngineError::Load("the echo engine is not a mistral.rs model".into()))
+            ModelSource::Echo { .. } | ModelSource::None => {
+                return Err(EngineError::Load("not a mistral.rs model".into()))
             }
         };
         Ok(Self { model, token_text: Mutex::new(HashMap::new()) })

@@ -13,6 +13,7 @@ pub mod grammar;
 #[cfg(feature = "engine")]
 pub mod mistral;
 pub mod sampler;
+pub mod upstream;
 
 use std::sync::Arc;
 
@@ -83,6 +84,23 @@ pub enum EngineError {
     Invalid(String),
     #[error("the engine failed: {0}")]
     Internal(String),
+    /// An upstream backend could not be reached before the request was sent
+    /// (refused, DNS, connect timeout): the job is not at fault and goes back
+    /// to the queue without the attempt counted.
+    #[error("the backend could not be reached: {0}")]
+    Unreachable(String),
+    /// An upstream backend failed after it took the request (an error
+    /// status, a timeout, the answer cut off): the job goes back to the
+    /// queue with the attempt counted, to run elsewhere.
+    #[error("the backend failed: {0}")]
+    Backend(String),
+}
+
+impl EngineError {
+    /// The backend failed, not the request: the job runs again elsewhere.
+    pub fn is_backend_fault(&self) -> bool {
+        matches!(self, EngineError::Unreachable(_) | EngineError::Backend(_))
+    }
 }
 
 #[async_trait]
@@ -103,6 +121,7 @@ pub async fn load(cfg: &ModelConfig) -> Result<Arc<dyn Engine>, EngineError> {
             tokio::time::sleep(std::time::Duration::from_millis(*load_delay_ms)).await;
             Ok(Arc::new(echo::EchoEngine::new(*token_delay_ms)))
         }
+        ModelSource::None => Err(EngineError::Load("model.kind = \"none\": there is no embedded engine to load".into())),
         #[cfg(feature = "engine")]
         _ => Ok(Arc::new(mistral::MistralEngine::load(cfg).await?)),
         #[cfg(not(feature = "engine"))]

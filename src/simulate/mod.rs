@@ -255,6 +255,10 @@ pub struct Hour {
     pub mix: Vec<f64>,
     pub carbon_g: f64,
     pub baseline_g: f64,
+    /// The embodied parts of `carbon_g` and `baseline_g` (the rest is
+    /// energy x `ci`); NaN for `oracle` and `small-model`.
+    pub embodied_g: f64,
+    pub baseline_embodied_g: f64,
     pub quality: f64,
     pub evaluated: bool,
     pub requests: usize,
@@ -410,6 +414,8 @@ fn oracle_levels(costs: &[[f64; LEVELS]], bests: &[usize], need: f64) -> Vec<[f6
 }
 
 /// Runs one policy over one window.
+pub mod spatial;
+
 pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
     let trace = a.traces.get(&cfg.region).ok_or_else(|| {
         format!("no trace for region {:?} (have: {})", cfg.region, a.traces.keys().cloned().collect::<Vec<_>>().join(", "))
@@ -504,6 +510,8 @@ pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
         let den = bests.iter().filter(|b| **b == 0).count() as f64;
         let floor = optimizer::floor_factor(ci, ci_min, ci_max, cfg.xi);
         let base: f64 = costs.iter().map(|c| c[0]).sum();
+        let base_embodied: f64 = sample.iter().map(|&i| a.prompts[i].t[0] * emb_per_s).sum();
+        let mut embodied = f64::NAN;
         let mut own = f64::NAN;
         let (carbon, num, mix): (f64, f64, Vec<f64>) = match cfg.policy {
             Policy::SmallModel => {
@@ -555,9 +563,11 @@ pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
                 let mut carbon = 0.0;
                 let mut num = 0.0;
                 let mut mix = vec![0.0; LEVELS];
+                embodied = 0.0;
                 for ((&i, c), b) in sample.iter().zip(&costs).zip(&bests) {
                     let class = a.prompts[i].class;
                     let x = &xs[class];
+                    embodied += (0..LEVELS).map(|l| x[l] * a.prompts[i].t[l] * emb_per_s).sum::<f64>();
                     // As the method scores itself: (q·x)/q_0 with the q it solved with.
                     let qv = if policy == Policy::Best { &q.class[class] } else { &q.all };
                     own += (0..LEVELS).map(|l| qv[l] * x[l]).sum::<f64>() / qv[0].max(1e-12);
@@ -586,6 +596,8 @@ pub fn run(a: &Artifact, cfg: &SimConfig) -> Result<SimResult, String> {
             mix,
             carbon_g: carbon,
             baseline_g: base,
+            embodied_g: embodied,
+            baseline_embodied_g: base_embodied,
             quality: if den > 0.0 { num / den } else { 1.0 },
             evaluated: evaluate,
             requests: sample.len(),
