@@ -38,6 +38,7 @@ async fn fetch(client: &Client, today: &mut Today) -> Result<Snapshot, String> {
     let eval = client.eval_status().await.map_err(e)?;
     let jobs = client.jobs(None, 50).await.map_err(e)?;
     let mut snap = Snapshot::from_json(&stats, &carbon, &plan, &eval, &jobs);
+    snap.backends = client.backends().await.map_err(e)?.data;
     if let Some((_, t)) = today {
         snap.today(t);
     }

@@ -66,6 +66,8 @@ pub struct Snapshot {
     pub last_eval: Option<String>,
     pub next_eval: String,
     pub eval_running: bool,
+    /// Where answers are made (`/v1/backends`).
+    pub backends: Vec<crate::backends::BackendView>,
 }
 
 fn f64s(v: &Value) -> Vec<f64> {
@@ -157,6 +159,7 @@ impl Snapshot {
             }),
             next_eval,
             eval_running: eval["running"] == true,
+            backends: Vec::new(),
         }
     }
 }

@@ -162,11 +162,21 @@ pub fn emissions(f: &mut Frame, area: Rect, s: &Snapshot, focused: bool) {
     let low = s.forecast.iter().cloned().fold(f64::INFINITY, f64::min);
     f.render_widget(Sparkline::default().block(Block::default().title(format!("next {} h forecast (low {low:.0})", s.forecast.len()))).data(&next), parts[2]);
     let g = |v: Option<f64>| v.map(|g| format!("{g:.4} g")).unwrap_or_else(|| "-".into());
-    let text = vec![
+    let mut text = vec![
         Line::from(format!("emitted {:.4} g today, {:.4} gCO2e in all {} requests", s.carbon_today_g, s.carbon_g, s.requests)),
         Line::from(format!("saved   {} today, {} in all by directives; {:.4} g by deferral", g(s.saved_today_g), g(s.saved_g), s.deferral_saved_g)),
         Line::from(format!("energy  {} measured, {} estimated ({})", s.measured, s.estimated, s.meter)),
     ];
+    // More than the embedded engine: one line per backend.
+    if s.backends.iter().any(|b| b.kind != "embedded") {
+        for b in &s.backends {
+            let health = if !b.ready { "loading" } else if b.healthy { "up" } else { "DOWN" };
+            text.push(Line::from(format!(
+                "{:<8} {:<4} {}/{} {:>4.0} g/kWh {:>4} req {:.4} g{}",
+                b.name, health, b.running, b.capacity, b.gco2_per_kwh, b.requests, b.carbon_g, if b.measured { "" } else { " est." }
+            )));
+        }
+    }
     f.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), parts[3]);
 }
 
@@ -252,6 +262,37 @@ pub fn sample_snapshot() -> Snapshot {
         last_eval: Some("eval-1700000000000 at 22:13, 0 unreadable".into()),
         next_eval: "04:00 at 95 gCO2/kWh forecast (waiting for a cleaner hour)".into(),
         eval_running: false,
+        backends: vec![backend("local", "embedded", true, 2, 4, 212.0, 7), backend("gpu-fr", "openai", false, 0, 16, 31.0, 3)],
+    }
+}
+
+/// A backend as the TUI's sample shows it.
+fn backend(name: &str, kind: &str, healthy: bool, running: usize, capacity: usize, ci: f64, requests: u64) -> crate::backends::BackendView {
+    crate::backends::BackendView {
+        name: name.into(),
+        kind: kind.into(),
+        url: None,
+        model: "m".into(),
+        healthy,
+        ready: true,
+        last_error: None,
+        retry_in_s: None,
+        running,
+        capacity,
+        zone: "z".into(),
+        gco2_per_kwh: ci,
+        energy_source: "estimate".into(),
+        measured: kind != "embedded",
+        j_per_token: 1.0,
+        j_per_token_measured: true,
+        expected_g_per_token: 0.0,
+        requests,
+        faults: 0,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        energy_j: 0.0,
+        carbon_g: 0.01 * requests as f64,
+        idle_energy_j: None,
     }
 }
 
@@ -298,7 +339,7 @@ mod tests {
     #[test]
     fn emissions_panel() {
         let a = app();
-        snapshot("emissions", &render(60, 16, |f| emissions(f, f.area(), a.snapshot.as_ref().unwrap(), false)));
+        snapshot("emissions", &render(60, 18, |f| emissions(f, f.area(), a.snapshot.as_ref().unwrap(), false)));
     }
 
     #[test]
