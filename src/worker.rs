@@ -166,7 +166,15 @@ fn prompt_tokens_estimate(req: &GenRequest) -> f64 {
 }
 
 async fn run_job(svc: &Service, backend: &Backend, job: Job, interrupt: &CancellationToken) {
-    let Some(engine) = backend.engine() else { return };
+    // Routing only offers backends with an engine; should one lose it, the
+    // job goes back to the queue rather than hang as running.
+    let Some(engine) = backend.engine() else {
+        if let Err(e) = svc.store.requeue_job(&job.id, false).await {
+            tracing::error!(error = %e, job = %job.id, "returning a job to the queue failed");
+        }
+        svc.requeued(&job.id, "no engine");
+        return;
+    };
     let metering = match &backend.energy {
         Energy::Metered(m) => Some(m.clone()),
         Energy::PerToken { .. } => None,
@@ -301,7 +309,7 @@ async fn run_job(svc: &Service, backend: &Backend, job: Job, interrupt: &Cancell
         }
         None => (JobState::Cancelled, None, Some("cancelled by request while running".to_string())),
     };
-    if state != JobState::Cancelled {
+    if state == JobState::Succeeded {
         backend.record(&ledger);
     }
     match svc.store.finish(&job.id, state, result, error, Some(ledger)).await {

@@ -158,7 +158,7 @@ impl Backend {
         }
     }
 
-    /// A request ran here to the end (succeeded or failed on its own).
+    /// A request succeeded here: its figures count, and the backend works.
     pub fn record(&self, entry: &LedgerEntry) {
         let mut st = self.state.lock().expect("poisoned");
         st.requests += 1;
