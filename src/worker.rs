@@ -88,10 +88,6 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
             }
         };
         let Some(job) = job else { break };
-        // The claim (its attempt counted) is on disk before the job runs.
-        if let Err(e) = svc.store.sync().await {
-            tracing::error!(error = %e, job = %job.id, "flushing a claim failed; running the job anyway");
-        }
         // The backend where it costs the least carbon now; none when one
         // went down while the worker waited for work: back to the queue.
         let Some(slot) = svc.backends.choose(&svc.carbon(), now_s()) else {
@@ -107,6 +103,18 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
         }
         let (svc, interrupt, share) = (svc.clone(), interrupt.clone(), share.clone());
         tasks.spawn(async move {
+            // On the embedded engine, the claim (its attempt counted) is on
+            // disk before the job runs, so a prompt that crashes sproutd stops
+            // at queue.max_attempts. An upstream cannot crash this process
+            // (its faults are counted as they happen), so its jobs start at
+            // once; one a crash interrupts before the claim's next flush is
+            // simply still queued after the restart. The flush is the job's
+            // own, so the worker goes on claiming meanwhile (group commit).
+            if slot.backend.kind == "embedded" {
+                if let Err(e) = svc.store.sync().await {
+                    tracing::error!(error = %e, job = %job.id, "flushing a claim failed; running the job anyway");
+                }
+            }
             let t0 = Instant::now();
             run_job(&svc, &slot.backend, job, &interrupt).await;
             let mut s = share.lock().expect("poisoned");
