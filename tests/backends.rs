@@ -439,3 +439,36 @@ fn calibrate_fits_joules_per_token_against_the_counter() {
     assert_ne!(code, 0);
     assert!(err.contains("--energy-unit") && err.lines().count() == 1, "{err}");
 }
+
+#[test]
+fn upstreams_answer_while_the_embedded_model_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Daemon::start(&upstream_config(0));
+    // The embedded (echo) engine takes 8 s to "load"; the upstream is dirtier.
+    let mut edits = vec![("kind = \"gguf\"", "kind = \"echo\"\necho_load_delay_ms = 8000"), ("name = \"qwen2.5-coder-0.5b-instruct\"", "name = \"echo\"")];
+    edits.extend_from_slice(&OFF);
+    let cfg = format!("{}\n{}", config_text(&edits), backend("remote", &up.url, 4, &flat_trace(dir.path(), "dirty", 900.0)));
+    let mut front = Daemon::spawn(&cfg, None);
+    let t0 = Instant::now();
+    let b = loop {
+        let r = reqwest::blocking::Client::new()
+            .post(format!("{}/v1/chat/completions", front.url))
+            .header("content-type", "application/json")
+            .body(json!({"messages": [{"role": "user", "content": "early bird"}]}).to_string())
+            .send();
+        if let Ok(r) = r {
+            assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+            break r.json::<Value>().unwrap();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "sproutd not listening");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(t0.elapsed() < Duration::from_secs(6), "answered only after the model loaded");
+    assert_eq!(b["usage"]["sprout"]["backend"], "remote", "{b}");
+    let (s, _) = http("GET", &format!("{}/healthz", front.url), None);
+    assert_eq!(s, 503, "healthz waits for the embedded model");
+    front.wait_ready(Duration::from_secs(30));
+    let views = backends(&front.url);
+    assert_eq!(views[0]["name"], "local");
+    assert_eq!(views[0]["ready"], true);
+}

@@ -108,13 +108,15 @@ pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>
     }
 }
 
-/// Generation needs the model; new work is refused while shutting down.
+/// Generation needs the model (or an upstream backend, which answers while
+/// the embedded model still loads); new work is refused while shutting down.
 pub fn ensure_serving(svc: &Service) -> Result<(), ApiError> {
     if svc.is_shutting_down() {
         return Err(ApiError::unavailable("sproutd is shutting down"));
     }
     match svc.engine_status() {
         EngineStatus::Ready => Ok(()),
+        EngineStatus::Loading if svc.backends.all().iter().any(|b| b.kind != "embedded") => Ok(()),
         EngineStatus::Loading => Err(ApiError::unavailable("the model is still loading; retry shortly")),
         EngineStatus::Failed(e) => Err(ApiError::unavailable(format!("the model failed to load: {e}"))),
     }

@@ -128,10 +128,6 @@ impl Backend {
         self.running.load(Ordering::SeqCst)
     }
 
-    fn healthy(&self) -> bool {
-        self.state.lock().expect("poisoned").failures == 0
-    }
-
     fn candidate(&self, intensity: f64) -> route::Candidate {
         let st = self.state.lock().expect("poisoned");
         route::Candidate {
@@ -427,9 +423,5 @@ impl Backends {
     /// Names every backend in the log line at start.
     pub fn describe(&self) -> String {
         self.list.iter().map(|b| format!("{} ({}, {} slots)", b.name, b.kind, b.capacity)).collect::<Vec<_>>().join(", ")
-    }
-
-    pub fn is_healthy(&self, name: &str) -> bool {
-        self.get(name).is_some_and(|b| b.healthy())
     }
 }
