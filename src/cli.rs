@@ -665,13 +665,8 @@ fn read_prompt(prompt: String) -> Result<String, CliError> {
 async fn calibrate(url: &str, model: &str, energy_url: &str, metric: &str, labels: &[String], unit: &str, rounds: usize, settle: f64, json: bool) -> Result<(), CliError> {
     use crate::backends::calibrate::{fit, Sample};
     use crate::engine::{Engine, GenRequest};
-    let joules_per_unit = match unit {
-        "J" => 1.0,
-        "mJ" => 1e-3,
-        "Wh" => 3600.0,
-        "kWh" => 3.6e6,
-        other => return Err(CliError::Usage(format!("--energy-unit {other:?}: not one of J, mJ, Wh, kWh"))),
-    };
+    let joules_per_unit = crate::config::joules_per_energy_unit(unit)
+        .ok_or_else(|| CliError::Usage(format!("--energy-unit {unit:?}: not one of J, mJ, Wh, kWh")))?;
     let mut filter = std::collections::BTreeMap::new();
     for l in labels {
         let (k, v) = l.split_once('=').ok_or_else(|| CliError::Usage(format!("--energy-labels {l:?}: expected key=value")))?;

@@ -858,6 +858,17 @@ fn carbon_config(prefix: &str, c: &RawCarbon, errs: &mut Vec<String>, resolve_at
 /// The name the embedded engine has among the backends.
 pub const EMBEDDED_BACKEND: &str = "local";
 
+/// Joules in one unit of an energy counter: `J`, `mJ` (DCGM), `Wh`, `kWh`.
+pub fn joules_per_energy_unit(unit: &str) -> Option<f64> {
+    match unit {
+        "J" => Some(1.0),
+        "mJ" => Some(1e-3),
+        "Wh" => Some(3600.0),
+        "kWh" => Some(3.6e6),
+        _ => None,
+    }
+}
+
 /// Validates `[[backends]]`.
 fn backend_configs(
     raw: &[RawBackend],
@@ -906,16 +917,10 @@ fn backend_configs(
                 if metric.is_empty() || !metric.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
                     errs.push(format!("{at}.energy_metric: {metric:?} is not a Prometheus metric name"));
                 }
-                let joules_per_unit = match b.energy_unit.as_str() {
-                    "J" => 1.0,
-                    "mJ" => 1e-3,
-                    "Wh" => 3600.0,
-                    "kWh" => 3.6e6,
-                    other => {
-                        errs.push(format!("{at}.energy_unit: {other:?} is not one of \"J\", \"mJ\" (DCGM), \"Wh\", \"kWh\""));
-                        1.0
-                    }
-                };
+                let joules_per_unit = joules_per_energy_unit(&b.energy_unit).unwrap_or_else(|| {
+                    errs.push(format!("{at}.energy_unit: {:?} is not one of \"J\", \"mJ\" (DCGM), \"Wh\", \"kWh\"", b.energy_unit));
+                    1.0
+                });
                 let interval = parse_duration(&b.energy_interval).filter(|d| !d.is_zero()).unwrap_or_else(|| {
                     errs.push(format!("{at}.energy_interval: {:?} is not a positive duration like \"1s\"", b.energy_interval));
                     Duration::from_secs(1)

@@ -156,18 +156,7 @@ fn jobs_go_to_the_cleanest_backend_until_it_is_full_then_spill_over_with_directi
     let metrics = metrics.as_str().unwrap().to_string();
     assert!(metrics.contains("sproutd_backend_requests_total{backend=\"dirty\"} 4"), "{metrics}");
     assert!(metrics.contains("sproutd_backend_grid_intensity_gco2_per_kwh{backend=\"clean\"} 50"), "{metrics}");
-    if let Ok(promtool) = std::env::var("SPROUT_PROMTOOL") {
-        let mut child = std::process::Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    }
+    promtool_check(&metrics);
 }
 
 #[test]

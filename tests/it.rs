@@ -1803,25 +1803,8 @@ fn stats_agree_with_the_ledger_and_metrics_parse_as_prometheus_text() {
         assert!(!name.contains("share") && !name.contains("mix") || name.ends_with("_ratio"), "{line}");
     }
     assert!(text.contains("# TYPE sproutd_carbon_saved_grams gauge") && text.contains("# TYPE sproutd_deferral_saved_grams gauge"), "{text}");
-    // Prometheus' own linter (scripts/fetch-promtool.sh; scripts/test.sh sets SPROUT_PROMTOOL).
-    match std::env::var("SPROUT_PROMTOOL") {
-        Ok(promtool) => {
-            use std::io::Write;
-            let mut child = std::process::Command::new(promtool)
-                .args(["check", "metrics"])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-            let out = child.wait_with_output().unwrap();
-            let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}");
-        }
-        Err(_) if std::env::var("SPROUT_REQUIRE_MODEL").as_deref() == Ok("1") => panic!("SPROUT_PROMTOOL is not set (scripts/fetch-promtool.sh)"),
-        Err(_) => eprintln!("skipping promtool: SPROUT_PROMTOOL not set"),
-    }
+    // Prometheus' own linter.
+    promtool_check(&text);
     let python = match std::env::var("SPROUT_PYTHON") {
         Ok(p) => p,
         Err(_) if std::env::var("SPROUT_REQUIRE_MODEL").as_deref() == Ok("1") => panic!("SPROUT_PYTHON is not set"),

@@ -245,3 +245,28 @@ pub fn sproutd_refuses_to_start(dir: &Path, config: &str, ip: &str) -> String {
     assert!(!out.status.success(), "sproutd started");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Lints a `/metrics` page with Prometheus' `promtool check metrics`
+/// (scripts/fetch-promtool.sh; scripts/test.sh sets SPROUT_PROMTOOL): it
+/// must pass with nothing to say. Skipped without SPROUT_PROMTOOL, unless
+/// SPROUT_REQUIRE_MODEL=1.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    match std::env::var("SPROUT_PROMTOOL") {
+        Ok(promtool) => {
+            let mut child = Command::new(promtool)
+                .args(["check", "metrics"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success() && said.trim().is_empty(), "promtool check metrics: {said}");
+        }
+        Err(_) if std::env::var("SPROUT_REQUIRE_MODEL").as_deref() == Ok("1") => panic!("SPROUT_PROMTOOL is not set (scripts/fetch-promtool.sh)"),
+        Err(_) => eprintln!("skipping promtool: SPROUT_PROMTOOL not set"),
+    }
+}
