@@ -18,9 +18,9 @@ use std::time::Instant;
 
 use futures::future::join_all;
 use serde_json::Value;
-use sprout::answers::{last_number, normalize};
+use sprout::eval::answers::{last_number, normalize};
 use sprout::config::Config;
-use sprout::directive::Directives;
+use sprout::plan::directive::Directives;
 use sprout::engine::{mistral::MistralEngine, Engine, GenRequest, Sampling};
 use sprout::job::{Message, Role};
 use tokio::sync::mpsc;
@@ -127,7 +127,7 @@ async fn main() {
             let t0 = Instant::now();
             let futs = items.iter().map(|it| {
                 let req = GenRequest {
-                    messages: directives.apply(level, sprout::classify::classify(&it.prompt), &[Message::new(Role::User, it.prompt.clone())]),
+                    messages: directives.apply(level, sprout::plan::classify::classify(&it.prompt), &[Message::new(Role::User, it.prompt.clone())]),
                     max_tokens,
                     sampling: Sampling { top_p: 1.0, repetition_penalty: config.generation.repetition_penalty, ..Default::default() },
                     ..Default::default()

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use sprout::optimizer::{solve, ClassInputs, Inputs};
+use sprout::plan::optimizer::{solve, ClassInputs, Inputs};
 use sprout::simulate::{run, Artifact, Policy, SimConfig};
 
 fn inputs(classes: usize, k: usize) -> Inputs {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sprout::job::{ChatRequest, Message, Origin, Role};
-use sprout::queue::{NewJob, Store};
+use sprout::store::{NewJob, Store};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)

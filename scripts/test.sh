@@ -24,6 +24,12 @@ SPROUT_LLAMA_SERVER="$(SPROUT_PIP="$venv/bin/pip" bash "$root/scripts/build-llam
 export SPROUT_LLAMA_SERVER
 
 cd "$root"
+# Tests that read the shared datasets (../shared/data beside the checkout)
+# fail when it is missing, unless told here, loudly, that it is.
+if [ ! -d "$root/../shared/data" ]; then
+    echo "test: WARNING: $root/../shared/data is missing: the tests that read the shared datasets will skip (SPROUT_SHARED_OPTIONAL=1)" >&2
+    export SPROUT_SHARED_OPTIONAL=1
+fi
 # The vendored crates are the published ones plus vendor/patches, byte for byte.
 bash scripts/vendor.sh --check
 # The patches' own tests inside the vendored crates (vendor/README.md), in the

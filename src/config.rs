@@ -183,7 +183,7 @@ pub struct EvaluatorConfig {
     pub judge_key_file: Option<PathBuf>,
     pub judge_timeout: Duration,
     pub judge_retries: u32,
-    /// `None`: the evaluator's own (`evaluator::DEFAULT_JUDGE_PROMPT`).
+    /// `None`: the evaluator's own (`eval::judge::DEFAULT_JUDGE_PROMPT`).
     pub judge_prompt: Option<String>,
     pub min_interval: Duration,
     pub max_staleness: Duration,
@@ -1140,10 +1140,10 @@ impl Config {
             }
             levels.push((l.name.clone(), l.text.trim().to_string()));
             for (class, text) in &l.classes {
-                if !crate::classify::CLASSES.contains(&class.as_str()) {
+                if !crate::plan::classify::CLASSES.contains(&class.as_str()) {
                     errs.push(format!(
                         "directives.levels[{i}].classes.{class}: no such prompt class (one of {})",
-                        crate::classify::CLASSES.join(", ")
+                        crate::plan::classify::CLASSES.join(", ")
                     ));
                 } else if i == 0 && !text.trim().is_empty() {
                     errs.push(format!("directives.levels[0].classes.{class}: the baseline level has no directive"));

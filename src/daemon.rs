@@ -30,9 +30,9 @@ use crate::carbon::{Carbon, CarbonError};
 use crate::config::Config;
 use crate::energy::{self, MeterError};
 use crate::engine;
-use crate::planner;
+use crate::plan::planner;
 use crate::job::now_ms;
-use crate::queue::{Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::service::{EngineStatus, Service};
 use crate::worker;
 
@@ -367,7 +367,7 @@ pub async fn run(
             }
         });
     }
-    tokio::spawn(crate::eval_run::scheduler(svc.clone(), stop.clone()));
+    tokio::spawn(crate::eval::run::scheduler(svc.clone(), stop.clone()));
 
     let worker = tokio::spawn(worker::run(svc.clone(), stop.clone(), interrupt.clone()));
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();

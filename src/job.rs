@@ -3,7 +3,7 @@
 //!
 //! These types are what the store persists (as JSON inside sled) and what the
 //! job API returns, so a change here is a change to the store format: see
-//! `queue::SCHEMA_VERSION`.
+//! `store::SCHEMA_VERSION`.
 
 use std::collections::BTreeMap;
 

@@ -16,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 use crate::carbon::Carbon;
 use crate::energy::Metering;
 use crate::config::Config;
-use crate::classify::classify;
-use crate::directive::{splitmix64, Directives};
-use crate::planner::Planner;
+use crate::plan::classify::classify;
+use crate::plan::directive::{splitmix64, Directives};
+use crate::plan::planner::Planner;
 use crate::job::{now_ms, ChatRequest, Deadline, Deferral, Job, Origin};
-use crate::queue::{job_id, CancelOutcome, NewJob, Store, StoreError};
+use crate::store::{job_id, CancelOutcome, NewJob, Store, StoreError};
 
 /// Where the embedded model is in its life (`Ready` at once without one:
 /// upstream backends need no loading).
@@ -95,7 +95,7 @@ pub struct Service {
     /// The directive optimizer's current plan.
     pub planner: Planner,
     /// The quality evaluator's live state.
-    pub evals: crate::eval_run::EvalState,
+    pub evals: crate::eval::run::EvalState,
     engine: watch::Receiver<EngineStatus>,
     /// Wakes the worker when a job is queued.
     pub work: Notify,
@@ -337,7 +337,7 @@ impl Service {
         if !ev.enabled || job.origin == Origin::Daemon || job.request.store == Some(false) || job.request.shape_is_fixed() {
             return;
         }
-        let sample = crate::evaluator::PromptSample { text: job.request.last_user_text().to_string(), class: class.to_string(), at_ms: job.created_ms };
+        let sample = crate::eval::PromptSample { text: job.request.last_user_text().to_string(), class: class.to_string(), at_ms: job.created_ms };
         if let Err(e) = self.store.sample_prompt(&sample, ev.sample_size, splitmix64(job.seq ^ 0x5eed_5a3b_1e00)) {
             tracing::warn!(error = %e, "keeping a prompt sample failed");
         }
@@ -350,7 +350,7 @@ impl Service {
         let now_ci = self.carbon().now(now_s).gco2_per_kwh;
         let forecast = self.carbon().forecast(now_s, 72);
         let margin = self.config().queue.deadline_margin.as_secs() as i64;
-        let hold = crate::deferral::decide(now_s, (deadline_ms / 1000) as i64, margin, now_ci, &forecast)?;
+        let hold = crate::plan::deferral::decide(now_s, (deadline_ms / 1000) as i64, margin, now_ci, &forecast)?;
         Some(Deferral {
             until_ms: hold.until_s as u64 * 1000,
             forecast_gco2_per_kwh: hold.forecast_gco2_per_kwh,
@@ -466,5 +466,39 @@ impl Service {
                 job
             }
         }
+    }
+}
+
+/// What the planner reads of the daemon.
+impl crate::plan::planner::Sources for Service {
+    fn config(&self) -> Arc<Config> {
+        Service::config(self)
+    }
+
+    fn planner(&self) -> &Planner {
+        &self.planner
+    }
+
+    fn ledger_recent(&self, since_ms: u64, limit: usize) -> Result<Vec<crate::job::LedgerEntry>, StoreError> {
+        self.store.ledger_recent(since_ms, limit)
+    }
+
+    fn eval_runs(&self, limit: usize) -> Result<Vec<crate::eval::EvalRun>, StoreError> {
+        self.store.eval_runs(limit)
+    }
+
+    fn levels(&self) -> (Vec<String>, String) {
+        let d = self.directives();
+        (d.names().map(str::to_string).collect(), d.fingerprint())
+    }
+
+    fn intensity(&self, t: i64) -> (f64, (f64, f64)) {
+        let c = self.carbon();
+        (c.now(t).gco2_per_kwh, c.range())
+    }
+
+    fn knowledge(&self) -> u64 {
+        let t = self.store.totals();
+        t.by_level.values().map(|l| l.requests).sum::<u64>() + self.store.eval_runs_len() as u64
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::accounting;
 use crate::backends::{Backend, Energy};
 use crate::engine::{EngineError, GenRequest, Sampling};
-use crate::evaluator::EngineShare;
+use crate::eval::schedule::EngineShare;
 use crate::job::{now_ms, Job, JobResult, JobState, LedgerEntry, Origin, ToolChoice};
 use crate::stats::RequestTimes;
 use crate::service::Service;
@@ -147,7 +147,7 @@ fn now_s() -> i64 {
 pub fn gen_request(svc: &Service, job: &Job) -> GenRequest {
     let g = &svc.config().generation;
     GenRequest {
-        messages: svc.directives().apply(&job.directive, crate::classify::classify(job.request.last_user_text()), &job.request.messages),
+        messages: svc.directives().apply(&job.directive, crate::plan::classify::classify(job.request.last_user_text()), &job.request.messages),
         max_tokens: job.request.max_tokens,
         sampling: Sampling {
             temperature: job.request.temperature.unwrap_or(g.temperature),
@@ -276,7 +276,7 @@ async fn run_job(svc: &Service, backend: &Backend, job: Job, interrupt: &Cancell
         embodied_g: receipt.embodied_g,
         carbon_g: receipt.carbon_g,
         estimated: receipt.estimated,
-        class: crate::classify::classify(job.request.last_user_text()).to_string(),
+        class: crate::plan::classify::classify(job.request.last_user_text()).to_string(),
         // What holding it saved: its energy at the intensity it avoided.
         deferral_saving_g: job.deferral.map_or(0.0, |d| receipt.energy_j / 3.6e6 * (d.submit_gco2_per_kwh - intensity)),
         deferred: job.deferral.is_some(),
@@ -331,6 +331,8 @@ async fn run_job(svc: &Service, backend: &Backend, job: Job, interrupt: &Cancell
                 "finished"
             );
             svc.finished(done);
+            // New measured e and p: the planner checks whether to re-solve.
+            svc.planner.wake();
         }
         Err(e) => {
             tracing::error!(job = %job.id, error = %e, "recording the job's end failed");

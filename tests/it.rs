@@ -1700,7 +1700,7 @@ fn write_store_fixture() {
     let mut d = d;
     assert!(d.sigterm().success());
     // A queued job, written by the store itself.
-    let store = sprout::queue::Store::open(&d.data_dir).unwrap();
+    let store = sprout::store::Store::open(&d.data_dir).unwrap();
     let seq = store.next_seq().unwrap();
     let req = sprout::job::ChatRequest {
         model: "echo".into(),
@@ -1714,7 +1714,7 @@ fn write_store_fixture() {
         store: None,
         ..Default::default()
     };
-    let new = sprout::queue::NewJob {
+    let new = sprout::store::NewJob {
         origin: sprout::job::Origin::Job,
         priority: 0,
         request: req,
@@ -2406,12 +2406,7 @@ fn real_model_judged_by_a_second_sproutd_over_loopback() {
 
 /// The published artifact under ../shared/data, if this checkout has it.
 fn artifact() -> Option<std::path::PathBuf> {
-    let data = repo().join("../shared/data/sprout_artifact");
-    if !data.is_dir() {
-        eprintln!("skipping: ../shared/data not present");
-        return None;
-    }
-    Some(data)
+    sprout::testing::shared_data("sprout_artifact")
 }
 
 #[test]

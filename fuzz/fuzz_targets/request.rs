@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use sprout::config::Config;
-use sprout::directive::Directives;
+use sprout::plan::directive::Directives;
 
 fn setup() -> &'static (Config, Directives) {
     static S: OnceLock<(Config, Directives)> = OnceLock::new();

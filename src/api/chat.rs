@@ -109,7 +109,7 @@ async fn wait_and_answer(mut rx: mpsc::UnboundedReceiver<JobEvent>, mut guard: C
                 // run after a restart for nobody. (One that was running is
                 // requeued by the drain; that case is not covered yet.)
                 match guard.svc.store.cancel_because(&guard.id, "sproutd stopped; its client was told to retry").await {
-                    Ok(crate::queue::CancelOutcome::Cancelled(_)) => {
+                    Ok(crate::store::CancelOutcome::Cancelled(_)) => {
                         tracing::info!(job = %guard.id, "stopping: a waiting client's queued job cancelled")
                     }
                     Ok(_) => {}

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::queue::StoreError;
+use crate::store::StoreError;
 use crate::service::SubmitError;
 
 #[derive(Debug, Clone, PartialEq)]

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::extract::{Path, Query};
 use super::{body_bytes, AppState};
-use crate::eval_run::{self, EvalError, RunOptions, RunSlot};
+use crate::eval::run::{self, EvalError, RunOptions, RunSlot};
 
 impl From<EvalError> for ApiError {
     fn from(e: EvalError) -> Self {
@@ -57,7 +57,7 @@ pub async fn start(State(svc): State<AppState>, body: Result<Bytes, BytesRejecti
     let slot = RunSlot::take(&svc)?;
     let opts = RunOptions { prompts: b.prompts, judge_url: b.judge_url, judge_model: b.judge_model, reason: "forced".into() };
     // The run is its own task: a client that hangs up while waiting does not stop it.
-    let task = eval_run::spawn(slot, opts);
+    let task = run::spawn(slot, opts);
     if b.wait {
         let run = task.await.map_err(|e| {
             tracing::error!(error = %e, "the evaluation run panicked");
@@ -69,7 +69,7 @@ pub async fn start(State(svc): State<AppState>, body: Result<Bytes, BytesRejecti
 }
 
 pub async fn status(State(svc): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(eval_run::status(&svc)?))
+    Ok(Json(run::status(&svc)?))
 }
 
 #[derive(Deserialize)]

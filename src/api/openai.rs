@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use crate::config::Config;
-use crate::directive::Directives;
+use crate::plan::directive::Directives;
 use crate::engine::grammar;
 use crate::job::{ChatRequest, Deadline, Job, JobResult, Message, ResponseFormat, Role, Tool, ToolCall, ToolChoice};
 
@@ -95,7 +95,7 @@ fn unsupported(body: &serde_json::Map<String, Value>) -> Option<(&'static str, &
 
 /// Parses and validates a body. Unknown fields are ignored, as OpenAI's
 /// clients send many we do not use, except those that would change the
-/// answer and that sproutd does not implement ([`unsupported`]): a 400.
+/// answer and that sproutd does not implement (`unsupported`): a 400.
 pub fn parse_request(body: &[u8], cfg: &Config, directives: &Directives) -> Result<Parsed, ApiError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| ApiError::bad_json(format!("request body is not valid JSON: {e}")))?;

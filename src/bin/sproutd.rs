@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sprout::config::{Config, ConfigError};
 use sprout::daemon::DaemonError;
-use sprout::queue::StoreError;
+use sprout::store::StoreError;
 
 #[derive(Parser)]
 #[command(name = "sproutd", version, about = "Carbon-aware LLM inference daemon")]
@@ -117,7 +117,7 @@ fn main() -> ExitCode {
 fn store(config: &Config, command: StoreCmd) -> ExitCode {
     let (dir, timeout) = (&config.data_dir, config.store_open_timeout);
     match command {
-        StoreCmd::Verify => match sprout::store_admin::verify(dir, timeout) {
+        StoreCmd::Verify => match sprout::store::admin::verify(dir, timeout) {
             Ok((report, whole)) => {
                 print!("{report}");
                 if whole { ExitCode::SUCCESS } else { ExitCode::FAILURE }
@@ -129,7 +129,7 @@ fn store(config: &Config, command: StoreCmd) -> ExitCode {
         },
         StoreCmd::Export => {
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            match sprout::store_admin::export(dir, timeout, &mut out) {
+            match sprout::store::admin::export(dir, timeout, &mut out) {
                 Ok((written, skipped, missing)) => {
                     eprintln!("sproutd: exported {written} records, skipped {skipped} unreadable ones");
                     if let Some(m) = missing {

@@ -203,8 +203,7 @@ mod tests {
     }
 
     fn shared(path: &str) -> Option<String> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(path);
-        std::fs::read_to_string(p).ok()
+        Some(std::fs::read_to_string(crate::testing::shared_data(path)?).unwrap())
     }
 
     #[test]
@@ -275,10 +274,7 @@ mod tests {
 
     #[test]
     fn shared_traces_parse_and_forecast_beats_persistence() {
-        let Some(text) = shared("sprout_artifact/carbon_intensity/GB_2023_hourly.csv") else {
-            eprintln!("skipping: ../shared/data not present");
-            return;
-        };
+        let Some(text) = shared("sprout_artifact/carbon_intensity/GB_2023_hourly.csv") else { return };
         let t = Trace::parse(&text).unwrap();
         assert_eq!(t.values.len(), 8760);
         let persistence = |h: usize| {

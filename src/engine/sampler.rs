@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 
 use super::Sampling;
-use crate::directive::splitmix64;
+use crate::plan::directive::splitmix64;
 
 /// One generated token: its id, its log-probability and the `n` most likely
 /// alternatives (ids), in the distribution it was drawn from.

@@ -29,8 +29,8 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::carbon::trace::{forecast, range, Trace};
-use crate::classify::{self, CLASSES};
-use crate::optimizer::{self, ClassInputs, Inputs};
+use crate::plan::classify::{self, CLASSES};
+use crate::plan::optimizer::{self, ClassInputs, Inputs};
 
 pub const LEVELS: usize = 3;
 /// `best`'s confidence on pick-best `q` in the replay ([`SimConfig::best_z`]):
@@ -241,7 +241,7 @@ impl Default for SimConfig {
             eval_prompts: 100,
             small_model_quality: 0.8,
             best_margin: 0.0,
-            class_history: crate::optimizer::BEST_CLASS_HISTORY,
+            class_history: crate::plan::optimizer::BEST_CLASS_HISTORY,
             best_z: BEST_Z,
         }
     }
@@ -650,9 +650,9 @@ fn bounded_q(q: &Quality, c: usize, z: f64) -> [f64; LEVELS] {
     }
     std::array::from_fn(|l| {
         if l == 0 {
-            1.0 - crate::answers::wilson_lower(n - picks[0], n, z)
+            1.0 - crate::eval::answers::wilson_lower(n - picks[0], n, z)
         } else {
-            crate::answers::wilson_lower(picks[l], n, z)
+            crate::eval::answers::wilson_lower(picks[l], n, z)
         }
     })
 }
@@ -739,7 +739,7 @@ pub struct RuleStats {
     pub max_staleness_h: usize,
 }
 
-/// The method's trigger and Sprout's (`evaluator::schedule`: 6 h minimum,
+/// The method's trigger and Sprout's (`eval::schedule::schedule`: 6 h minimum,
 /// 72 h maximum, within 5% of the lowest forecast before the limit) over the
 /// whole year of `region`, both seeing only forecasts computed from the past.
 pub fn eval_rules(a: &Artifact, region: &str, eval_prompts: usize) -> Result<(RuleStats, RuleStats), String> {
@@ -757,7 +757,7 @@ pub fn eval_rules(a: &Artifact, region: &str, eval_prompts: usize) -> Result<(Ru
                 let fc: Vec<crate::carbon::Reading> = (1..=24)
                     .map(|h| crate::carbon::Reading { at: (t + h) as i64 * 3600, gco2_per_kwh: forecast(&past, past.len() - 1, h) })
                     .collect();
-                crate::evaluator::schedule(t as i64 * 3600, Some(last as i64 * 3600), trace[t], &fc, (ci_min, ci_max), 6 * 3600, 72 * 3600, 0.05).run
+                crate::eval::schedule::schedule(t as i64 * 3600, Some(last as i64 * 3600), trace[t], &fc, (ci_min, ci_max), 6 * 3600, 72 * 3600, 0.05).run
             } else {
                 method_trigger(since, trace[t - 1], trace[t], forecast(&past, past.len() - 1, 1), ci_min, ci_max)
             };
@@ -924,11 +924,7 @@ mod tests {
 
     /// The published artifact beside the checkout, if there.
     fn shared_artifact() -> Option<Artifact> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/sprout_artifact");
-        if !dir.is_dir() {
-            eprintln!("skipping: ../shared/data not present");
-            return None;
-        }
+        let dir = crate::testing::shared_data("sprout_artifact")?;
         Some(Artifact::load(&dir).unwrap())
     }
 

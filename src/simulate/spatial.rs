@@ -3,7 +3,7 @@
 //! the cleanest grids first, up to each region's capacity (as the daemon's
 //! router does: least carbon among backends with room, spill-over next).
 //!
-//! The single-region run ([`super::run`]) gives each hour's requests, their
+//! The single-region run ([`crate::simulate::run`]) gives each hour's requests, their
 //! energy under the directive policy (its carbon minus its embodied part,
 //! over the home grid's intensity) and at L0. Routing then moves requests
 //! among regions; energy per request does not change with the region (the
@@ -147,11 +147,7 @@ mod tests {
 
     #[test]
     fn routing_adds_to_the_directives_saving_and_less_as_capacity_tightens() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/sprout_artifact");
-        if !dir.is_dir() {
-            eprintln!("skipping: ../shared/data not present");
-            return;
-        }
+        let Some(dir) = crate::testing::shared_data("sprout_artifact") else { return };
         let a = Artifact::load(&dir).unwrap();
         let cfg = SimConfig { region: "NL".into(), start_hour: 3900, hours: 168, ..SimConfig::default() };
         let r = spatial(&a, &cfg, &[5.0, 2.0, 1.0, 0.0]).unwrap();

@@ -62,11 +62,7 @@ mod tests {
 
     #[test]
     fn agrees_with_the_dataset_labels_on_most_shared_prompts() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/sprout_artifact/requests");
-        if !dir.is_dir() {
-            eprintln!("skipping: ../shared/data not present");
-            return;
-        }
+        let Some(dir) = crate::testing::shared_data("sprout_artifact/requests") else { return };
         let expect = [("mmlu", "choice"), ("scienceqa", "choice"), ("math", "math"), ("triviaqa", "question"), ("naturalqa", "question"), ("alpaca", "instruction")];
         for (ds, class) in expect {
             let text = std::fs::read_to_string(dir.join(format!("{ds}_prompts.jsonl"))).unwrap();

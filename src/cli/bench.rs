@@ -19,7 +19,8 @@ use std::time::Instant;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::answers;
+use crate::eval::answers;
+use super::{print_json, BenchArgs, CliError};
 use crate::client::{Client, ClientError};
 
 /// Items before this index of each file form the tuning split.
@@ -264,7 +265,7 @@ pub fn summarize(answers: &[Answer], modes: &[String], levels: &[String]) -> Vec
                 latency_p95: quantile(these.iter().map(|a| a.latency_s).collect(), 0.95),
                 mix,
                 agreement: agreed / agreements.len().max(1) as f64,
-                agreement_lower: answers::wilson_lower(agreed, agreements.len() as f64, crate::evaluator::BOUND_Z),
+                agreement_lower: answers::wilson_lower(agreed, agreements.len() as f64, crate::eval::quality::BOUND_Z),
                 agreement_n: agreements.len(),
             });
         }
@@ -440,6 +441,53 @@ pub async fn run(client: &Client, items: &[Item], opts: &Options, progress: &dyn
     Ok(out)
 }
 
+/// `sproutctl bench`: load, run, report.
+pub async fn command(client: &Client, args: BenchArgs) -> Result<(), CliError> {
+    let items = load(&args.data, &args.datasets, &args.split, args.offset, args.n).map_err(CliError::Usage)?;
+    if items.is_empty() {
+        return Err(CliError::Usage(format!("no items in split {} (offset {}, n {})", args.split, args.offset, args.n)));
+    }
+    if args.modes.is_empty() || args.modes.iter().any(|m| m.is_empty()) {
+        return Err(CliError::Usage("--modes: name levels (L0, L1, ...) or auto".into()));
+    }
+    let levels: Vec<String> = match client.eval_status().await {
+        Ok(s) => s["levels"].as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_string)).collect()).unwrap_or_default(),
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(m) = args.modes.iter().find(|m| *m != "auto" && !levels.contains(m)) {
+        return Err(CliError::Usage(format!("--modes: {m:?} is not a level of this daemon (its levels: {})", levels.join(", "))));
+    }
+    let opts = Options {
+        modes: args.modes.clone(),
+        max_tokens: args.max_tokens,
+        concurrency: args.concurrency,
+        eval_first: args.eval_first,
+        eval_prompts: args.eval_prompts,
+    };
+    eprintln!("{} items ({} split, offset {}), modes {}", items.len(), args.split, args.offset, args.modes.join(","));
+    let answers = run(client, &items, &opts, &|line| eprintln!("{line}")).await?;
+    let rows = summarize(&answers, &args.modes, &levels);
+    if let Some(path) = &args.plot {
+        std::fs::write(path, plot_svg(&rows)).map_err(|e| CliError::Usage(format!("--plot {}: {e}", path.display())))?;
+    }
+    let report = json!({"split": args.split, "offset": args.offset, "n": args.n, "modes": args.modes, "rows": rows, "answers": answers});
+    if let Some(path) = &args.save {
+        std::fs::write(path, serde_json::to_string_pretty(&report).unwrap_or_default())
+            .map_err(|e| CliError::Usage(format!("--save {}: {e}", path.display())))?;
+    }
+    if args.json {
+        print_json(&report);
+    } else {
+        print!("{}", render(&rows));
+        if let Some((d, n)) = paired_latency(&answers, &args.modes[0], "auto") {
+            println!("auto answers served at {} with the same tokens as pinned: median latency {d:+.2} s over {n} pairs", args.modes[0]);
+        }
+        let estimated = answers.iter().filter(|a| a.estimated).count();
+        println!("energy: {} of {} answers estimated, the rest measured", estimated, answers.len());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,11 +526,7 @@ mod tests {
 
     #[test]
     fn the_shared_datasets_load() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/prompts");
-        if !dir.is_dir() {
-            eprintln!("skipping: ../shared/data not present");
-            return;
-        }
+        let Some(dir) = crate::testing::shared_data("prompts") else { return };
         let sets: Vec<String> = DATASETS.iter().map(|d| d.0.to_string()).collect();
         let items = load(&dir, &sets, "test", 0, 5).unwrap();
         assert_eq!(items.len(), 20);

@@ -5,7 +5,10 @@
 //! the mix for each request's class.
 //!
 //! [`build_inputs`] is pure; [`Planner`] holds the current plan and its
-//! history; [`run`] is the re-solve loop.
+//! history; [`run`] is the re-solve loop, woken early ([`Planner::wake`])
+//! when what it knows changes (an answer finished, an evaluation stored).
+//! A solve reads the daemon through [`Sources`], so the planner needs no
+//! `Service` and its tests hand it a fake.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
@@ -14,11 +17,15 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::classify::CLASSES;
-use crate::config::{AccountingConfig, OptimizerConfig};
+use tokio::sync::Notify;
+
+use crate::config::{AccountingConfig, Config, OptimizerConfig};
+use crate::eval::quality::Kept;
+use crate::eval::{Cell, EvalRun};
 use crate::job::{now_ms, JobState, LedgerEntry, Origin};
-use crate::evaluator::Kept;
-use crate::optimizer::{self, ClassInputs, Inputs, Plan};
+use crate::plan::classify::CLASSES;
+use crate::plan::optimizer::{self, ClassInputs, Inputs, Plan};
+use crate::store::StoreError;
 
 /// Ledger records looked at: those of the last week, newest first, at most
 /// `RECENT` in all and `RECENT_PER_CELL` per level and class.
@@ -45,37 +52,6 @@ pub struct Solved {
     pub knowledge: u64,
 }
 
-/// What the evaluations measured of one level on one class: answers'
-/// mean energy and time (the daemon's own answers, when users' requests at
-/// that level are too few).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Cell {
-    pub class: String,
-    pub level: String,
-    pub n: usize,
-    pub energy_j: f64,
-    pub duration_s: f64,
-}
-
-/// Pools cells of the same class and level (weighted by n).
-pub fn pool_cells<'a>(cells: impl IntoIterator<Item = &'a Cell>) -> Vec<Cell> {
-    let mut out: Vec<Cell> = Vec::new();
-    for c in cells {
-        match out.iter_mut().find(|o| o.class == c.class && o.level == c.level) {
-            Some(o) => {
-                let n = (o.n + c.n) as f64;
-                if n > 0.0 {
-                    o.energy_j = (o.energy_j * o.n as f64 + c.energy_j * c.n as f64) / n;
-                    o.duration_s = (o.duration_s * o.n as f64 + c.duration_s * c.n as f64) / n;
-                }
-                o.n += c.n;
-            }
-            None => out.push(c.clone()),
-        }
-    }
-    out
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct HistoryItem {
     pub at_ms: u64,
@@ -95,6 +71,8 @@ pub struct Planner {
     reloaded: std::sync::atomic::AtomicBool,
     current: RwLock<Option<Solved>>,
     history: RwLock<VecDeque<HistoryItem>>,
+    /// Wakes [`run`] before its next check.
+    wake: Notify,
 }
 
 /// What the planner knows of quality and of the evaluations' own answers.
@@ -219,7 +197,14 @@ pub fn build_inputs(
 
 impl Planner {
     pub fn new(cfg: OptimizerConfig) -> Self {
-        Self { cfg: RwLock::new(cfg), reloaded: Default::default(), current: RwLock::new(None), history: RwLock::new(VecDeque::new()) }
+        Self { cfg: RwLock::new(cfg), reloaded: Default::default(), current: RwLock::new(None), history: RwLock::new(VecDeque::new()), wake: Notify::new() }
+    }
+
+    /// What the planner knows has changed (a request finished, an
+    /// evaluation was stored): [`run`] checks now whether a solve is due
+    /// instead of at its next tick.
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     pub fn enabled(&self) -> bool {
@@ -312,19 +297,41 @@ impl Planner {
     }
 }
 
-/// Re-solves when due; checks every `check` (a minute, or less for tests).
-/// While the optimizer is off it only waits (a reload may turn it on).
-pub async fn run(svc: Arc<crate::service::Service>, stop: CancellationToken, check: Duration) {
+/// What a solve reads of the daemon (implemented by `Service`).
+pub trait Sources {
+    fn config(&self) -> Arc<Config>;
+    fn planner(&self) -> &Planner;
+    /// Ledger records finished since `since_ms`, newest first, at most `limit`.
+    fn ledger_recent(&self, since_ms: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError>;
+    /// Stored evaluation runs, newest first, at most `limit`.
+    fn eval_runs(&self, limit: usize) -> Result<Vec<EvalRun>, StoreError>;
+    /// The levels' names, and their wordings' fingerprint.
+    fn levels(&self) -> (Vec<String>, String);
+    /// The grid's intensity at `t` (Unix seconds), and its range.
+    fn intensity(&self, t: i64) -> (f64, (f64, f64));
+    /// Users' finished requests and evaluation runs so far: a solve is due
+    /// again once this has grown (new measured e, p or kept quality).
+    fn knowledge(&self) -> u64;
+}
+
+/// Re-solves when due; checks every `check` (a second in the daemon), or
+/// at once when woken ([`Planner::wake`]). While the optimizer is off it only
+/// waits (a reload may turn it on).
+pub async fn run<S: Sources + Send + Sync + 'static>(src: Arc<S>, stop: CancellationToken, check: Duration) {
     loop {
+        let woken = src.planner().wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         let t = now_ms();
-        let ci = svc.carbon().now(t as i64 / 1000).gco2_per_kwh;
-        if svc.planner.enabled() {
-            if let Some(reason) = svc.planner.due(t, ci, knowledge(&svc)) {
-                resolve(&svc, ci, reason);
+        let ci = src.intensity(t as i64 / 1000).0;
+        if src.planner().enabled() {
+            if let Some(reason) = src.planner().due(t, ci, src.knowledge()) {
+                resolve(src.as_ref(), ci, reason);
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(check) => {}
+            _ = &mut woken => {}
             _ = stop.cancelled() => return,
         }
     }
@@ -334,21 +341,12 @@ pub async fn run(svc: Arc<crate::service::Service>, stop: CancellationToken, che
 /// quality bound to tighten over several runs, few enough to follow a change.
 pub const EVAL_HISTORY: usize = 20;
 
-/// Users' finished requests and evaluation runs so far: a solve is due again
-/// once this has grown (new measured e, p or kept quality).
-pub fn knowledge(svc: &crate::service::Service) -> u64 {
-    let t = svc.store.totals();
-    t.by_level.values().map(|l| l.requests).sum::<u64>() + svc.store.eval_runs_len() as u64
-}
-
 /// The evaluations the planner pools, newest first: the latest of these
 /// levels with these wordings (a changed wording starts afresh) that
 /// compared any answers.
-pub fn pooled_runs(svc: &crate::service::Service) -> Result<Vec<crate::evaluator::EvalRun>, crate::queue::StoreError> {
-    let names: Vec<String> = svc.directives().names().map(str::to_string).collect();
-    let wording = svc.directives().fingerprint();
-    Ok(svc
-        .store
+pub fn pooled_runs(src: &impl Sources) -> Result<Vec<EvalRun>, StoreError> {
+    let (names, wording) = src.levels();
+    Ok(src
         .eval_runs(EVAL_HISTORY * 2)?
         .into_iter()
         .filter(|r| r.levels == names && r.wording == wording && !r.verdicts.is_empty())
@@ -357,20 +355,21 @@ pub fn pooled_runs(svc: &crate::service::Service) -> Result<Vec<crate::evaluator
 }
 
 /// One solve with the daemon's current knowledge.
-pub fn resolve(svc: &crate::service::Service, ci: f64, reason: String) -> Solved {
-    let cfg = &svc.config();
+pub fn resolve(src: &impl Sources, ci: f64, reason: String) -> Solved {
+    let cfg = src.config();
     let since = now_ms().saturating_sub(LOOKBACK_MS);
-    let entries = svc.store.ledger_recent(since, RECENT).unwrap_or_else(|e| {
+    let entries = src.ledger_recent(since, RECENT).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "reading the ledger for the optimizer failed; using priors");
         Vec::new()
     });
-    let names: Vec<String> = svc.directives().names().map(str::to_string).collect();
-    let runs = pooled_runs(svc).unwrap_or_default();
+    let (names, _) = src.levels();
+    let runs = pooled_runs(src).unwrap_or_default();
     let cells: Vec<Cell> = runs.iter().flat_map(|r| r.cells.iter().cloned()).collect();
-    let kept = |class: &str| crate::evaluator::kept_stats(&runs, class, names.len());
+    let kept = |class: &str| crate::eval::quality::kept_stats(&runs, class, names.len());
     let measured = Measured { kept: &kept, cells: &cells };
-    let (inputs, sources, kept) = build_inputs(&cfg.optimizer, &cfg.accounting, &entries, &names, &measured, ci, svc.carbon().range());
-    svc.planner.install(inputs, sources, kept, reason, knowledge(svc))
+    let range = src.intensity(now_ms() as i64 / 1000).1;
+    let (inputs, sources, kept) = build_inputs(&cfg.optimizer, &cfg.accounting, &entries, &names, &measured, ci, range);
+    src.planner().install(inputs, sources, kept, reason, src.knowledge())
 }
 
 #[cfg(test)]
@@ -400,6 +399,139 @@ mod tests {
             backend: "local".into(),
             zone: "GB".into(),
         }
+    }
+
+    /// A daemon for [`resolve`] and [`run`]: the ledger and the evaluations it holds.
+    struct Fake {
+        cfg: Arc<Config>,
+        planner: Planner,
+        ledger: std::sync::Mutex<Vec<LedgerEntry>>,
+        runs: std::sync::Mutex<Vec<EvalRun>>,
+    }
+
+    impl Sources for Fake {
+        fn config(&self) -> Arc<Config> {
+            self.cfg.clone()
+        }
+        fn planner(&self) -> &Planner {
+            &self.planner
+        }
+        fn ledger_recent(&self, _: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+            Ok(self.ledger.lock().unwrap().iter().take(limit).cloned().collect())
+        }
+        fn eval_runs(&self, limit: usize) -> Result<Vec<EvalRun>, StoreError> {
+            Ok(self.runs.lock().unwrap().iter().take(limit).cloned().collect())
+        }
+        fn levels(&self) -> (Vec<String>, String) {
+            (["L0", "L1", "L2"].iter().map(|s| s.to_string()).collect(), "w".into())
+        }
+        fn intensity(&self, _: i64) -> (f64, (f64, f64)) {
+            (300.0, (50.0, 500.0))
+        }
+        fn knowledge(&self) -> u64 {
+            (self.ledger.lock().unwrap().len() + self.runs.lock().unwrap().len()) as u64
+        }
+    }
+
+    fn fake(ledger: Vec<LedgerEntry>) -> Fake {
+        let cfg = Arc::new(Config::default_config());
+        Fake { planner: Planner::new(cfg.optimizer.clone()), cfg, ledger: std::sync::Mutex::new(ledger), runs: Default::default() }
+    }
+
+    /// An evaluation of `n` prompts of `class` where each level kept the
+    /// baseline's answer or not (`kept`), under the wordings `wording`.
+    fn evaluation(class: &str, n: usize, kept: [f64; 3], wording: &str) -> EvalRun {
+        let verdict = |i: usize| crate::eval::quality::PromptVerdict {
+            prompt: format!("prompt {i}"),
+            class: class.into(),
+            picks: vec![],
+            credit: vec![0.0; 3],
+            kept: kept.iter().map(|k| Some(*k)).collect(),
+            signal: "agreement".into(),
+        };
+        EvalRun {
+            id: "eval-1".into(),
+            started_ms: 0,
+            finished_ms: 0,
+            reason: "test".into(),
+            intensity_gco2_per_kwh: 100.0,
+            judge: "agreement".into(),
+            levels: ["L0", "L1", "L2"].iter().map(|s| s.to_string()).collect(),
+            q: None,
+            verdicts: (0..n).map(verdict).collect(),
+            failures: 0,
+            judge_calls: 0,
+            jobs: vec![],
+            tokens: 0,
+            energy_j: 0.0,
+            carbon_g: 0.0,
+            estimated: true,
+            error: None,
+            wording: wording.into(),
+            cells: vec![],
+        }
+    }
+
+    fn math_mix(s: &Solved) -> Vec<f64> {
+        s.plan.classes.iter().find(|c| c.name == "math").expect("a math class").x.clone()
+    }
+
+    #[test]
+    fn resolve_shortens_a_class_only_once_its_evaluations_clear_the_floor() {
+        // The ledger says L1 costs a third of L0 on math.
+        let mut ledger: Vec<LedgerEntry> = (0..20).map(|_| entry("L0", "math", 720.0)).collect();
+        ledger.extend((0..20).map(|_| entry("L1", "math", 240.0)));
+        let f = fake(ledger);
+        // No evaluation: cost alone never licenses a shorter level.
+        let s = resolve(&f, 300.0, "start".into());
+        assert_eq!(math_mix(&s), vec![1.0, 0.0, 0.0], "{:?}", s.kept);
+        // 100 prompts where L1 reached L0's answer every time and L2 never.
+        *f.runs.lock().unwrap() = vec![evaluation("math", 100, [1.0, 1.0, 0.0], "w")];
+        let s = resolve(&f, 300.0, "evaluation".into());
+        let x = math_mix(&s);
+        assert!(x[1] > 0.5 && x[2] == 0.0, "{x:?}");
+        assert_eq!(s.kept[1][1].n, 100);
+        // Too few prompts for the bound to clear the floor: L0 again.
+        *f.runs.lock().unwrap() = vec![evaluation("math", 10, [1.0, 1.0, 0.0], "w")];
+        assert_eq!(math_mix(&resolve(&f, 300.0, "few".into())), vec![1.0, 0.0, 0.0]);
+        // The same evaluation under other wordings does not count.
+        *f.runs.lock().unwrap() = vec![evaluation("math", 100, [1.0, 1.0, 0.0], "older wordings")];
+        assert_eq!(math_mix(&resolve(&f, 300.0, "reworded".into())), vec![1.0, 0.0, 0.0]);
+        assert_eq!(f.planner.history().len(), 4);
+        assert_eq!(f.planner.current().unwrap().reason, "reworded");
+    }
+
+    /// Waits (up to 10 s) until `cond` holds.
+    async fn until(cond: impl Fn() -> bool) {
+        let t0 = std::time::Instant::now();
+        while !cond() {
+            assert!(t0.elapsed() < Duration::from_secs(10), "timed out");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn run_resolves_when_woken_not_only_on_its_tick() {
+        let f = Arc::new(fake(vec![]));
+        let stop = CancellationToken::new();
+        // A tick far longer than the test: only the start and wakes solve.
+        let task = tokio::spawn(run(f.clone(), stop.clone(), Duration::from_secs(3600)));
+        until(|| f.planner.current().is_some()).await;
+        assert_eq!(f.planner.current().unwrap().reason, "start");
+        // Enough new measurements to make a solve due: nothing happens
+        // before the wake (or the tick, an hour away).
+        f.ledger.lock().unwrap().extend((0..10).map(|_| entry("L0", "math", 700.0)));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(f.planner.history().len(), 1);
+        f.planner.wake();
+        until(|| f.planner.history().len() == 2).await;
+        assert!(f.planner.current().unwrap().reason.contains("new measurements"), "{}", f.planner.current().unwrap().reason);
+        // A wake with nothing new solves nothing.
+        f.planner.wake();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(f.planner.history().len(), 2);
+        stop.cancel();
+        task.await.unwrap();
     }
 
     fn kept(lower: [f64; 3]) -> Vec<Kept> {

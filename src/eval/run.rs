@@ -1,4 +1,4 @@
-//! Evaluation runs (the IO around [`crate::evaluator`]): K sampled prompts
+//! Evaluation runs (the IO around the pure [`crate::eval`] modules): K sampled prompts
 //! are answered at every level through the queue (lowest priority, origin
 //! `daemon`, so the ledger meters them), a judge picks the best answer under
 //! every rotation of their order, and the run is stored; the optimizer
@@ -11,9 +11,12 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::evaluator::{self, EvalRun, PromptVerdict, Schedule};
+use super::judge::{self, DEFAULT_JUDGE_PROMPT};
+use super::quality::{self, PromptVerdict};
+use super::schedule::{self, Schedule};
+use super::EvalRun;
 use crate::job::{now_ms, ChatRequest, Job, JobState, Message, Origin, Role};
-use crate::queue::StoreError;
+use crate::store::StoreError;
 use crate::service::{Service, SubmitError};
 
 /// The longest judge reply read: the verdict is a number.
@@ -210,10 +213,10 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
     let k = opts.prompts.unwrap_or(cfg.prompts).max(1);
     let mut state = started_ms;
     for i in (1..samples.len()).rev() {
-        state = crate::directive::splitmix64(state);
+        state = crate::plan::directive::splitmix64(state);
         samples.swap(i, (state % (i as u64 + 1)) as usize);
     }
-    let samples = evaluator::stratify(samples, k);
+    let samples = schedule::stratify(samples, k);
     let levels: Vec<String> = svc.directives().names().map(str::to_string).collect();
     let intensity = svc.carbon().now(started_ms as i64 / 1000).gco2_per_kwh;
     tracing::info!(prompts = samples.len(), per_class = k, judge = %judge.describe(svc), reason = %opts.reason, "evaluation run starting");
@@ -231,13 +234,13 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
         ids.push(row);
     }
     let mut answers: Vec<Vec<String>> = Vec::new();
-    let mut measured: Vec<crate::planner::Cell> = Vec::new();
+    let mut measured: Vec<super::Cell> = Vec::new();
     for (s, row) in samples.iter().zip(&ids) {
         let mut texts = Vec::new();
         for (level, id) in levels.iter().zip(row) {
             let job = finished(svc, id).await?;
             if let Some(r) = &job.result {
-                measured.push(crate::planner::Cell {
+                measured.push(super::Cell {
                     class: s.class.clone(),
                     level: level.clone(),
                     n: 1,
@@ -249,26 +252,26 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
         }
         answers.push(texts);
     }
-    let cells = crate::planner::pool_cells(&measured);
+    let cells = super::pool_cells(&measured);
 
     // 2. Whether each level kept the baseline's quality: where answers have
     // a final form, whether they reach the baseline's (no judge needed);
     // elsewhere the judge, once per rotation of the answers' order.
-    let rotations = evaluator::rotations(levels.len());
+    let rotations = judge::rotations(levels.len());
     let mut verdicts = Vec::new();
     let mut failures = 0;
     let mut calls = 0;
     let baseline = levels.first().cloned().unwrap_or_else(|| "L0".into());
     for (s, texts) in samples.iter().zip(&answers) {
         let prompt: String = s.text.chars().take(300).collect();
-        if let Some(kept) = evaluator::kept_by_agreement(&s.class, texts) {
+        if let Some(kept) = quality::kept_by_agreement(&s.class, texts) {
             verdicts.push(PromptVerdict { prompt, class: s.class.clone(), picks: vec![], credit: vec![], kept, signal: "agreement".into() });
             continue;
         }
         let prompts: Vec<String> =
             rotations
                 .iter()
-                .map(|order| evaluator::judge_prompt(cfg.judge_prompt.as_deref().unwrap_or(evaluator::DEFAULT_JUDGE_PROMPT), &s.text, texts, order))
+                .map(|order| judge::judge_prompt(cfg.judge_prompt.as_deref().unwrap_or(DEFAULT_JUDGE_PROMPT), &s.text, texts, order))
                 .collect();
         let replies: Vec<Result<String, String>> = match &judge {
             Judge::Local => {
@@ -301,7 +304,7 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
             .zip(&rotations)
             .map(|(reply, order)| {
                 let pick = match reply {
-                    Ok(text) => evaluator::parse_verdict(text, levels.len()).map(|n| order[n - 1]),
+                    Ok(text) => judge::parse_verdict(text, levels.len()).map(|n| order[n - 1]),
                     Err(e) => {
                         tracing::warn!(error = %e, "a judge call failed");
                         None
@@ -313,11 +316,11 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
                 pick
             })
             .collect();
-        let credit = evaluator::credit(&picks, levels.len());
-        let kept = evaluator::kept_by_judge(&picks, levels.len());
+        let credit = quality::credit(&picks, levels.len());
+        let kept = quality::kept_by_judge(&picks, levels.len());
         verdicts.push(PromptVerdict { prompt, class: s.class.clone(), picks, credit, kept, signal: "judge".into() });
     }
-    let q = evaluator::quality(&verdicts, levels.len());
+    let q = quality::quality(&verdicts, levels.len());
     let any_signal = verdicts.iter().any(|v| v.kept.iter().skip(1).any(Option::is_some));
 
     // 3. The run's own cost, from its jobs' receipts.
@@ -355,7 +358,7 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
     tracing::info!(id = %run.id, q = ?run.q, failures, carbon_g = format!("{carbon_g:.4}"), "evaluation run finished");
     if any_signal && svc.planner.enabled() {
         let ci = svc.carbon().now(now_ms() as i64 / 1000).gco2_per_kwh;
-        crate::planner::resolve(svc, ci, format!("evaluation {}", run.id));
+        crate::plan::planner::resolve(svc.as_ref(), ci, format!("evaluation {}", run.id));
     }
     Ok(run)
 }
@@ -364,10 +367,10 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
 /// runs the planner pools (n, share, lower bound).
 fn kept_by_class(svc: &Service) -> Result<Value, StoreError> {
     let levels = svc.directives().names().count();
-    let runs = crate::planner::pooled_runs(svc)?;
+    let runs = crate::plan::planner::pooled_runs(svc)?;
     let mut out = serde_json::Map::new();
-    for class in crate::classify::CLASSES {
-        out.insert(class.to_string(), json!(evaluator::kept_stats(&runs, class, levels)));
+    for class in crate::plan::classify::CLASSES {
+        out.insert(class.to_string(), json!(quality::kept_stats(&runs, class, levels)));
     }
     Ok(Value::Object(out))
 }
@@ -405,7 +408,7 @@ fn decide(svc: &Service, now_s: i64, last: Option<&EvalRun>) -> Schedule {
     let ci = svc.carbon().now(now_s).gco2_per_kwh;
     let hours = (cfg.max_staleness.as_secs() / 3600 + 1).min(72) as usize;
     let forecast = svc.carbon().forecast(now_s, hours);
-    evaluator::schedule(
+    schedule::schedule(
         now_s,
         last.map(|r| r.started_ms as i64 / 1000),
         ci,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::daemon::{open_store, DaemonError};
-use crate::queue::{ExportError, Store, StoreError};
+use crate::store::{ExportError, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -88,7 +88,7 @@ pub fn verify(dir: &Path, timeout: Duration) -> Result<(String, bool), AdminErro
         v.ledger,
         v.eval_runs,
         v.watermark.count,
-        crate::queue::job_id(v.watermark.max_seq),
+        crate::store::job_id(v.watermark.max_seq),
     );
     if let Some(m) = &missing {
         out += &format!("MISSING: {m}\n");
