@@ -36,6 +36,10 @@ use crate::store::{Store, StoreError};
 use crate::service::{EngineStatus, Service};
 use crate::worker;
 
+/// The longest the deferral promoter sleeps before looking at the held jobs
+/// again, whatever the next one's time.
+const PROMOTER_MAX_SLEEP: Duration = Duration::from_secs(60);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("creating the data directory {path}: {source}")]
@@ -278,11 +282,21 @@ pub async fn run(
         let (svc, stop) = (svc.clone(), stop.clone());
         tokio::spawn(async move {
             loop {
-                if let Err(e) = svc.promote_deferred().await {
-                    tracing::error!(error = %e, "queueing deferred jobs failed; retrying");
-                }
+                let added = svc.deferred_added.notified();
+                tokio::pin!(added);
+                added.as_mut().enable();
+                // Sleeps until the earliest held job is due (or one is added),
+                // looking again at least every minute (the wall clock may jump).
+                let wait = match svc.promote_deferred().await.and_then(|_| svc.store.next_deferred_ms()) {
+                    Ok(next) => next.map_or(PROMOTER_MAX_SLEEP, |at| Duration::from_millis(at.saturating_sub(now_ms())).min(PROMOTER_MAX_SLEEP)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "queueing deferred jobs failed; retrying");
+                        Duration::from_millis(500)
+                    }
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = &mut added => {}
                     _ = stop.cancelled() => return,
                 }
             }

@@ -99,6 +99,9 @@ pub struct Service {
     engine: watch::Receiver<EngineStatus>,
     /// Wakes the worker when a job is queued.
     pub work: Notify,
+    /// Wakes the deferral promoter when a job is held (it may be due
+    /// before the one it sleeps for).
+    pub deferred_added: Notify,
     /// Bumped on every job state change; `GET /v1/jobs/{id}?wait=` waits on it.
     changed: watch::Sender<u64>,
     listeners: Mutex<HashMap<String, mpsc::UnboundedSender<JobEvent>>>,
@@ -154,6 +157,7 @@ impl Service {
             store,
             engine,
             work: Notify::new(),
+            deferred_added: Notify::new(),
             changed: watch::channel(0).0,
             listeners: Mutex::new(HashMap::new()),
             running: Mutex::new(HashMap::new()),
@@ -326,6 +330,9 @@ impl Service {
             self.sample(&submitted.job, class);
             self.bump();
             self.work.notify_one();
+            if submitted.job.state == crate::job::JobState::Deferred {
+                self.deferred_added.notify_one();
+            }
         }
         Ok(Submission { job: submitted.job, created: submitted.created, events: rx })
     }

@@ -411,6 +411,11 @@ impl Store {
         self.held.load(Ordering::SeqCst)
     }
 
+    /// When the earliest held job may start (Unix ms), if any is held.
+    pub fn next_deferred_ms(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.deferred.first()?.map(|(k, _)| u64::from_be_bytes(k[..8].try_into().expect("16-byte key"))))
+    }
+
     /// Number of queued jobs.
     pub fn queued_len(&self) -> usize {
         self.queued.load(Ordering::SeqCst)

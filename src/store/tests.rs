@@ -239,6 +239,7 @@ async fn deferred_jobs_wait_for_their_time_then_queue_and_can_be_cancelled() {
             assert_eq!(j.state, JobState::Deferred);
         }
         assert_eq!((s.deferred_len(), s.queued_len()), (2, 0));
+        assert_eq!(s.next_deferred_ms().unwrap(), Some(5_000));
         assert!(s.claim().unwrap().is_none(), "a deferred job is not claimable");
         assert_eq!(s.promote_due(4_999).await.unwrap(), 0);
     }
@@ -246,12 +247,14 @@ async fn deferred_jobs_wait_for_their_time_then_queue_and_can_be_cancelled() {
     let s = open(dir.path());
     assert_eq!(s.deferred_len(), 2);
     assert_eq!(s.promote_due(5_000).await.unwrap(), 1);
+    assert_eq!(s.next_deferred_ms().unwrap(), Some(9_000));
     let a = s.claim().unwrap().unwrap();
     assert_eq!((a.request.messages[0].content.as_str(), a.state), ("a", JobState::Running));
     let b = s.list(Some(JobState::Deferred), 10).unwrap().remove(0);
     let CancelOutcome::Cancelled(b) = s.cancel(&b.id).await.unwrap() else { panic!("expected cancelled") };
     assert_eq!(b.state, JobState::Cancelled);
     assert_eq!(s.deferred_len(), 0);
+    assert_eq!(s.next_deferred_ms().unwrap(), None);
     assert_eq!(s.promote_due(u64::MAX / 2).await.unwrap(), 0);
 }
 
