@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sprout::job::{ChatRequest, Message, Origin, Role};
+use sprout::job::Origin;
 use sprout::store::{NewJob, Store};
 
 fn env(name: &str, default: usize) -> usize {
@@ -111,18 +111,7 @@ async fn main() {
         let t0 = Instant::now();
         for i in 0..jobs {
             let seq = store.next_seq().unwrap();
-            let request = ChatRequest {
-                model: "echo".into(),
-                messages: vec![Message::new(Role::User, format!("queued job {i}"))],
-                max_tokens: 16,
-                temperature: None,
-                top_p: None,
-                seed: None,
-                stop: vec![],
-                directive: None,
-                store: None,
-                ..Default::default()
-            };
+            let request = sprout::testing::chat_request("echo", &format!("queued job {i}"));
             let new = NewJob {
                 origin: Origin::Job,
                 priority: (i % 3) as i32,

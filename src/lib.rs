@@ -44,10 +44,47 @@ pub mod daemon;
 pub mod client;
 pub mod cli;
 
-/// For tests only: the shared datasets beside the checkout.
+/// For tests only: the shared datasets beside the checkout, and factories
+/// of the records tests build (each test overrides what it is about with
+/// struct update syntax).
 #[doc(hidden)]
 pub mod testing {
     use std::path::PathBuf;
+
+    use crate::job::{ChatRequest, JobState, LedgerEntry, Message, Origin, Role};
+
+    /// A request of one user message, at most 16 new tokens, defaults elsewhere.
+    pub fn chat_request(model: &str, text: &str) -> ChatRequest {
+        ChatRequest { model: model.into(), messages: vec![Message::new(Role::User, text)], max_tokens: 16, ..Default::default() }
+    }
+
+    /// A succeeded job's ledger record at `level` for `class` that used
+    /// `energy_j` (estimated) at 400 gCO2e/kWh on the embedded backend in GB:
+    /// 1 prompt and 1 completion token, 1 s, no embodied carbon.
+    pub fn ledger_entry(level: &str, class: &str, energy_j: f64) -> LedgerEntry {
+        let operational_g = energy_j / 3.6e6 * 400.0;
+        LedgerEntry {
+            job_id: "j".into(),
+            origin: Origin::Job,
+            state: JobState::Succeeded,
+            finished_ms: 0,
+            directive: level.into(),
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            duration_s: 1.0,
+            energy_j,
+            intensity_gco2_per_kwh: 400.0,
+            operational_g,
+            embodied_g: 0.0,
+            carbon_g: operational_g,
+            estimated: true,
+            class: class.into(),
+            deferral_saving_g: 0.0,
+            deferred: false,
+            backend: crate::config::EMBEDDED_BACKEND.into(),
+            zone: "GB".into(),
+        }
+    }
 
     /// `../shared/data/<rel>` beside the checkout, if it is there. Missing, a
     /// test skips, saying so, except under `SPROUT_REQUIRE_MODEL=1` (the

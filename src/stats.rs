@@ -197,25 +197,14 @@ mod tests {
     fn entry(level: &str, state: JobState, energy_j: f64, intensity: f64, embodied_g: f64, tokens: usize) -> LedgerEntry {
         let operational_g = energy_j / 3.6e6 * intensity;
         LedgerEntry {
-            job_id: "j".into(),
-            origin: Origin::Job,
             state,
-            finished_ms: 0,
-            directive: level.into(),
             prompt_tokens: 10,
             completion_tokens: tokens,
-            duration_s: 1.0,
-            energy_j,
             intensity_gco2_per_kwh: intensity,
             operational_g,
             embodied_g,
             carbon_g: operational_g + embodied_g,
-            estimated: true,
-            class: "question".into(),
-            deferral_saving_g: 0.0,
-            deferred: false,
-            backend: "local".into(),
-            zone: "GB".into(),
+            ..crate::testing::ledger_entry(level, "question", energy_j)
         }
     }
 

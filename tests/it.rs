@@ -1703,16 +1703,9 @@ fn write_store_fixture() {
     let store = sprout::store::Store::open(&d.data_dir).unwrap();
     let seq = store.next_seq().unwrap();
     let req = sprout::job::ChatRequest {
-        model: "echo".into(),
-        messages: vec![sprout::job::Message::new(sprout::job::Role::User, "still queued in the fixture")],
-        max_tokens: 16,
-        temperature: None,
-        top_p: None,
         seed: Some(1),
-        stop: vec![],
         directive: Some("L0".into()),
-        store: None,
-        ..Default::default()
+        ..sprout::testing::chat_request("echo", "still queued in the fixture")
     };
     let new = sprout::store::NewJob {
         origin: sprout::job::Origin::Job,

@@ -379,25 +379,12 @@ mod tests {
 
     fn entry(level: &str, class: &str, energy_j: f64) -> LedgerEntry {
         LedgerEntry {
-            job_id: "j".into(),
             origin: Origin::Chat,
-            state: JobState::Succeeded,
-            finished_ms: 0,
-            directive: level.into(),
-            prompt_tokens: 1,
-            completion_tokens: 1,
             duration_s: 2.0,
-            energy_j,
             intensity_gco2_per_kwh: 100.0,
             operational_g: 0.0,
-            embodied_g: 0.0,
             carbon_g: 0.0,
-            estimated: true,
-            class: class.into(),
-            deferral_saving_g: 0.0,
-            deferred: false,
-            backend: "local".into(),
-            zone: "GB".into(),
+            ..crate::testing::ledger_entry(level, class, energy_j)
         }
     }
 

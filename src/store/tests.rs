@@ -1,21 +1,10 @@
 //! The store's unit tests (real sled files in temporary folders).
 
 use super::*;
-use crate::job::{FinishReason, Message, Receipt, Role};
+use crate::job::{FinishReason, Receipt};
 
 pub(crate) fn req(text: &str) -> ChatRequest {
-    ChatRequest {
-        model: "m".into(),
-        messages: vec![Message::new(Role::User, text)],
-        max_tokens: 8,
-        temperature: None,
-        top_p: None,
-        seed: None,
-        stop: vec![],
-        directive: None,
-        store: None,
-        ..Default::default()
-    }
+    ChatRequest { max_tokens: 8, ..crate::testing::chat_request("m", text) }
 }
 
 async fn submit_key(s: &Store, text: &str, priority: i32, key: Option<&str>) -> Submitted {
@@ -66,27 +55,7 @@ fn result(id: &str) -> JobResult {
 }
 
 fn entry(id: &str) -> LedgerEntry {
-    LedgerEntry {
-        job_id: id.into(),
-        origin: Origin::Job,
-        state: JobState::Succeeded,
-        finished_ms: 0,
-        directive: "L0".into(),
-        prompt_tokens: 1,
-        completion_tokens: 1,
-        duration_s: 0.1,
-        energy_j: 1.0,
-        intensity_gco2_per_kwh: 400.0,
-        operational_g: 0.1,
-        embodied_g: 0.0,
-        carbon_g: 0.1,
-        estimated: true,
-        class: "question".into(),
-        deferral_saving_g: 0.0,
-        deferred: false,
-        backend: "local".into(),
-        zone: "GB".into(),
-    }
+    LedgerEntry { job_id: id.into(), duration_s: 0.1, operational_g: 0.1, carbon_g: 0.1, ..crate::testing::ledger_entry("L0", "question", 1.0) }
 }
 
 #[tokio::test]
