@@ -499,9 +499,12 @@ impl crate::plan::planner::Sources for Service {
         (d.names().map(str::to_string).collect(), d.fingerprint())
     }
 
-    fn intensity(&self, t: i64) -> (f64, (f64, f64)) {
-        let c = self.carbon();
-        (c.now(t).gco2_per_kwh, c.range())
+    fn intensity(&self, t: i64) -> f64 {
+        self.carbon().now(t).gco2_per_kwh
+    }
+
+    fn intensity_range(&self) -> (f64, f64) {
+        self.carbon().range()
     }
 
     fn knowledge(&self) -> u64 {

@@ -21,7 +21,6 @@ pub mod quality;
 pub mod run;
 pub mod schedule;
 
-
 /// A prompt kept for evaluation (its text, never the answer).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PromptSample {

@@ -15,9 +15,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
-
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{AccountingConfig, Config, OptimizerConfig};
 use crate::eval::quality::Kept;
@@ -307,8 +306,10 @@ pub trait Sources {
     fn eval_runs(&self, limit: usize) -> Result<Vec<EvalRun>, StoreError>;
     /// The levels' names, and their wordings' fingerprint.
     fn levels(&self) -> (Vec<String>, String);
-    /// The grid's intensity at `t` (Unix seconds), and its range.
-    fn intensity(&self, t: i64) -> (f64, (f64, f64));
+    /// The grid's intensity at `t` (Unix seconds), gCO2e/kWh.
+    fn intensity(&self, t: i64) -> f64;
+    /// The grid's range of intensity (`CI_min`, `CI_max`).
+    fn intensity_range(&self) -> (f64, f64);
     /// Users' finished requests and evaluation runs so far: a solve is due
     /// again once this has grown (new measured e, p or kept quality).
     fn knowledge(&self) -> u64;
@@ -323,7 +324,7 @@ pub async fn run<S: Sources + Send + Sync + 'static>(src: Arc<S>, stop: Cancella
         tokio::pin!(woken);
         woken.as_mut().enable();
         let t = now_ms();
-        let ci = src.intensity(t as i64 / 1000).0;
+        let ci = src.intensity(t as i64 / 1000);
         if src.planner().enabled() {
             if let Some(reason) = src.planner().due(t, ci, src.knowledge()) {
                 resolve(src.as_ref(), ci, reason);
@@ -367,8 +368,7 @@ pub fn resolve(src: &impl Sources, ci: f64, reason: String) -> Solved {
     let cells: Vec<Cell> = runs.iter().flat_map(|r| r.cells.iter().cloned()).collect();
     let kept = |class: &str| crate::eval::quality::kept_stats(&runs, class, names.len());
     let measured = Measured { kept: &kept, cells: &cells };
-    let range = src.intensity(now_ms() as i64 / 1000).1;
-    let (inputs, sources, kept) = build_inputs(&cfg.optimizer, &cfg.accounting, &entries, &names, &measured, ci, range);
+    let (inputs, sources, kept) = build_inputs(&cfg.optimizer, &cfg.accounting, &entries, &names, &measured, ci, src.intensity_range());
     src.planner().install(inputs, sources, kept, reason, src.knowledge())
 }
 
@@ -412,8 +412,11 @@ mod tests {
         fn levels(&self) -> (Vec<String>, String) {
             (["L0", "L1", "L2"].iter().map(|s| s.to_string()).collect(), "w".into())
         }
-        fn intensity(&self, _: i64) -> (f64, (f64, f64)) {
-            (300.0, (50.0, 500.0))
+        fn intensity(&self, _: i64) -> f64 {
+            300.0
+        }
+        fn intensity_range(&self) -> (f64, f64) {
+            (50.0, 500.0)
         }
         fn knowledge(&self) -> u64 {
             (self.ledger.lock().unwrap().len() + self.runs.lock().unwrap().len()) as u64
