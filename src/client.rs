@@ -1,8 +1,14 @@
-//! A typed HTTP client for sproutd, used by `sproutctl` and the tests.
+//! A typed HTTP client for sproutd, used by `sproutctl` and the TUI: it
+//! sends and returns the bodies of [`crate::wire`].
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+
+use crate::wire::{
+    BackendView, CarbonView, ChatCompletion, ErrorBody, EvalRunReply, EvalRunRequest, EvalRunSummary, EvalStatus, JobSubmission, JobView, List,
+    PlanView, Stats,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -38,20 +44,22 @@ impl Client {
         Self { base: base.trim_end_matches('/').to_string(), http, token }
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
-        self.send_with(method, path, body, None).await
-    }
-
-    async fn send_with(
+    /// Sends `body` (if any) and reads the answer as `T`.
+    async fn send<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&(dyn erased::Body + Sync)>,
         idempotency_key: Option<&str>,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<T, ClientError> {
         let text = self.request_text(method, path, body, idempotency_key).await?;
-        serde_json::from_str(&text)
-            .map_err(|_| ClientError::Protocol(format!("not JSON: {}", text.chars().take(200).collect::<String>())))
+        serde_json::from_str(&text).map_err(|e| {
+            ClientError::Protocol(format!("{path}: {e} in {}", text.chars().take(200).collect::<String>()))
+        })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.send(reqwest::Method::GET, path, None, None).await
     }
 
     /// The body of a successful answer as text; an error answer becomes
@@ -60,7 +68,7 @@ impl Client {
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&(dyn erased::Body + Sync)>,
         idempotency_key: Option<&str>,
     ) -> Result<String, ClientError> {
         let url = format!("{}{path}", self.base);
@@ -72,7 +80,7 @@ impl Client {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
-            req = req.json(b);
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(b.to_json());
         }
         let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: self.base.clone(), reason: root_cause(&e) })?;
         let status = resp.status();
@@ -80,52 +88,48 @@ impl Client {
         if status.is_success() {
             return Ok(text);
         }
-        let value: Value = serde_json::from_str(&text).unwrap_or_default();
-        let err = &value["error"];
-        Err(ClientError::Api {
-            status: status.as_u16(),
-            code: err["code"].as_str().unwrap_or("").to_string(),
-            message: err["message"].as_str().map(str::to_string).unwrap_or_else(|| text.chars().take(200).collect()),
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(b) => ClientError::Api { status: status.as_u16(), code: b.error.code.unwrap_or_default(), message: b.error.message },
+            Err(_) => ClientError::Api { status: status.as_u16(), code: String::new(), message: text.chars().take(200).collect() },
         })
     }
 
     /// Queues a job; a repeated `idempotency_key` returns the earlier job.
-    pub async fn submit_job(&self, body: &Value, idempotency_key: Option<&str>) -> Result<Value, ClientError> {
-        self.send_with(reqwest::Method::POST, "/v1/jobs", Some(body), idempotency_key).await
+    pub async fn submit_job(&self, body: &JobSubmission, idempotency_key: Option<&str>) -> Result<JobView, ClientError> {
+        self.send(reqwest::Method::POST, "/v1/jobs", Some(body), idempotency_key).await
     }
 
     /// A job; with `wait`, the server holds the answer until the job ends or `wait` seconds pass.
-    pub async fn job(&self, id: &str, wait: Option<f64>) -> Result<Value, ClientError> {
-        let path = match wait {
-            Some(w) => format!("/v1/jobs/{id}?wait={w}"),
-            None => format!("/v1/jobs/{id}"),
-        };
-        self.send(reqwest::Method::GET, &path, None).await
+    pub async fn job(&self, id: &str, wait: Option<f64>) -> Result<JobView, ClientError> {
+        match wait {
+            Some(w) => self.get(&format!("/v1/jobs/{id}?wait={w}")).await,
+            None => self.get(&format!("/v1/jobs/{id}")).await,
+        }
     }
 
     /// Waits until the job is finished, however long that takes.
-    pub async fn wait_job(&self, id: &str) -> Result<Value, ClientError> {
+    pub async fn wait_job(&self, id: &str) -> Result<JobView, ClientError> {
         loop {
             let job = self.job(id, Some(60.0)).await?;
-            if matches!(job["state"].as_str(), Some("succeeded" | "failed" | "cancelled")) {
+            if job.state.is_terminal() {
                 return Ok(job);
             }
         }
     }
 
-    pub async fn jobs(&self, state: Option<&str>, limit: usize) -> Result<Value, ClientError> {
+    pub async fn jobs(&self, state: Option<&str>, limit: usize) -> Result<List<JobView>, ClientError> {
         let mut path = format!("/v1/jobs?limit={limit}");
         if let Some(s) = state {
             path.push_str(&format!("&state={s}"));
         }
-        self.send(reqwest::Method::GET, &path, None).await
+        self.get(&path).await
     }
 
-    pub async fn cancel(&self, id: &str) -> Result<Value, ClientError> {
-        self.send(reqwest::Method::DELETE, &format!("/v1/jobs/{id}"), None).await
+    pub async fn cancel(&self, id: &str) -> Result<JobView, ClientError> {
+        self.send(reqwest::Method::DELETE, &format!("/v1/jobs/{id}"), None, None).await
     }
 
-    /// The ledger as text (`format` "csv" or "json").
+    /// The ledger as text (`format` "csv" or "json"), for export as it is.
     pub async fn ledger(&self, format: &str, since: Option<f64>) -> Result<String, ClientError> {
         let mut path = format!("/v1/ledger?format={format}");
         if let Some(s) = since {
@@ -134,42 +138,54 @@ impl Client {
         self.request_text(reqwest::Method::GET, &path, None, None).await
     }
 
-    pub async fn stats(&self, since: Option<f64>) -> Result<Value, ClientError> {
-        let path = match since {
-            Some(s) => format!("/v1/stats?since={s}"),
-            None => "/v1/stats".to_string(),
-        };
-        self.send(reqwest::Method::GET, &path, None).await
+    pub async fn stats(&self, since: Option<f64>) -> Result<Stats, ClientError> {
+        match since {
+            Some(s) => self.get(&format!("/v1/stats?since={s}")).await,
+            None => self.get("/v1/stats").await,
+        }
     }
 
-    pub async fn carbon(&self) -> Result<Value, ClientError> {
-        self.send(reqwest::Method::GET, "/v1/carbon", None).await
+    pub async fn carbon(&self) -> Result<CarbonView, ClientError> {
+        self.get("/v1/carbon").await
     }
 
-    pub async fn eval_run(&self, body: &Value) -> Result<Value, ClientError> {
-        self.send(reqwest::Method::POST, "/v1/eval/runs", Some(body)).await
+    /// Forces an evaluation run: the run with `wait`, else that it started.
+    pub async fn eval_run(&self, body: &EvalRunRequest) -> Result<EvalRunReply, ClientError> {
+        self.send(reqwest::Method::POST, "/v1/eval/runs", Some(body), None).await
     }
 
-    pub async fn eval_status(&self) -> Result<Value, ClientError> {
-        self.send(reqwest::Method::GET, "/v1/eval/status", None).await
+    pub async fn eval_status(&self) -> Result<EvalStatus, ClientError> {
+        self.get("/v1/eval/status").await
     }
 
-    pub async fn eval_history(&self, limit: usize) -> Result<Value, ClientError> {
-        self.send(reqwest::Method::GET, &format!("/v1/eval/runs?limit={limit}"), None).await
+    pub async fn eval_history(&self, limit: usize) -> Result<List<EvalRunSummary>, ClientError> {
+        self.get(&format!("/v1/eval/runs?limit={limit}")).await
     }
 
-    /// `POST /v1/chat/completions`, not streamed.
-    pub async fn chat(&self, body: &Value) -> Result<Value, ClientError> {
-        self.send(reqwest::Method::POST, "/v1/chat/completions", Some(body)).await
+    /// `POST /v1/chat/completions`, not streamed: `body` is OpenAI's request.
+    pub async fn chat(&self, body: &serde_json::Value) -> Result<ChatCompletion, ClientError> {
+        self.send(reqwest::Method::POST, "/v1/chat/completions", Some(body), None).await
     }
 
-    /// `GET /v1/backends`, typed.
-    pub async fn backends(&self) -> Result<crate::backends::BackendList, ClientError> {
-        let v = self.send(reqwest::Method::GET, "/v1/backends", None).await?;
-        serde_json::from_value(v).map_err(|e| ClientError::Protocol(format!("GET /v1/backends: {e}")))
+    pub async fn backends(&self) -> Result<List<BackendView>, ClientError> {
+        self.get("/v1/backends").await
     }
 
-    pub async fn plan(&self) -> Result<Value, ClientError> {
-        self.send(reqwest::Method::GET, "/v1/plan", None).await
+    pub async fn plan(&self) -> Result<PlanView, ClientError> {
+        self.get("/v1/plan").await
+    }
+}
+
+/// Request bodies of any serializable type behind one object-safe trait, so
+/// the sending code is not generic over them.
+mod erased {
+    pub trait Body {
+        fn to_json(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Body for T {
+        fn to_json(&self) -> String {
+            serde_json::to_string(self).expect("a request body serializes")
+        }
     }
 }

@@ -18,8 +18,9 @@
 //! Beside the path: `plan` (classify, directives, the optimizer and the
 //! planner that re-solves it, deferral), `eval` (the quality evaluator: judge,
 //! quality bounds, schedule, runs), `carbon` (grid intensity), `energy`
-//! (meters), `stats`, `simulate`. `daemon::run` wires these together; `client`
-//! and `cli` are the other side of the wire (`sproutctl`). Pure logic
+//! (meters), `stats`, `simulate`. `daemon::run` wires these together; `wire`
+//! holds the shape of each body the API speaks beyond OpenAI's, which `api`
+//! writes and `client`, `cli` and `tui` (`sproutctl`) read. Pure logic
 //! (`plan::{classify, directive, optimizer, deferral}`, `eval::{judge,
 //! quality, schedule, answers}`, `accounting`, `api::openai`,
 //! `engine::sampler`, `config` validation) does no IO.
@@ -41,6 +42,7 @@ pub mod eval;
 pub mod simulate;
 pub mod tui;
 pub mod daemon;
+pub mod wire;
 pub mod client;
 pub mod cli;
 

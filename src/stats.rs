@@ -13,11 +13,11 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::job::{JobState, LedgerEntry, Origin};
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LevelTotals {
     pub requests: u64,
     pub succeeded: u64,
@@ -169,25 +169,37 @@ impl Totals {
 
     /// Per level, over users' requests: share of requests, and means over
     /// succeeded requests.
-    pub fn per_level_json(&self) -> serde_json::Value {
+    pub fn per_level(&self) -> BTreeMap<String, LevelStats> {
         let total = self.user_requests().max(1) as f64;
-        let mut out = serde_json::Map::new();
-        for (name, l) in &self.by_level {
-            let n = l.succeeded.max(1) as f64;
-            out.insert(
-                name.clone(),
-                serde_json::json!({
-                    "totals": l,
-                    "share": l.requests as f64 / total,
-                    "mean_completion_tokens": l.ok_completion_tokens as f64 / n,
-                    "mean_energy_j": l.ok_energy_j / n,
-                    "mean_duration_s": l.ok_duration_s / n,
-                    "mean_carbon_g": l.ok_carbon_g / n,
-                }),
-            );
-        }
-        serde_json::Value::Object(out)
+        self.by_level
+            .iter()
+            .map(|(name, l)| {
+                let n = l.succeeded.max(1) as f64;
+                let stats = LevelStats {
+                    totals: l.clone(),
+                    share: l.requests as f64 / total,
+                    mean_completion_tokens: l.ok_completion_tokens as f64 / n,
+                    mean_energy_j: l.ok_energy_j / n,
+                    mean_duration_s: l.ok_duration_s / n,
+                    mean_carbon_g: l.ok_carbon_g / n,
+                };
+                (name.clone(), stats)
+            })
+            .collect()
     }
+}
+
+/// One level of users' requests, as `GET /v1/stats` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LevelStats {
+    pub totals: LevelTotals,
+    /// Share of users' requests at this level.
+    pub share: f64,
+    /// Means over succeeded requests.
+    pub mean_completion_tokens: f64,
+    pub mean_energy_j: f64,
+    pub mean_duration_s: f64,
+    pub mean_carbon_g: f64,
 }
 
 #[cfg(test)]
@@ -246,9 +258,9 @@ mod tests {
         assert!((saved - (0.5 - actual_l2)).abs() < 1e-12, "{saved}");
         let total: f64 = entries.iter().map(|e| e.carbon_g).sum();
         assert!((t.carbon_g() - total).abs() < 1e-12);
-        let per = t.per_level_json();
-        assert_eq!(per["L0"]["mean_completion_tokens"], 250.0);
-        assert_eq!(per["L2"]["share"], 0.5);
+        let per = t.per_level();
+        assert_eq!(per["L0"].mean_completion_tokens, 250.0);
+        assert_eq!(per["L2"].share, 0.5);
     }
 
     #[test]
@@ -267,8 +279,8 @@ mod tests {
         assert!((t.own().carbon_g - own.iter().map(|e| e.carbon_g).sum::<f64>()).abs() < 1e-12);
         // The evaluator's L1 answer is no saving, and the mix and means are the users'.
         assert_eq!(t.savings_g("L0"), users_only.savings_g("L0"));
-        assert_eq!(t.per_level_json(), users_only.per_level_json());
-        assert!(t.per_level_json().get("L1").is_none());
+        assert_eq!(t.per_level(), users_only.per_level());
+        assert!(!t.per_level().contains_key("L1"));
     }
 
     #[test]

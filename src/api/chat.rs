@@ -146,8 +146,8 @@ struct StreamState {
     phase: Phase,
 }
 
-fn data(v: serde_json::Value) -> Event {
-    Event::default().data(v.to_string())
+fn data(v: impl serde::Serialize) -> Event {
+    Event::default().data(serde_json::to_string(&v).expect("a JSON value serializes"))
 }
 
 fn sse_stream(

@@ -4,10 +4,10 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 use crate::store::StoreError;
 use crate::service::SubmitError;
+use crate::wire::{ErrorBody, ErrorDetail};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
@@ -67,13 +67,15 @@ impl ApiError {
         }
     }
 
-    pub fn body(&self) -> serde_json::Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.error_type(),
-            "param": self.param,
-            "code": self.code,
-        }})
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.message.clone(),
+                kind: self.error_type().into(),
+                param: self.param.clone(),
+                code: Some(self.code.into()),
+            },
+        }
     }
 }
 

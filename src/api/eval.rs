@@ -7,12 +7,13 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::extract::{Path, Query};
 use super::{body_bytes, AppState};
 use crate::eval::run::{self, EvalError, RunOptions, RunSlot};
+use crate::eval::EvalRun;
+use crate::wire::{EvalRunReply, EvalRunRequest, EvalRunSummary, EvalStarted, EvalStatus, List};
 
 impl From<EvalError> for ApiError {
     fn from(e: EvalError) -> Self {
@@ -25,21 +26,11 @@ impl From<EvalError> for ApiError {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RunBody {
-    prompts: Option<usize>,
-    judge_url: Option<String>,
-    judge_model: Option<String>,
-    #[serde(default)]
-    wait: bool,
-}
-
 /// `POST /v1/eval/runs`: forces a run; `"wait": true` answers with the run.
 pub async fn start(State(svc): State<AppState>, body: Result<Bytes, BytesRejection>) -> Result<impl IntoResponse, ApiError> {
     let body = body_bytes(body, svc.config().max_body_bytes)?;
-    let b: RunBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RunBody::default()
+    let b: EvalRunRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        EvalRunRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_json(format!("eval run body: {e}")))?
     };
@@ -63,12 +54,12 @@ pub async fn start(State(svc): State<AppState>, body: Result<Bytes, BytesRejecti
             tracing::error!(error = %e, "the evaluation run panicked");
             ApiError::internal()
         })??;
-        return Ok((StatusCode::OK, Json(json!(run))));
+        return Ok((StatusCode::OK, Json(EvalRunReply::Finished(Box::new(run)))));
     }
-    Ok((StatusCode::ACCEPTED, Json(json!({"object": "eval.run", "state": "running"}))))
+    Ok((StatusCode::ACCEPTED, Json(EvalRunReply::Started(EvalStarted { object: "eval.run".into(), state: "running".into() }))))
 }
 
-pub async fn status(State(svc): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn status(State(svc): State<AppState>) -> Result<Json<EvalStatus>, ApiError> {
     Ok(Json(run::status(&svc)?))
 }
 
@@ -78,25 +69,16 @@ pub struct HistoryParams {
 }
 
 /// `GET /v1/eval/runs`: newest first, without the per-prompt verdicts.
-pub async fn history(State(svc): State<AppState>, Query(p): Query<HistoryParams>) -> Result<Json<Value>, ApiError> {
+pub async fn history(State(svc): State<AppState>, Query(p): Query<HistoryParams>) -> Result<Json<List<EvalRunSummary>>, ApiError> {
     let runs = svc.store.eval_runs(p.limit.unwrap_or(20).clamp(1, 1000))?;
-    let data: Vec<Value> = runs
-        .iter()
-        .map(|r| {
-            let mut v = json!(r);
-            v.as_object_mut().map(|o| o.remove("verdicts"));
-            v["prompts"] = json!(r.verdicts.len());
-            v
-        })
-        .collect();
-    Ok(Json(json!({"object": "list", "data": data})))
+    Ok(Json(List::new(runs.iter().map(EvalRunSummary::from).collect())))
 }
 
-pub async fn get(State(svc): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get(State(svc): State<AppState>, Path(id): Path<String>) -> Result<Json<EvalRun>, ApiError> {
     for run in svc.store.eval_runs_iter() {
         let run = run?;
         if run.id == id {
-            return Ok(Json(json!(run)));
+            return Ok(Json(run));
         }
     }
     Err(ApiError::not_found("eval_run_not_found", format!("no evaluation run {id}")))

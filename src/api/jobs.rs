@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::extract::{Path, Query};
@@ -18,6 +17,7 @@ use super::openai::{job_view, parse_request};
 use super::{body_bytes, idempotency_key, AppState};
 use crate::job::{Job, JobState, Origin};
 use crate::service::Service;
+use crate::wire::{JobView, List};
 
 /// The longest `?wait=` honoured, seconds.
 const MAX_WAIT_S: f64 = 300.0;
@@ -45,22 +45,19 @@ pub async fn submit(
 /// Jobs as the API shows them, each with its queue position (one walk of
 /// the queue for all of them; `null` unless queued) and, while running, the
 /// completion tokens produced so far.
-fn views(svc: &Service, jobs: &[Job]) -> Result<Vec<Value>, ApiError> {
+fn views(svc: &Service, jobs: &[Job]) -> Result<Vec<JobView>, ApiError> {
     let positions = svc.store.positions(jobs)?;
     Ok(jobs
         .iter()
-        .map(|j| {
-            let mut v = job_view(j);
-            v["position"] = json!(positions.get(&j.id));
-            if j.state == JobState::Running {
-                v["tokens_so_far"] = json!(svc.tokens_so_far(&j.id));
-            }
-            v
+        .map(|j| JobView {
+            position: positions.get(&j.id).map(|&p| p as u64),
+            tokens_so_far: if j.state == JobState::Running { svc.tokens_so_far(&j.id) } else { None },
+            ..job_view(j)
         })
         .collect())
 }
 
-fn view(svc: &Service, job: Job) -> Result<Json<Value>, ApiError> {
+fn view(svc: &Service, job: Job) -> Result<Json<JobView>, ApiError> {
     Ok(Json(views(svc, std::slice::from_ref(&job))?.remove(0)))
 }
 
@@ -73,7 +70,7 @@ pub async fn get(
     State(svc): State<AppState>,
     Path(id): Path<String>,
     Query(params): Query<GetParams>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobView>, ApiError> {
     let mut changes = svc.subscribe_changes();
     let mut job = svc.store.get(&id)?;
     if let Some(wait) = params.wait {
@@ -97,7 +94,7 @@ pub struct ListParams {
     limit: Option<usize>,
 }
 
-pub async fn list(State(svc): State<AppState>, Query(params): Query<ListParams>) -> Result<Json<Value>, ApiError> {
+pub async fn list(State(svc): State<AppState>, Query(params): Query<ListParams>) -> Result<Json<List<JobView>>, ApiError> {
     let state = match params.state.as_deref() {
         None => None,
         Some(s) => Some(parse_state(s).ok_or_else(|| {
@@ -106,7 +103,7 @@ pub async fn list(State(svc): State<AppState>, Query(params): Query<ListParams>)
     };
     let limit = params.limit.unwrap_or(100).clamp(1, 10_000);
     let jobs = svc.store.list(state, limit)?;
-    Ok(Json(json!({"object": "list", "data": views(&svc, &jobs)?})))
+    Ok(Json(List::new(views(&svc, &jobs)?)))
 }
 
 fn parse_state(s: &str) -> Option<JobState> {
@@ -115,7 +112,7 @@ fn parse_state(s: &str) -> Option<JobState> {
         .find(|st| st.as_str() == s)
 }
 
-pub async fn cancel(State(svc): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn cancel(State(svc): State<AppState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
     let job = svc.cancel(&id).await?;
     view(&svc, job)
 }

@@ -7,12 +7,12 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::json;
 
 use super::error::ApiError;
 use super::extract::Query;
 use super::AppState;
 use crate::job::LedgerEntry;
+use crate::wire::List;
 
 #[derive(Deserialize)]
 pub struct Params {
@@ -60,7 +60,7 @@ pub async fn export(State(svc): State<AppState>, Query(p): Query<Params>) -> Res
     };
     let entries = svc.store.ledger(since_ms)?;
     match p.format.as_deref() {
-        None | Some("json") => Ok(Json(json!({"object": "list", "data": entries})).into_response()),
+        None | Some("json") => Ok(Json(List::new(entries)).into_response()),
         Some("csv") => {
             let mut out = String::from(CSV_HEADER);
             out.push('\n');

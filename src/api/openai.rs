@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::plan::directive::Directives;
 use crate::engine::grammar;
 use crate::job::{ChatRequest, Deadline, Job, JobResult, Message, ResponseFormat, Role, Tool, ToolCall, ToolChoice};
+use crate::wire::{AssistantMessage, ChatCompletion, Choice, DeferralView, ErrorMessage, JobRequestView, JobView, Usage};
 
 /// The latest deadline accepted as a Unix time (2200-01-01): later ones are
 /// typos (milliseconds sent as seconds), and the bound keeps millisecond
@@ -453,44 +454,39 @@ fn created(job: &Job) -> u64 {
 }
 
 /// `usage` with the carbon receipt; `None` until the job succeeded.
-pub fn usage(job: &Job) -> Option<Value> {
+pub fn usage(job: &Job) -> Option<Usage> {
     let r = job.result.as_ref()?;
-    Some(json!({
-        "prompt_tokens": r.prompt_tokens,
-        "completion_tokens": r.completion_tokens,
-        "total_tokens": r.prompt_tokens + r.completion_tokens,
-        "sprout": r.receipt,
-    }))
+    Some(Usage {
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        total_tokens: r.prompt_tokens + r.completion_tokens,
+        sprout: r.receipt.clone(),
+    })
+}
+
+fn fingerprint() -> String {
+    format!("sprout-{}", env!("CARGO_PKG_VERSION"))
 }
 
 /// A succeeded job as a `chat.completion` object.
-pub fn completion(job: &Job) -> Option<Value> {
+pub fn completion(job: &Job) -> Option<ChatCompletion> {
     let r = job.result.as_ref()?;
-    Some(json!({
-        "id": completion_id(job),
-        "object": "chat.completion",
-        "created": created(job),
-        "model": job.request.model,
-        "system_fingerprint": format!("sprout-{}", env!("CARGO_PKG_VERSION")),
-        "choices": [{
-            "index": 0,
-            "message": message(r),
-            "logprobs": logprobs(r),
-            "finish_reason": r.finish_reason.as_str(),
-        }],
-        "usage": usage(job),
-    }))
+    Some(ChatCompletion {
+        id: completion_id(job),
+        object: "chat.completion".into(),
+        created: created(job),
+        model: job.request.model.clone(),
+        system_fingerprint: fingerprint(),
+        choices: vec![Choice { index: 0, message: message(r), logprobs: logprobs(r), finish_reason: r.finish_reason }],
+        usage: usage(job),
+    })
 }
 
 /// The answer as an assistant message: its text, and its tool calls if it
 /// made any (with text before them, if the model wrote some, as streamed).
-fn message(r: &JobResult) -> Value {
-    if r.tool_calls.is_empty() {
-        return json!({"role": "assistant", "content": r.text});
-    }
-    let calls = tool_calls(r, false);
-    let content = if r.text.trim().is_empty() { Value::Null } else { Value::from(r.text.clone()) };
-    json!({"role": "assistant", "content": content, "tool_calls": calls})
+fn message(r: &JobResult) -> AssistantMessage {
+    let content = if !r.tool_calls.is_empty() && r.text.trim().is_empty() { None } else { Some(r.text.clone()) };
+    AssistantMessage { role: "assistant".into(), content, tool_calls: tool_calls(r, false) }
 }
 
 /// Tool calls in OpenAI's shape; `indexed` adds the `index` stream deltas carry.
@@ -525,17 +521,17 @@ pub fn logprobs(r: &JobResult) -> Value {
 }
 
 /// One `chat.completion.chunk`.
-pub fn chunk(job: &Job, delta: Value, finish_reason: Option<&str>, usage: Option<Value>) -> Value {
+pub fn chunk(job: &Job, delta: Value, finish_reason: Option<&str>, usage: Option<Usage>) -> Value {
     let mut v = json!({
         "id": completion_id(job),
         "object": "chat.completion.chunk",
         "created": created(job),
         "model": job.request.model,
-        "system_fingerprint": format!("sprout-{}", env!("CARGO_PKG_VERSION")),
+        "system_fingerprint": fingerprint(),
         "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
     });
     if let Some(u) = usage {
-        v["usage"] = u;
+        v["usage"] = json!(u);
     }
     v
 }
@@ -543,7 +539,7 @@ pub fn chunk(job: &Job, delta: Value, finish_reason: Option<&str>, usage: Option
 /// The last chunks of a streamed answer: its tool calls (one delta with each
 /// call whole), then the finish reason with the receipt. Log-probabilities
 /// ride on the finishing chunk, all of them (clients join the lists).
-pub fn closing_chunks(job: &Job, r: &JobResult, usage: Option<Value>) -> Vec<Value> {
+pub fn closing_chunks(job: &Job, r: &JobResult, usage: Option<Usage>) -> Vec<Value> {
     let mut out = vec![];
     if !r.tool_calls.is_empty() {
         out.push(chunk(job, json!({"tool_calls": tool_calls(r, true)}), None, None));
@@ -566,45 +562,49 @@ pub fn usage_chunk(job: &Job) -> Value {
     })
 }
 
-/// A job as the job API shows it.
-pub fn job_view(job: &Job) -> Value {
-    let secs = |ms: Option<u64>| ms.map(|m| m as f64 / 1000.0);
-    json!({
-        "id": job.id,
-        "object": "job",
-        "origin": job.origin,
-        "state": job.state.as_str(),
-        "priority": job.priority,
-        "directive": job.directive,
-        "model": job.request.model,
-        "seed": job.seed,
-        "attempts": job.attempts,
-        "created_at": secs(Some(job.created_ms)),
-        "started_at": secs(job.started_ms),
-        "finished_at": secs(job.finished_ms),
-        "request": {
-            "messages": job.request.messages,
-            "max_tokens": job.request.max_tokens,
-            "temperature": job.request.temperature,
-            "top_p": job.request.top_p,
-            "seed": job.request.seed,
-            "stop": job.request.stop,
-            "directive": job.request.directive,
-            "tools": job.request.tools.iter().map(Tool::to_openai).collect::<Vec<_>>(),
-            "tool_choice": job.request.tool_choice.to_openai(),
-            "response_format": job.request.response_format.to_openai(),
-            "logprobs": job.request.logprobs.is_some(),
-            "top_logprobs": job.request.logprobs,
+/// A job as the job API shows it (its queue position and tokens so far
+/// are the handler's to add).
+pub fn job_view(job: &Job) -> JobView {
+    let secs = |ms: u64| ms as f64 / 1000.0;
+    let r = &job.request;
+    JobView {
+        id: job.id.clone(),
+        object: "job".into(),
+        origin: job.origin,
+        state: job.state,
+        priority: job.priority,
+        directive: job.directive.clone(),
+        model: r.model.clone(),
+        seed: job.seed,
+        attempts: job.attempts,
+        created_at: secs(job.created_ms),
+        started_at: job.started_ms.map(secs),
+        finished_at: job.finished_ms.map(secs),
+        request: JobRequestView {
+            messages: r.messages.clone(),
+            max_tokens: r.max_tokens,
+            temperature: r.temperature,
+            top_p: r.top_p,
+            seed: r.seed,
+            stop: r.stop.clone(),
+            directive: r.directive.clone(),
+            tools: r.tools.iter().map(Tool::to_openai).collect(),
+            tool_choice: r.tool_choice.to_openai(),
+            response_format: r.response_format.to_openai(),
+            logprobs: r.logprobs.is_some(),
+            top_logprobs: r.logprobs,
         },
-        "deadline_at": secs(job.deadline_ms),
-        "deferred": job.deferral.map(|d| json!({
-            "until": d.until_ms as f64 / 1000.0,
-            "forecast_gco2_per_kwh": d.forecast_gco2_per_kwh,
-            "submit_gco2_per_kwh": d.submit_gco2_per_kwh,
-        })),
-        "result": completion(job),
-        "error": job.error.as_ref().map(|m| json!({"message": m})),
-    })
+        deadline_at: job.deadline_ms.map(secs),
+        deferred: job.deferral.map(|d| DeferralView {
+            until: secs(d.until_ms),
+            forecast_gco2_per_kwh: d.forecast_gco2_per_kwh,
+            submit_gco2_per_kwh: d.submit_gco2_per_kwh,
+        }),
+        result: completion(job),
+        error: job.error.as_ref().map(|m| ErrorMessage { message: m.clone() }),
+        position: None,
+        tokens_so_far: None,
+    }
 }
 
 #[cfg(test)]
@@ -804,8 +804,8 @@ mod tests {
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
             assert_eq!(e.param.as_deref(), *param, "{body}: {}", e.message);
             let b = e.body();
-            assert_eq!(b["error"]["type"], "invalid_request_error");
-            assert!(b["error"]["message"].as_str().unwrap().len() > 10);
+            assert_eq!(b.error.kind, "invalid_request_error");
+            assert!(b.error.message.len() > 10);
         }
     }
 

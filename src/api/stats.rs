@@ -8,63 +8,75 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::extract::Query;
 use super::AppState;
 use crate::job::now_ms;
 use crate::service::EngineStatus;
+use crate::energy::MeterStatus;
 use crate::stats::Totals;
+use crate::wire::{DeferralTotals, OwnWork, QueueCounts, Savings, Stats};
 
 #[derive(Deserialize)]
 pub struct Params {
     since: Option<f64>,
 }
 
-pub async fn stats(State(svc): State<AppState>, Query(p): Query<Params>) -> Result<Json<Value>, ApiError> {
+pub async fn stats(State(svc): State<AppState>, Query(p): Query<Params>) -> Result<Json<Stats>, ApiError> {
     let totals = match p.since {
         None => svc.store.totals(),
         Some(s) if s.is_finite() && s >= 0.0 => Totals::from_entries(&svc.store.ledger((s * 1000.0) as u64)?),
         Some(_) => return Err(ApiError::invalid("since", "since must be a Unix time in seconds")),
     };
     let baseline = svc.directives().names().next().unwrap_or("L0").to_string();
+    let queue = QueueCounts {
+        deferred: svc.store.deferred_len() as u64,
+        queued: svc.store.queued_len() as u64,
+        running: svc.store.running_len() as u64,
+    };
+    let meter = svc.metering.lock().expect("poisoned").status();
+    Ok(Json(body(&totals, p.since, &baseline, meter, queue)))
+}
+
+/// `GET /v1/stats`' body: `totals` (from `since`, Unix s) with the savings
+/// against `baseline`, the meter and the queue now.
+pub fn body(totals: &Totals, since: Option<f64>, baseline: &str, meter: MeterStatus, queue: QueueCounts) -> Stats {
     let (all, own) = (totals.overall(), totals.own());
-    Ok(Json(json!({
-        "object": "stats",
-        "since": p.since,
-        // Everything the service emitted: users' requests and its own work.
-        "requests": all.requests,
-        "prompt_tokens": all.prompt_tokens,
-        "completion_tokens": all.completion_tokens,
-        "energy_j": all.energy_j,
-        "operational_g": all.operational_g,
-        "embodied_g": all.embodied_g,
-        "carbon_g": all.carbon_g,
-        "user_requests": totals.user_requests(),
-        "own_work": {
-            "requests": own.requests,
-            "completion_tokens": own.completion_tokens,
-            "energy_j": own.energy_j,
-            "carbon_g": own.carbon_g,
-            "what": "the daemon's own work (quality evaluation runs): in the totals above, not in the savings, the directive mix or the per-level means",
+    Stats {
+        object: "stats".into(),
+        since,
+        requests: all.requests,
+        prompt_tokens: all.prompt_tokens,
+        completion_tokens: all.completion_tokens,
+        energy_j: all.energy_j,
+        operational_g: all.operational_g,
+        embodied_g: all.embodied_g,
+        carbon_g: all.carbon_g,
+        user_requests: totals.user_requests(),
+        own_work: OwnWork {
+            requests: own.requests,
+            completion_tokens: own.completion_tokens,
+            energy_j: own.energy_j,
+            carbon_g: own.carbon_g,
+            what: "the daemon's own work (quality evaluation runs): in the totals above, not in the savings, the directive mix or the per-level means".into(),
         },
-        "savings": {
-            "baseline": baseline,
-            "carbon_g": totals.savings_g(&baseline),
-            "method": "each user request at another level against the running mean energy and embodied carbon of succeeded baseline user requests, at the intensity it met",
+        savings: Savings {
+            carbon_g: totals.savings_g(baseline),
+            baseline: baseline.into(),
+            method: "each user request at another level against the running mean energy and embodied carbon of succeeded baseline user requests, at the intensity it met".into(),
         },
-        "deferral": {
-            "jobs": totals.deferred_jobs,
-            "saving_g": totals.deferral_saving_g,
-            "method": "each deferred job's energy x (intensity when submitted - intensity when it ran); apart from the directives' savings",
+        deferral: DeferralTotals {
+            jobs: totals.deferred_jobs,
+            saving_g: totals.deferral_saving_g,
+            method: "each deferred job's energy x (intensity when submitted - intensity when it ran); apart from the directives' savings".into(),
         },
-        "estimated_requests": totals.estimated,
-        "measured_requests": totals.measured,
-        "meter": svc.metering.lock().expect("poisoned").status(),
-        "levels": totals.per_level_json(),
-        "queue": {"deferred": svc.store.deferred_len(), "queued": svc.store.queued_len(), "running": svc.store.running_len()},
-    })))
+        estimated_requests: totals.estimated,
+        measured_requests: totals.measured,
+        meter,
+        levels: totals.per_level(),
+        queue,
+    }
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {

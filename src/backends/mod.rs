@@ -72,13 +72,6 @@ struct State {
     s_per_token: Option<f64>,
 }
 
-/// `GET /v1/backends`' body.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
-pub struct BackendList {
-    pub object: String,
-    pub data: Vec<BackendView>,
-}
-
 /// A backend as `GET /v1/backends` shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct BackendView {

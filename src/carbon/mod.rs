@@ -37,7 +37,7 @@ pub enum CarbonError {
 }
 
 /// The source's state, as `GET /v1/carbon` shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CarbonStatus {
     /// `trace`, `electricitymaps`, `watttime`, `uk`, `carbon_aware_sdk`.
     pub kind: String,
@@ -326,7 +326,7 @@ pub struct TraceSource {
 }
 
 /// One intensity reading.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Reading {
     /// Unix seconds (wall clock) this reading is for.
     pub at: i64,

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use crate::eval::answers;
 use super::{print_json, BenchArgs, CliError};
 use crate::client::{Client, ClientError};
+use crate::wire::{EvalRunReply, EvalRunRequest};
 
 /// Items before this index of each file form the tuning split.
 pub const TUNE_ITEMS: usize = 100;
@@ -382,21 +383,20 @@ async fn ask(client: &Client, item: &Item, mode: &str, max_tokens: u32) -> Resul
         body["directive"] = json!(mode);
     }
     let t0 = Instant::now();
-    let v = client.chat(&body).await?;
+    let answer = client.chat(&body).await?;
     let latency_s = t0.elapsed().as_secs_f64();
-    let text = v.pointer("/choices/0/message/content").and_then(Value::as_str).unwrap_or("").to_string();
-    let u = &v["usage"];
-    let s = &u["sprout"];
+    let text = answer.text().unwrap_or("").to_string();
+    let u = answer.usage.ok_or_else(|| ClientError::Protocol("a chat completion without usage".into()))?;
     Ok(Answer {
         dataset: item.dataset.clone(),
         index: item.index,
         mode: mode.to_string(),
-        directive: s["directive"].as_str().unwrap_or("").to_string(),
+        directive: u.sprout.directive,
         correct: score(&item.reference, &text),
-        completion_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
-        energy_j: s["energy_j"].as_f64().unwrap_or(0.0),
-        carbon_g: s["carbon_g"].as_f64().unwrap_or(0.0),
-        estimated: s["estimated"].as_bool().unwrap_or(true),
+        completion_tokens: u.completion_tokens as u64,
+        energy_j: u.sprout.energy_j,
+        carbon_g: u.sprout.carbon_g,
+        estimated: u.sprout.estimated,
         latency_s,
         text,
     })
@@ -408,21 +408,22 @@ pub async fn run(client: &Client, items: &[Item], opts: &Options, progress: &dyn
     let mut out = Vec::new();
     for mode in &opts.modes {
         if mode == "auto" && opts.eval_first {
-            let mut body = json!({"wait": true});
-            if let Some(k) = opts.eval_prompts {
-                body["prompts"] = json!(k);
-            }
+            let body = EvalRunRequest { prompts: opts.eval_prompts, wait: true, ..Default::default() };
             match client.eval_run(&body).await {
-                Ok(run) => progress(&format!("evaluation {} (forced) done: {} tokens, {:.4} g", run["id"], run["tokens"], run["carbon_g"].as_f64().unwrap_or(0.0))),
+                Ok(EvalRunReply::Finished(run)) => {
+                    progress(&format!("evaluation {} (forced) done: {} tokens, {:.4} g", run.id, run.tokens, run.carbon_g))
+                }
+                Ok(EvalRunReply::Started(_)) => return Err(ClientError::Protocol("an evaluation run asked to wait answered before it finished".into())),
                 // The daemon's own run is under way (it started one once it
                 // had sampled enough prompts): wait for that one.
                 Err(ClientError::Api { status: 409, message, .. }) if message.contains("already running") => {
                     progress("waiting for the daemon's evaluation run to finish ...");
-                    while client.eval_status().await?["running"] == true {
+                    while client.eval_status().await?.running {
                         tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                     }
-                    let last = &client.eval_status().await?["last_run"];
-                    progress(&format!("evaluation {} done: {:.4} g", last["id"], last["carbon_g"].as_f64().unwrap_or(0.0)));
+                    if let Some(last) = client.eval_status().await?.last_run {
+                        progress(&format!("evaluation {} done: {:.4} g", last.id, last.carbon_g));
+                    }
                 }
                 Err(e) => return Err(e),
             }
@@ -450,10 +451,7 @@ pub async fn command(client: &Client, args: BenchArgs) -> Result<(), CliError> {
     if args.modes.is_empty() || args.modes.iter().any(|m| m.is_empty()) {
         return Err(CliError::Usage("--modes: name levels (L0, L1, ...) or auto".into()));
     }
-    let levels: Vec<String> = match client.eval_status().await {
-        Ok(s) => s["levels"].as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_string)).collect()).unwrap_or_default(),
-        Err(e) => return Err(e.into()),
-    };
+    let levels = client.eval_status().await?.levels;
     if let Some(m) = args.modes.iter().find(|m| *m != "auto" && !levels.contains(m)) {
         return Err(CliError::Usage(format!("--modes: {m:?} is not a level of this daemon (its levels: {})", levels.join(", "))));
     }

@@ -3,46 +3,30 @@
 
 use std::io::Read;
 
-use serde_json::{json, Value};
-
 use super::{print_json, utc, CliError, SubmitArgs};
-use crate::client::{Client, ClientError};
+use crate::client::Client;
+use crate::job::{JobState, Message, Role};
+use crate::wire::{JobSubmission, JobView};
 
 pub async fn submit(client: &Client, args: SubmitArgs) -> Result<(), CliError> {
     let SubmitArgs { prompt, system, directive, max_tokens, seed, priority, idempotency_key, deadline, wait, json } = args;
     let prompt = read_prompt(prompt)?;
     let mut messages = Vec::new();
     if let Some(s) = system {
-        messages.push(json!({"role": "system", "content": s}));
+        messages.push(Message::new(Role::System, s));
     }
-    messages.push(json!({"role": "user", "content": prompt}));
-    let mut body = json!({"messages": messages});
-    if let Some(d) = directive {
-        body["directive"] = json!(d);
-    }
-    if let Some(n) = max_tokens {
-        body["max_tokens"] = json!(n);
-    }
-    if let Some(s) = seed {
-        body["seed"] = json!(s);
-    }
-    if let Some(p) = priority {
-        body["priority"] = json!(p);
-    }
-    if let Some(d) = deadline {
-        body["deadline"] = json!(d);
-    }
+    messages.push(Message::new(Role::User, prompt));
+    let body = JobSubmission { messages, directive, max_tokens, seed, priority, deadline };
     let job = client.submit_job(&body, idempotency_key.as_deref()).await?;
-    let id = job["id"].as_str().ok_or_else(|| ClientError::Protocol("job without id".into()))?.to_string();
     if !wait {
         if json {
             print_json(&job);
         } else {
-            println!("{id} {}", state_text(&job));
+            println!("{} {}", job.id, state_text(&job));
         }
         return Ok(());
     }
-    let job = client.wait_job(&id).await?;
+    let job = client.wait_job(&job.id).await?;
     if json {
         print_json(&job);
         return Ok(());
@@ -66,32 +50,21 @@ pub async fn list(client: &Client, state: Option<&str>, limit: usize, json: bool
         print_json(&list);
         return Ok(());
     }
-    let jobs = list["data"].as_array().cloned().unwrap_or_default();
     println!("{:<22} {:<12} {:>4} {:<5} {:>8} {:>10}  prompt", "ID", "STATE", "PRIO", "LEVEL", "TOKENS", "gCO2e");
-    for j in &jobs {
-        let usage = &j["result"]["usage"];
+    for j in &list.data {
         // Running jobs: the tokens so far.
-        let tokens = usage["completion_tokens"].as_u64().or(j["tokens_so_far"].as_u64()).map(|t| t.to_string()).unwrap_or_else(|| "-".into());
-        let carbon = usage["sprout"]["carbon_g"].as_f64().map(|c| format!("{c:.4}")).unwrap_or_else(|| "-".into());
-        let state = match j["position"].as_u64() {
+        let tokens = j.tokens().map(|t| t.to_string()).unwrap_or_else(|| "-".into());
+        let carbon = j.receipt().map(|r| format!("{:.4}", r.carbon_g)).unwrap_or_else(|| "-".into());
+        let state = match j.position {
             Some(p) => format!("queued #{}", p + 1),
-            None => j["state"].as_str().unwrap_or("?").to_string(),
+            None => j.state.as_str().to_string(),
         };
-        println!(
-            "{:<22} {:<12} {:>4} {:<5} {:>8} {:>10}  {}",
-            j["id"].as_str().unwrap_or("?"),
-            state,
-            j["priority"].as_i64().unwrap_or(0),
-            j["directive"].as_str().unwrap_or("?"),
-            tokens,
-            carbon,
-            prompt_preview(j, 50)
-        );
-        if j["state"] == "deferred" {
+        println!("{:<22} {:<12} {:>4} {:<5} {:>8} {:>10}  {}", j.id, state, j.priority, j.directive, tokens, carbon, prompt_preview(j, 50));
+        if j.state == JobState::Deferred {
             println!("{:<22} {}", "", state_text(j));
         }
     }
-    if jobs.is_empty() {
+    if list.data.is_empty() {
         println!("(no jobs)");
     }
     Ok(())
@@ -102,31 +75,35 @@ pub async fn cancel(client: &Client, id: &str, json: bool) -> Result<(), CliErro
     if json {
         print_json(&job);
     } else {
-        println!("{id} {}", job["state"].as_str().unwrap_or("?"));
+        println!("{id} {}", job.state.as_str());
     }
     Ok(())
 }
 
 pub async fn result(client: &Client, id: &str, wait: bool, json: bool) -> Result<(), CliError> {
     let job = if wait { client.wait_job(id).await? } else { client.job(id, None).await? };
-    match job["state"].as_str() {
-        Some("succeeded") => {
-            if json {
-                print_json(&job["result"]);
-                Ok(())
-            } else {
-                print_answer(&job)
-            }
+    match job.state {
+        JobState::Succeeded if json => {
+            print_json(&job.result);
+            Ok(())
         }
-        Some(state @ ("queued" | "running")) => {
-            Err(CliError::Usage(format!("job {id} is {state}; no result yet (use --wait to wait for it)")))
-        }
-        Some(state) => Err(CliError::Usage(format!(
-            "job {id} ended {state}: {}",
-            job["error"]["message"].as_str().unwrap_or("no result")
+        JobState::Succeeded => print_answer(&job),
+        JobState::Deferred | JobState::Queued | JobState::Running => Err(CliError::Usage(format!(
+            "job {id} is {}; no result yet (use --wait to wait for it)",
+            job.state.as_str()
         ))),
-        None => Err(ClientError::Protocol("job without state".into()).into()),
+        JobState::Failed | JobState::Cancelled => Err(ended(&job)),
     }
+}
+
+/// "job X ended failed: why".
+fn ended(job: &JobView) -> CliError {
+    CliError::Usage(format!(
+        "job {} ended {}: {}",
+        job.id,
+        job.state.as_str(),
+        job.error.as_ref().map(|e| e.message.as_str()).unwrap_or("no result")
+    ))
 }
 
 fn read_prompt(prompt: String) -> Result<String, CliError> {
@@ -145,13 +122,8 @@ fn read_prompt(prompt: String) -> Result<String, CliError> {
     Ok(text)
 }
 
-fn prompt_preview(job: &Value, max: usize) -> String {
-    let text = job["request"]["messages"]
-        .as_array()
-        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
-        .and_then(|m| m["content"].as_str())
-        .unwrap_or("")
-        .replace('\n', " ");
+fn prompt_preview(job: &JobView, max: usize) -> String {
+    let text = job.prompt().replace('\n', " ");
     if text.chars().count() > max {
         format!("{}…", text.chars().take(max - 1).collect::<String>())
     } else {
@@ -160,71 +132,64 @@ fn prompt_preview(job: &Value, max: usize) -> String {
 }
 
 /// One line: the receipt of an answer.
-pub fn receipt_line(job: &Value) -> String {
-    let usage = &job["result"]["usage"];
-    let s = &usage["sprout"];
+pub fn receipt_line(job: &JobView) -> String {
+    let Some(u) = job.usage() else {
+        return format!("[{} | no receipt]", job.id);
+    };
+    let s = &u.sprout;
     format!(
         "[{} | directive {} | {} prompt + {} completion tokens | {:.1} J | {:.4} gCO2e | {}]",
-        job["id"].as_str().unwrap_or("?"),
-        s["directive"].as_str().unwrap_or("?"),
-        usage["prompt_tokens"],
-        usage["completion_tokens"],
-        s["energy_j"].as_f64().unwrap_or(f64::NAN),
-        s["carbon_g"].as_f64().unwrap_or(f64::NAN),
-        if s["estimated"].as_bool().unwrap_or(true) { "estimated" } else { "measured" },
+        job.id,
+        s.directive,
+        u.prompt_tokens,
+        u.completion_tokens,
+        s.energy_j,
+        s.carbon_g,
+        if s.estimated { "estimated" } else { "measured" },
     )
 }
 
-fn print_answer(job: &Value) -> Result<(), CliError> {
-    match job["state"].as_str() {
-        Some("succeeded") => {
-            let text = job["result"]["choices"][0]["message"]["content"].as_str().unwrap_or("");
-            println!("{}", text.trim_end());
-            println!("{}", receipt_line(job));
-            Ok(())
-        }
-        state => Err(CliError::Usage(format!(
-            "job {} ended {}: {}",
-            job["id"].as_str().unwrap_or("?"),
-            state.unwrap_or("?"),
-            job["error"]["message"].as_str().unwrap_or("no result")
-        ))),
+fn print_answer(job: &JobView) -> Result<(), CliError> {
+    if job.state != JobState::Succeeded {
+        return Err(ended(job));
     }
+    println!("{}", job.answer().unwrap_or("").trim_end());
+    println!("{}", receipt_line(job));
+    Ok(())
 }
 
 /// "queued (position 3, directive L1)", "deferred until ... (forecast ...)" and the like.
-fn state_text(job: &Value) -> String {
-    let state = job["state"].as_str().unwrap_or("?");
-    if state == "deferred" {
-        let d = &job["deferred"];
+fn state_text(job: &JobView) -> String {
+    let state = job.state.as_str();
+    if let (JobState::Deferred, Some(d)) = (job.state, &job.deferred) {
         return format!(
             "deferred until {} (forecast {:.0} gCO2/kWh, {:.0} when submitted; deadline {}; directive {})",
-            utc(d["until"].as_f64().unwrap_or(0.0)),
-            d["forecast_gco2_per_kwh"].as_f64().unwrap_or(f64::NAN),
-            d["submit_gco2_per_kwh"].as_f64().unwrap_or(f64::NAN),
-            job["deadline_at"].as_f64().map(utc).unwrap_or_else(|| "-".into()),
-            job["directive"].as_str().unwrap_or("?")
+            utc(d.until),
+            d.forecast_gco2_per_kwh,
+            d.submit_gco2_per_kwh,
+            job.deadline_at.map(utc).unwrap_or_else(|| "-".into()),
+            job.directive
         );
     }
-    match job["position"].as_u64() {
-        Some(p) => format!("{state} (position {}, directive {})", p + 1, job["directive"].as_str().unwrap_or("?")),
-        None => format!("{state} (directive {})", job["directive"].as_str().unwrap_or("?")),
+    match job.position {
+        Some(p) => format!("{state} (position {}, directive {})", p + 1, job.directive),
+        None => format!("{state} (directive {})", job.directive),
     }
 }
 
-fn print_status(job: &Value) {
-    println!("id:        {}", job["id"].as_str().unwrap_or("?"));
+fn print_status(job: &JobView) {
+    println!("id:        {}", job.id);
     println!("state:     {}", state_text(job));
-    println!("priority:  {}", job["priority"]);
-    println!("attempts:  {}", job["attempts"]);
+    println!("priority:  {}", job.priority);
+    println!("attempts:  {}", job.attempts);
     println!("prompt:    {}", prompt_preview(job, 70));
-    if let Some(n) = job["tokens_so_far"].as_u64() {
+    if let Some(n) = job.tokens_so_far {
         println!("tokens:    {n} so far");
     }
-    if job["state"] == "succeeded" {
+    if job.state == JobState::Succeeded {
         println!("receipt:   {}", receipt_line(job));
     }
-    if let Some(e) = job["error"]["message"].as_str() {
-        println!("error:     {e}");
+    if let Some(e) = &job.error {
+        println!("error:     {}", e.message);
     }
 }

@@ -5,7 +5,6 @@
 //! and prints for people, or JSON with `--json`.
 
 use clap::{Parser, Subcommand};
-use serde_json::Value;
 
 pub mod backends;
 pub mod bench;
@@ -352,7 +351,7 @@ fn parse_since(s: &str) -> Result<f64, CliError> {
     Ok(crate::job::now_ms() as f64 / 1000.0 - ago.as_secs_f64())
 }
 
-fn print_json(v: &Value) {
+fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 

@@ -1,9 +1,13 @@
 //! What the daemon reports: `plan`, `stats`, `carbon`, `ledger export`.
 
-use serde_json::Value;
-
 use super::{parse_since, print_json, CliError};
 use crate::client::Client;
+use crate::wire::Reading;
+
+/// `0.50 / 0.30 / 0.20`, each value times `scale`.
+fn joined(values: &[f64], scale: f64, prec: usize) -> String {
+    values.iter().map(|x| format!("{:.prec$}", x * scale)).collect::<Vec<_>>().join(" / ")
+}
 
 pub async fn plan(client: &Client, json: bool) -> Result<(), CliError> {
     let p = client.plan().await?;
@@ -11,60 +15,55 @@ pub async fn plan(client: &Client, json: bool) -> Result<(), CliError> {
         print_json(&p);
         return Ok(());
     }
-    let levels: Vec<String> = p["levels"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
-    let fmt = |v: &Value, scale: f64, prec: usize| -> String {
-        v.as_array()
-            .map(|a| a.iter().map(|x| format!("{:.prec$}", x.as_f64().unwrap_or(f64::NAN) * scale)).collect::<Vec<_>>().join(" / "))
-            .unwrap_or_else(|| "-".into())
-    };
-    if p["enabled"] != true || p["classes"].is_null() {
-        println!("optimizer: {} ; fixed mix {} = {}", p["status"].as_str().unwrap_or("?"), levels.join(" / "), fmt(&p["x"], 1.0, 2));
+    let mix = |x: &Option<Vec<f64>>| x.as_deref().map(|x| joined(x, 1.0, 2)).unwrap_or_else(|| "-".into());
+    let levels = p.levels.join(" / ");
+    let baseline = p.levels.first().map(String::as_str).unwrap_or("L0");
+    let (Some(classes), true) = (&p.classes, p.enabled) else {
+        println!("optimizer: {} ; fixed mix {levels} = {}", p.status, mix(&p.x));
         return Ok(());
-    }
+    };
+    let n = |v: Option<f64>| v.unwrap_or(f64::NAN);
     println!(
         "plan ({} policy, {}): CI {:.0} gCO2e/kWh in [{:.0}, {:.0}], xi {}",
-        p["policy"].as_str().unwrap_or("?"),
-        p["status"].as_str().unwrap_or("?"),
-        p["ci"].as_f64().unwrap_or(f64::NAN),
-        p["ci_min"].as_f64().unwrap_or(f64::NAN),
-        p["ci_max"].as_f64().unwrap_or(f64::NAN),
-        p["xi"]
+        p.policy.as_deref().unwrap_or("?"),
+        p.status,
+        n(p.ci),
+        n(p.ci_min),
+        n(p.ci_max),
+        n(p.xi)
     );
+    let (expected, at_baseline) = (n(p.expected_g), n(p.baseline_g));
     println!(
-        "quality floor {:.1}% of all-{}; expected quality {:.1}%; expected {:.4} g/request vs {:.4} g at {} ({:.0}% less); solved in {} us ({})",
-        p["floor"].as_f64().unwrap_or(f64::NAN) * 100.0,
-        levels.first().map(String::as_str).unwrap_or("L0"),
-        p["quality"].as_f64().unwrap_or(f64::NAN) * 100.0,
-        p["expected_g"].as_f64().unwrap_or(f64::NAN),
-        p["baseline_g"].as_f64().unwrap_or(f64::NAN),
-        levels.first().map(String::as_str).unwrap_or("L0"),
-        100.0 * (1.0 - p["expected_g"].as_f64().unwrap_or(0.0) / p["baseline_g"].as_f64().unwrap_or(1.0).max(1e-12)),
-        p["solve_us"],
-        p["reason"].as_str().unwrap_or("")
+        "quality floor {:.1}% of all-{baseline}; expected quality {:.1}%; expected {expected:.4} g/request vs {at_baseline:.4} g at {baseline} ({:.0}% less); solved in {} us ({})",
+        n(p.floor) * 100.0,
+        n(p.quality) * 100.0,
+        100.0 * (1.0 - expected / at_baseline.max(1e-12)),
+        p.solve_us.unwrap_or(0),
+        p.reason.as_deref().unwrap_or("")
     );
-    println!("mix {}: {}", levels.join(" / "), fmt(&p["x"], 1.0, 2));
+    println!("mix {levels}: {}", mix(&p.x));
     println!("{:<12} {:>6}  {:<20} {:<20} {:<20} {:<16} {}", "class", "share", "x", "q (kept, lower bound)", "e (J)", "p (s)", "samples");
-    for c in p["classes"].as_array().into_iter().flatten() {
-        let kept: Vec<String> = c["kept"].as_array().into_iter().flatten().map(|k| k["n"].to_string()).collect();
-        let allowed: Vec<&str> = c["allowed"].as_array().into_iter().flatten().map(|a| if a == true { "" } else { "held" }).collect();
-        let held = if allowed.iter().any(|a| !a.is_empty()) { format!(" ({})", allowed.iter().enumerate().filter(|(_, a)| !a.is_empty()).map(|(i, _)| levels.get(i).cloned().unwrap_or_default()).collect::<Vec<_>>().join(", ") + " held at 0: bound below the floor") } else { String::new() };
+    for c in classes {
+        let kept: Vec<String> = c.kept.iter().flatten().map(|k| k.n.to_string()).collect();
+        let held: Vec<&str> = c.allowed.iter().zip(&p.levels).filter(|(a, _)| !**a).map(|(_, l)| l.as_str()).collect();
+        let held = if held.is_empty() { String::new() } else { format!(" ({} held at 0: bound below the floor)", held.join(", ")) };
         println!(
             "{:<12} {:>5.0}%  {:<20} {:<20} {:<20} {:<16} {}{}",
-            c["name"].as_str().unwrap_or("?"),
-            c["weight"].as_f64().unwrap_or(0.0) * 100.0,
-            fmt(&c["x"], 1.0, 2),
-            fmt(&c["q"], 1.0, 2),
-            fmt(&c["e_kwh"], 3.6e6, 0),
-            fmt(&c["p_s"], 1.0, 1),
+            c.name,
+            c.weight * 100.0,
+            joined(&c.x, 1.0, 2),
+            joined(&c.q, 1.0, 2),
+            joined(&c.e_kwh, 3.6e6, 0),
+            joined(&c.p_s, 1.0, 1),
             kept.join(" / "),
             held
         );
     }
-    let hist = p["history"].as_array().cloned().unwrap_or_default();
-    if hist.len() > 1 {
+    let history = p.history.unwrap_or_default();
+    if history.len() > 1 {
         println!("recent solves (CI -> mix):");
-        for h in hist.iter().rev().take(6) {
-            println!("  {:>5.0} -> {}  ({})", h["ci"].as_f64().unwrap_or(f64::NAN), fmt(&h["x"], 1.0, 2), h["status"].as_str().unwrap_or(""));
+        for h in history.iter().rev().take(6) {
+            println!("  {:>5.0} -> {}  ({})", h.ci, joined(&h.x, 1.0, 2), h.status);
         }
     }
     Ok(())
@@ -77,35 +76,30 @@ pub async fn stats(client: &Client, since: Option<&str>, json: bool) -> Result<(
         print_json(&s);
         return Ok(());
     }
-    let f = |k: &str| s[k].as_f64().unwrap_or(0.0);
-    println!("requests:  {}  ({} prompt + {} completion tokens)", s["requests"], s["prompt_tokens"], s["completion_tokens"]);
-    println!("energy:    {:.1} J  ({} estimated, {} measured requests)", f("energy_j"), s["estimated_requests"], s["measured_requests"]);
-    println!("carbon:    {:.4} gCO2e  (operational {:.4}, embodied {:.4})", f("carbon_g"), f("operational_g"), f("embodied_g"));
-    let own = &s["own_work"];
+    println!("requests:  {}  ({} prompt + {} completion tokens)", s.requests, s.prompt_tokens, s.completion_tokens);
+    println!("energy:    {:.1} J  ({} estimated, {} measured requests)", s.energy_j, s.estimated_requests, s.measured_requests);
+    println!("carbon:    {:.4} gCO2e  (operational {:.4}, embodied {:.4})", s.carbon_g, s.operational_g, s.embodied_g);
+    let own = &s.own_work;
     println!(
         "own work:  {} requests, {:.1} J, {:.4} gCO2e  (evaluation runs: in the totals, not in the savings or levels)",
-        own["requests"],
-        own["energy_j"].as_f64().unwrap_or(0.0),
-        own["carbon_g"].as_f64().unwrap_or(0.0)
+        own.requests, own.energy_j, own.carbon_g
     );
-    match s["savings"]["carbon_g"].as_f64() {
-        Some(g) => println!("saved:     {g:.4} gCO2e against serving every user request at {}", s["savings"]["baseline"].as_str().unwrap_or("L0")),
-        None => println!("saved:     unknown until a {} request has succeeded", s["savings"]["baseline"].as_str().unwrap_or("L0")),
+    match s.savings.carbon_g {
+        Some(g) => println!("saved:     {g:.4} gCO2e against serving every user request at {}", s.savings.baseline),
+        None => println!("saved:     unknown until a {} request has succeeded", s.savings.baseline),
     }
     println!("users' requests by level:");
     println!("{:<6} {:>8} {:>7} {:>12} {:>12} {:>12}", "LEVEL", "REQUESTS", "SHARE", "MEAN TOKENS", "MEAN J", "MEAN gCO2e");
-    if let Some(levels) = s["levels"].as_object() {
-        for (name, l) in levels {
-            println!(
-                "{:<6} {:>8} {:>6.0}% {:>12.1} {:>12.1} {:>12.5}",
-                name,
-                l["totals"]["requests"].as_u64().unwrap_or(0),
-                100.0 * l["share"].as_f64().unwrap_or(0.0),
-                l["mean_completion_tokens"].as_f64().unwrap_or(0.0),
-                l["mean_energy_j"].as_f64().unwrap_or(0.0),
-                l["mean_carbon_g"].as_f64().unwrap_or(0.0)
-            );
-        }
+    for (name, l) in &s.levels {
+        println!(
+            "{:<6} {:>8} {:>6.0}% {:>12.1} {:>12.1} {:>12.5}",
+            name,
+            l.totals.requests,
+            100.0 * l.share,
+            l.mean_completion_tokens,
+            l.mean_energy_j,
+            l.mean_carbon_g
+        );
     }
     Ok(())
 }
@@ -116,38 +110,31 @@ pub async fn carbon(client: &Client, json: bool) -> Result<(), CliError> {
         print_json(&c);
         return Ok(());
     }
-    let now = c["now"]["gco2_per_kwh"].as_f64().unwrap_or(f64::NAN);
-    let src = &c["source"];
-    println!("intensity now: {now:.0} gCO2e/kWh  (source: {} {})", src["kind"].as_str().unwrap_or("?"), src["name"].as_str().unwrap_or("?"));
-    if src["fallback"].as_bool() == Some(true) {
+    let src = &c.source;
+    println!("intensity now: {:.0} gCO2e/kWh  (source: {} {})", c.now.gco2_per_kwh, src.kind, src.name);
+    let age = src.age_s.map(|a| format!("{a} s ago"));
+    if src.fallback {
         println!(
             "FALLBACK in use: {} (last error: {}; last good reading {})",
-            src["fallback_name"].as_str().unwrap_or("?"),
-            src["last_error"].as_str().unwrap_or("none yet"),
-            src["age_s"].as_i64().map(|a| format!("{a} s ago")).unwrap_or_else(|| "never".into())
+            src.fallback_name.as_deref().unwrap_or("?"),
+            src.last_error.as_deref().unwrap_or("none yet"),
+            age.unwrap_or_else(|| "never".into())
         );
-    } else if let Some(age) = src["age_s"].as_i64() {
-        println!("last reading:  {age} s ago");
+    } else if let Some(age) = age {
+        println!("last reading:  {age}");
     }
-    let forecast = c["forecast"].as_array().cloned().unwrap_or_default();
-    if let Some((i, low)) = forecast
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| r["gco2_per_kwh"].as_f64().map(|v| (i, v)))
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-    {
+    if let Some((i, low)) = c.forecast.iter().enumerate().min_by(|a, b| a.1.gco2_per_kwh.total_cmp(&b.1.gco2_per_kwh)) {
         println!(
-            "lowest in the next {} h: {low:.0} gCO2e/kWh in {} h (forecast from the {})",
-            forecast.len(),
+            "lowest in the next {} h: {:.0} gCO2e/kWh in {} h (forecast from the {})",
+            c.forecast.len(),
+            low.gco2_per_kwh,
             i + 1,
-            src["forecast"].as_str().unwrap_or("?")
+            src.forecast
         );
     }
-    let values = |v: &Value| -> String {
-        v.as_array().into_iter().flatten().filter_map(|r| r["gco2_per_kwh"].as_f64()).map(|v| format!("{v:.0}")).collect::<Vec<_>>().join(" ")
-    };
-    println!("past hours:    {}", values(&c["past"]));
-    println!("next hours:    {}", values(&c["forecast"]));
+    let values = |v: &[Reading]| v.iter().map(|r| format!("{:.0}", r.gco2_per_kwh)).collect::<Vec<_>>().join(" ");
+    println!("past hours:    {}", values(&c.past));
+    println!("next hours:    {}", values(&c.forecast));
     Ok(())
 }
 

@@ -78,7 +78,7 @@ pub struct Metering {
 }
 
 /// For stats and metrics.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MeterStatus {
     pub meter: String,
     pub measured: bool,

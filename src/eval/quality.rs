@@ -58,7 +58,7 @@ pub fn kept_by_agreement(class: &str, answers: &[String]) -> Option<Vec<Option<f
 
 /// How well a level kept the baseline's quality on one class, over the
 /// evaluated prompts that had a signal.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Kept {
     pub n: usize,
     /// The share of prompts whose answer kept the baseline's quality.

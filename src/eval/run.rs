@@ -4,6 +4,7 @@
 //! every rotation of their order, and the run is stored; the optimizer
 //! re-solves with the new `q`. [`scheduler`] starts runs at low-carbon hours.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use super::EvalRun;
 use crate::job::{now_ms, ChatRequest, Job, JobState, Message, Origin, Role};
 use crate::store::StoreError;
 use crate::service::{Service, SubmitError};
+use crate::wire::{EvalRule, EvalStatus, LastRun, NextRun};
 
 /// The longest judge reply read: the verdict is a number.
 const JUDGE_MAX_TOKENS: usize = 16;
@@ -365,42 +367,44 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
 
 /// Per class, how well each level kept the baseline's quality over the
 /// runs the planner pools (n, share, lower bound).
-fn kept_by_class(svc: &Service) -> Result<Value, StoreError> {
+fn kept_by_class(svc: &Service) -> Result<BTreeMap<String, Vec<quality::Kept>>, StoreError> {
     let levels = svc.directives().names().count();
     let runs = crate::plan::planner::pooled_runs(svc)?;
-    let mut out = serde_json::Map::new();
-    for class in crate::plan::classify::CLASSES {
-        out.insert(class.to_string(), json!(quality::kept_stats(&runs, class, levels)));
-    }
-    Ok(Value::Object(out))
+    Ok(crate::plan::classify::CLASSES.iter().map(|class| (class.to_string(), quality::kept_stats(&runs, class, levels))).collect())
 }
 
 /// What `eval status` shows: the last q, the next planned run and why.
-pub fn status(svc: &Service) -> Result<Value, StoreError> {
+pub fn status(svc: &Service) -> Result<EvalStatus, StoreError> {
     let last = svc.store.eval_runs(1)?.into_iter().next();
     let now_s = now_ms() as i64 / 1000;
     let plan = svc.evals.last_schedule().unwrap_or_else(|| decide(svc, now_s, last.as_ref()));
-    Ok(json!({
-        "object": "eval.status",
-        "enabled": svc.config().evaluator.enabled,
-        "running": svc.evals.running(),
-        "samples": svc.store.samples_len(),
-        "samples_needed": svc.config().evaluator.prompts,
-        "levels": svc.directives().names().collect::<Vec<_>>(),
-        "q": last.as_ref().and_then(|r| r.q.clone()),
-        "q_source": if last.as_ref().is_some_and(|r| r.q.is_some()) { "the last run's judged prompts (pick-best shares)" } else { "no judged prompts yet" },
-        "kept": kept_by_class(svc)?,
-        "last_run": last.as_ref().map(|r| json!({
-            "id": r.id, "at": r.started_ms as f64 / 1000.0, "q": r.q, "failures": r.failures,
-            "judge": r.judge, "carbon_g": r.carbon_g, "energy_j": r.energy_j,
-        })),
-        "next": {"run_now": plan.run, "at": plan.next_at, "forecast_gco2_per_kwh": plan.next_gco2_per_kwh, "reason": plan.reason},
-        "rule": {
-            "min_interval_s": svc.config().evaluator.min_interval.as_secs(),
-            "max_staleness_s": svc.config().evaluator.max_staleness.as_secs(),
-            "tolerance": svc.config().evaluator.tolerance,
+    let cfg = &svc.config().evaluator;
+    Ok(EvalStatus {
+        object: "eval.status".into(),
+        enabled: cfg.enabled,
+        running: svc.evals.running(),
+        samples: svc.store.samples_len() as u64,
+        samples_needed: cfg.prompts,
+        levels: svc.directives().names().map(str::to_string).collect(),
+        q: last.as_ref().and_then(|r| r.q.clone()),
+        q_source: if last.as_ref().is_some_and(|r| r.q.is_some()) { "the last run's judged prompts (pick-best shares)" } else { "no judged prompts yet" }.into(),
+        kept: kept_by_class(svc)?,
+        last_run: last.as_ref().map(|r| LastRun {
+            id: r.id.clone(),
+            at: r.started_ms as f64 / 1000.0,
+            q: r.q.clone(),
+            failures: r.failures,
+            judge: r.judge.clone(),
+            carbon_g: r.carbon_g,
+            energy_j: r.energy_j,
+        }),
+        next: NextRun { run_now: plan.run, at: plan.next_at, forecast_gco2_per_kwh: plan.next_gco2_per_kwh, reason: plan.reason },
+        rule: EvalRule {
+            min_interval_s: cfg.min_interval.as_secs(),
+            max_staleness_s: cfg.max_staleness.as_secs(),
+            tolerance: cfg.tolerance,
         },
-    }))
+    })
 }
 
 fn decide(svc: &Service, now_s: i64, last: Option<&EvalRun>) -> Schedule {

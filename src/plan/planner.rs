@@ -51,7 +51,7 @@ pub struct Solved {
     pub knowledge: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct HistoryItem {
     pub at_ms: u64,
     pub ci: f64,

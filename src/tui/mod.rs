@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use ratatui::crossterm::event::{self, Event, KeyEventKind};
 use ratatui::crossterm::execute;
 use ratatui::crossterm::terminal::{disable_raw_mode, enable_raw_mode, EnterAlternateScreen, LeaveAlternateScreen};
-use serde_json::json;
 
 use crate::client::Client;
+use crate::job::{Message, Role};
+use crate::wire::{JobSubmission, Stats};
 use state::{Action, App, Snapshot};
 
 /// How often the daemon is polled: five small GETs every two seconds (the
@@ -24,7 +25,7 @@ pub const POLL: Duration = Duration::from_secs(2);
 pub const TODAY_POLL: Duration = Duration::from_secs(30);
 
 /// Today's stats and when they were fetched.
-type Today = Option<(Instant, serde_json::Value)>;
+type Today = Option<(Instant, Stats)>;
 
 async fn fetch(client: &Client, today: &mut Today) -> Result<Snapshot, String> {
     let e = |e: crate::client::ClientError| e.to_string();
@@ -37,7 +38,7 @@ async fn fetch(client: &Client, today: &mut Today) -> Result<Snapshot, String> {
     let plan = client.plan().await.map_err(e)?;
     let eval = client.eval_status().await.map_err(e)?;
     let jobs = client.jobs(None, 50).await.map_err(e)?;
-    let mut snap = Snapshot::from_json(&stats, &carbon, &plan, &eval, &jobs);
+    let mut snap = Snapshot::new(&stats, &carbon, &plan, &eval, &jobs);
     snap.backends = client.backends().await.map_err(e)?.data;
     if let Some((_, t)) = today {
         snap.today(t);
@@ -80,9 +81,9 @@ async fn event_loop<B: ratatui::backend::Backend>(terminal: &mut ratatui::Termin
             Event::Key(k) if k.kind != KeyEventKind::Release => match app.key(k) {
                 Action::Quit => return Ok(()),
                 Action::Submit(prompt) => {
-                    let body = json!({"messages": [{"role": "user", "content": prompt}]});
+                    let body = JobSubmission { messages: vec![Message::new(Role::User, prompt)], ..Default::default() };
                     app.message = Some(match client.submit_job(&body, None).await {
-                        Ok(j) => format!("submitted {}", j["id"].as_str().unwrap_or("?")),
+                        Ok(j) => format!("submitted {}", j.id),
                         Err(e) => format!("submit failed: {e}"),
                     });
                     last_poll = None;

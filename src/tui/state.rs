@@ -1,8 +1,8 @@
 //! The TUI's state: the daemon's numbers as last fetched ([`Snapshot`], from
-//! the API's JSON), what the user has selected, and key handling. Pure.
+//! the API's bodies), what the user has selected, and key handling. Pure.
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use serde_json::Value;
+use crate::wire::{CarbonView, EvalStatus, JobView, LevelStats, List, PlanView, Reading, Stats};
 
 /// Panels, in tab order.
 pub const PANELS: [&str; 4] = ["Queue", "Emissions", "Directive mix", "Evaluator"];
@@ -70,105 +70,76 @@ pub struct Snapshot {
     pub backends: Vec<crate::backends::BackendView>,
 }
 
-fn f64s(v: &Value) -> Vec<f64> {
-    v.as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()).unwrap_or_default()
-}
-
 impl Snapshot {
     /// From `/v1/stats`, `/v1/carbon`, `/v1/plan`, `/v1/eval/status`, `/v1/jobs`.
-    pub fn from_json(stats: &Value, carbon: &Value, plan: &Value, eval: &Value, jobs: &Value) -> Snapshot {
-        let levels: Vec<String> =
-            plan["levels"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_string)).collect();
-        let per = |key: &str| -> Vec<f64> { levels.iter().map(|l| stats["levels"][l][key].as_f64().unwrap_or(0.0)).collect() };
-        let jobs = jobs["data"]
-            .as_array()
-            .into_iter()
-            .flatten()
+    pub fn new(stats: &Stats, carbon: &CarbonView, plan: &PlanView, eval: &EvalStatus, jobs: &List<JobView>) -> Snapshot {
+        let levels = plan.levels.clone();
+        let per = |f: fn(&LevelStats) -> f64| -> Vec<f64> { levels.iter().map(|l| stats.levels.get(l).map(f).unwrap_or(0.0)).collect() };
+        let jobs = jobs
+            .data
+            .iter()
             .map(|j| JobRow {
-                id: j["id"].as_str().unwrap_or("?").to_string(),
-                state: j["state"].as_str().unwrap_or("?").to_string(),
-                directive: j["directive"].as_str().unwrap_or("?").to_string(),
+                id: j.id.clone(),
+                state: j.state.as_str().to_string(),
+                directive: j.directive.clone(),
                 // Running jobs: the tokens so far.
-                tokens: j["result"]["usage"]["completion_tokens"].as_u64().or(j["tokens_so_far"].as_u64()),
-                carbon_g: j["result"]["usage"]["sprout"]["carbon_g"].as_f64(),
-                position: j["position"].as_u64(),
-                deferred_until: j["deferred"]["until"].as_f64(),
-                deferred_forecast: j["deferred"]["forecast_gco2_per_kwh"].as_f64(),
-                prompt: j["request"]["messages"]
-                    .as_array()
-                    .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
-                    .and_then(|m| m["content"].as_str())
-                    .unwrap_or("")
-                    .replace('\n', " "),
+                tokens: j.tokens(),
+                carbon_g: j.receipt().map(|r| r.carbon_g),
+                position: j.position,
+                deferred_until: j.deferred.as_ref().map(|d| d.until),
+                deferred_forecast: j.deferred.as_ref().map(|d| d.forecast_gco2_per_kwh),
+                prompt: j.prompt().replace('\n', " "),
             })
             .collect();
-        let next = &eval["next"];
-        let next_eval = if eval["running"] == true {
+        let next = &eval.next;
+        let next_eval = if eval.running {
             "running now".to_string()
-        } else if next["run_now"] == true {
-            format!("now ({})", next["reason"].as_str().unwrap_or(""))
+        } else if next.run_now {
+            format!("now ({})", next.reason)
         } else {
-            format!(
-                "{} at {:.0} gCO2/kWh forecast ({})",
-                hhmm(next["at"].as_f64().unwrap_or(0.0)),
-                next["forecast_gco2_per_kwh"].as_f64().unwrap_or(f64::NAN),
-                next["reason"].as_str().unwrap_or("")
-            )
+            format!("{} at {:.0} gCO2/kWh forecast ({})", hhmm(next.at as f64), next.forecast_gco2_per_kwh, next.reason)
         };
+        let intensities = |r: &[Reading]| r.iter().map(|r| r.gco2_per_kwh).collect();
         Snapshot {
-            deferred: stats["queue"]["deferred"].as_u64().unwrap_or(0),
-            queued: stats["queue"]["queued"].as_u64().unwrap_or(0),
-            running: stats["queue"]["running"].as_u64().unwrap_or(0),
+            deferred: stats.queue.deferred,
+            queued: stats.queue.queued,
+            running: stats.queue.running,
             jobs,
-            ci_now: carbon["now"]["gco2_per_kwh"].as_f64().unwrap_or(f64::NAN),
-            ci_source: carbon["source"]["name"].as_str().unwrap_or("?").to_string(),
-            ci_fallback: carbon["source"]["fallback"] == true,
-            past: carbon["past"].as_array().into_iter().flatten().filter_map(|r| r["gco2_per_kwh"].as_f64()).collect(),
-            forecast: carbon["forecast"].as_array().into_iter().flatten().filter_map(|r| r["gco2_per_kwh"].as_f64()).collect(),
-            carbon_g: stats["carbon_g"].as_f64().unwrap_or(0.0),
-            saved_g: stats["savings"]["carbon_g"].as_f64(),
-            deferral_saved_g: stats["deferral"]["saving_g"].as_f64().unwrap_or(0.0),
+            ci_now: carbon.now.gco2_per_kwh,
+            ci_source: carbon.source.name.clone(),
+            ci_fallback: carbon.source.fallback,
+            past: intensities(&carbon.past),
+            forecast: intensities(&carbon.forecast),
+            carbon_g: stats.carbon_g,
+            saved_g: stats.savings.carbon_g,
+            deferral_saved_g: stats.deferral.saving_g,
             carbon_today_g: 0.0,
             saved_today_g: None,
-            requests: stats["requests"].as_u64().unwrap_or(0),
-            measured: stats["measured_requests"].as_u64().unwrap_or(0),
-            estimated: stats["estimated_requests"].as_u64().unwrap_or(0),
-            meter: stats["meter"]["meter"].as_str().unwrap_or("?").to_string(),
-            plan_x: f64s(&plan["x"]),
-            plan_status: plan["status"].as_str().unwrap_or("?").to_string(),
-            floor: plan["floor"].as_f64(),
-            realized: per("share"),
-            mean_tokens: per("mean_completion_tokens"),
-            mean_energy_j: per("mean_energy_j"),
+            requests: stats.requests,
+            measured: stats.measured_requests,
+            estimated: stats.estimated_requests,
+            meter: stats.meter.meter.clone(),
+            plan_x: plan.x.clone().unwrap_or_default(),
+            plan_status: plan.status.clone(),
+            floor: plan.floor,
+            realized: per(|l| l.share),
+            mean_tokens: per(|l| l.mean_completion_tokens),
+            mean_energy_j: per(|l| l.mean_energy_j),
             levels,
-            q: eval["q"].as_array().map(|a| a.iter().filter_map(Value::as_f64).collect()),
-            q_source: eval["q_source"].as_str().unwrap_or("?").to_string(),
-            kept: eval["kept"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(class, ks)| {
-                            let v = ks.as_array().into_iter().flatten().skip(1).map(|k| (k["lower"].as_f64().unwrap_or(0.0), k["n"].as_u64().unwrap_or(0))).collect();
-                            (class.clone(), v)
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
-            last_eval: eval["last_run"]["id"].as_str().map(|id| {
-                format!("{id} at {}, {} unreadable", hhmm(eval["last_run"]["at"].as_f64().unwrap_or(0.0)), eval["last_run"]["failures"])
-            }),
+            q: eval.q.clone(),
+            q_source: eval.q_source.clone(),
+            kept: eval.kept.iter().map(|(class, ks)| (class.clone(), ks.iter().skip(1).map(|k| (k.lower, k.n as u64)).collect())).collect(),
+            last_eval: eval.last_run.as_ref().map(|r| format!("{} at {}, {} unreadable", r.id, hhmm(r.at), r.failures)),
             next_eval,
-            eval_running: eval["running"] == true,
+            eval_running: eval.running,
             backends: Vec::new(),
         }
     }
-}
 
-impl Snapshot {
     /// Today's figures, from `/v1/stats?since=<midnight UTC>`.
-    pub fn today(&mut self, stats: &Value) {
-        self.carbon_today_g = stats["carbon_g"].as_f64().unwrap_or(0.0);
-        self.saved_today_g = stats["savings"]["carbon_g"].as_f64();
+    pub fn today(&mut self, stats: &Stats) {
+        self.carbon_today_g = stats.carbon_g;
+        self.saved_today_g = stats.savings.carbon_g;
     }
 }
 
