@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn receipt_arithmetic() {
         let cfg = AccountingConfig {
-            meter: "estimate".into(),
+            meter: crate::config::MeterKind::Estimate,
             rapl_root: "/nonexistent".into(),
             idle_w: 0.0,
             tdp_w: 100.0,

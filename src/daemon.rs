@@ -40,6 +40,11 @@ use crate::worker;
 /// again, whatever the next one's time.
 const PROMOTER_MAX_SLEEP: Duration = Duration::from_secs(60);
 
+/// The longest the planner sleeps between looks: it is woken by what makes
+/// a solve due (answers, evaluations, reloads, carbon readings, the trace's
+/// hour), this only bounds a wall-clock jump.
+const PLANNER_MAX_SLEEP: Duration = Duration::from_secs(60);
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("creating the data directory {path}: {source}")]
@@ -276,7 +281,7 @@ pub async fn run(
     if let Some(path) = config_path {
         tokio::spawn(reload_on_sighup(svc.clone(), path, stop.clone()));
     }
-    tokio::spawn(planner::run(svc.clone(), stop.clone(), Duration::from_secs(1)));
+    tokio::spawn(planner::run(svc.clone(), stop.clone(), PLANNER_MAX_SLEEP));
     {
         // Deferred jobs enter the queue when their hour comes.
         let (svc, stop) = (svc.clone(), stop.clone());

@@ -232,6 +232,8 @@ impl Service {
         if let Some(c) = carbon {
             *self.carbon.write().expect("poisoned") = c;
             self.carbon_replaced.notify_waiters();
+            // The planner follows the new source's readings from its next pass.
+            self.planner.wake();
         }
         self.bump();
         Ok(Reloaded { needs_restart: restart, carbon_replaced: carbon_changed })
@@ -505,6 +507,14 @@ impl crate::plan::planner::Sources for Service {
 
     fn intensity_range(&self) -> (f64, f64) {
         self.carbon().range()
+    }
+
+    fn readings(&self) -> tokio::sync::watch::Receiver<Option<crate::carbon::Reading>> {
+        self.carbon().readings()
+    }
+
+    fn intensity_changes_at(&self, t: i64) -> i64 {
+        self.carbon().next_change(t)
     }
 
     fn knowledge(&self) -> u64 {

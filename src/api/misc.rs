@@ -8,6 +8,7 @@ use axum::Json;
 use super::error::ApiError;
 use super::extract::Path;
 use super::AppState;
+use crate::config::Word;
 use crate::service::EngineStatus;
 use crate::wire::{BackendView, CarbonView, Health, List, Model, PlanClass, PlanView, Range};
 
@@ -116,7 +117,7 @@ pub async fn plan(State(svc): State<AppState>) -> Json<PlanView> {
         enabled: true,
         status: s.plan.status.clone(),
         x: history.last().map(|h| h.x.clone()),
-        policy: Some(svc.config().optimizer.policy.clone()),
+        policy: Some(svc.config().optimizer.policy.as_str().into()),
         ci: Some(s.inputs.ci),
         ci_min: Some(s.inputs.ci_min),
         ci_max: Some(s.inputs.ci_max),

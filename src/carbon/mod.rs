@@ -16,6 +16,7 @@ pub mod trace;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CarbonConfig, LiveCarbonConfig};
@@ -79,6 +80,9 @@ struct Live {
 pub struct Carbon {
     trace: TraceSource,
     live: Option<Live>,
+    /// The intensity served, published by the poller each time a poll
+    /// changes it ([`Carbon::readings`]); `None` before the first poll.
+    readings: watch::Sender<Option<Reading>>,
 }
 
 impl Carbon {
@@ -108,12 +112,37 @@ impl Carbon {
                 })
             }
         };
-        Ok(Carbon { trace, live })
+        Ok(Carbon::new(trace, live))
+    }
+
+    fn new(trace: TraceSource, live: Option<Live>) -> Carbon {
+        Carbon { trace, live, readings: watch::channel(None).0 }
     }
 
     /// Serves `trace` alone.
     pub fn from_trace(trace: TraceSource) -> Carbon {
-        Carbon { trace, live: None }
+        Carbon::new(trace, None)
+    }
+
+    /// The poller's readings: a receiver sees a change each time a poll
+    /// changes the intensity served. Between polls the intensity changes
+    /// only at [`Carbon::next_change`]; together they tell a waiting
+    /// component when to look again, so none has to poll.
+    pub fn readings(&self) -> watch::Receiver<Option<Reading>> {
+        self.readings.subscribe()
+    }
+
+    /// The next time after `t` (Unix s) the intensity served may change
+    /// without a poll: the trace's next hour (at its speed-up), or the
+    /// moment the last live reading becomes too old and the fallback serves.
+    pub fn next_change(&self, t: i64) -> i64 {
+        let stale = self.live.as_ref().and_then(|live| {
+            let st = live.state.lock().expect("poisoned");
+            let (_, fetched) = st.last.as_ref()?;
+            Some(fetched + live.cfg.max_age.as_secs() as i64 + 1).filter(|&at| at > t)
+        });
+        let next_hour = self.trace.next_change(t);
+        stale.map_or(next_hour, |s| s.min(next_hour))
     }
 
     /// The live snapshot if it is fresh enough at `t`.
@@ -240,8 +269,16 @@ impl Carbon {
     pub async fn poll_once(&self, now_unix: impl Fn() -> i64) -> Result<(), live::FetchError> {
         let Some(live) = &self.live else { return Ok(()) };
         let out = self.poll_live(live, &now_unix).await;
-        // Whatever the poll gave, the value now served joins the recent past.
-        self.remember(live, now_unix());
+        // Whatever the poll gave, the value now served joins the recent past,
+        // and is published if it changed.
+        let t = now_unix();
+        self.remember(live, t);
+        let served = self.now(t);
+        self.readings.send_if_modified(|last| {
+            let changed = last.as_ref().is_none_or(|r| r.gco2_per_kwh != served.gco2_per_kwh);
+            *last = Some(served);
+            changed
+        });
         out
     }
 
@@ -360,6 +397,14 @@ impl TraceSource {
         Reading { at: t, gco2_per_kwh: self.trace.at(self.trace_time(t)) }
     }
 
+    /// The wall time (Unix s) after `t` when the next trace hour plays.
+    pub fn next_change(&self, t: i64) -> i64 {
+        let tt = self.trace_time(t);
+        let hour_start = self.trace.start_unix + (tt - self.trace.start_unix).div_euclid(3600) * 3600;
+        let trace_left = (hour_start + 3600 - tt) as f64;
+        t + (trace_left / self.speedup).ceil().max(1.0) as i64
+    }
+
     /// Hourly forecast for the next `hours` (of trace time), computed from
     /// the trace's past only.
     pub fn forecast(&self, t: i64, hours: usize) -> Vec<Reading> {
@@ -411,8 +456,15 @@ mod tests {
         assert_eq!(past.iter().map(|r| r.at).collect::<Vec<_>>(), vec![jan1, jan1 + 3600, jan1 + 7200]);
         assert_eq!(past[0].gco2_per_kwh, 71.54);
         assert_eq!(past[1].gco2_per_kwh, 65.29);
+        // The next hour plays at the hour's end, sooner when sped up.
+        assert_eq!(s.next_change(jan1), jan1 + 3600);
+        assert_eq!(s.next_change(jan1 + 3599), jan1 + 3600);
+        assert_eq!(s.next_change(jan1 + 3600), jan1 + 7200);
+        let sixty = TraceSource::load(None, 0.0, 60.0, jan1).unwrap();
+        assert_eq!(sixty.next_change(jan1 + 10), jan1 + 60);
         // Played 3600x faster, a trace hour is a wall second.
         let fast = TraceSource::load(None, 0.0, 3600.0, jan1).unwrap();
+        assert_eq!(fast.next_change(jan1), jan1 + 1);
         assert_eq!(fast.past(jan1 + 2, 2).iter().map(|r| r.gco2_per_kwh).collect::<Vec<_>>(), vec![71.54, 65.29]);
         assert_eq!(Carbon::from_trace(s.clone()).past(jan1 + 3 * 3600, 3), past);
     }
@@ -632,18 +684,25 @@ mod live_tests {
             fallback_gco2_per_kwh: fallback,
         };
         let provider = Provider::new(kind, url, zone, secret.map(str::to_string), cfg.username.clone(), cfg.timeout);
-        Carbon {
-            trace,
-            live: Some(Live { provider, cfg, state: Mutex::new(LiveState { last: None, past: Default::default(), last_error: None, failures: 0 }) }),
-        }
+        Carbon::new(trace, Some(Live { provider, cfg, state: Mutex::new(LiveState { last: None, past: Default::default(), last_error: None, failures: 0 }) }))
     }
 
     #[tokio::test]
     async fn electricity_maps_with_and_without_its_forecast() {
         let (url, fake) = serve().await;
         let c = carbon(ProviderKind::ElectricityMaps, &format!("{url}/v3"), "DE", Some("em-key"), None);
+        let mut readings = c.readings();
         c.poll_once(|| T).await.unwrap();
         assert_eq!(c.now(T + 60).gco2_per_kwh, 302.0);
+        // The new value is published; the same value again is not.
+        assert!(readings.has_changed().unwrap());
+        assert_eq!(readings.borrow_and_update().as_ref().map(|r| r.gco2_per_kwh), Some(302.0));
+        c.poll_once(|| T).await.unwrap();
+        assert!(!readings.has_changed().unwrap());
+        // Unpolled, the reading serves until it is too old (max_age 2 h),
+        // then the trace, whose hour turns first.
+        assert_eq!(c.next_change(T), (T + 7201).min(c.trace.next_change(T)));
+        assert_eq!(c.next_change(T + 7200), c.trace.next_change(T + 7200).min(T + 7201));
         let f = c.forecast(T, 24);
         assert_eq!((f.len(), f[0].gco2_per_kwh, f[0].at), (24, 299.0, T + 3600));
         let st = c.status(T + 60);

@@ -13,7 +13,7 @@ use std::io;
 use std::time::Instant;
 
 use crate::accounting::{Attribution, Share};
-use crate::config::AccountingConfig;
+use crate::config::{AccountingConfig, MeterKind};
 
 pub trait Meter: Send {
     /// What is read, e.g. `rapl (package-0, dram)`.
@@ -48,11 +48,11 @@ pub fn detect(cfg: &AccountingConfig) -> Result<Box<dyn Meter>, MeterError> {
             )),
         }
     };
-    match cfg.meter.as_str() {
-        "estimate" => Ok(estimate()),
-        "nvml" => nvml::Nvml::open().map(|m| Box::new(m) as Box<dyn Meter>).map_err(MeterError::Nvml),
-        "rapl" => rapl().map_err(MeterError::Rapl),
-        _ => {
+    match cfg.meter {
+        MeterKind::Estimate => Ok(estimate()),
+        MeterKind::Nvml => nvml::Nvml::open().map(|m| Box::new(m) as Box<dyn Meter>).map_err(MeterError::Nvml),
+        MeterKind::Rapl => rapl().map_err(MeterError::Rapl),
+        MeterKind::Auto => {
             let nvml_err = match nvml::Nvml::open() {
                 Ok(m) => return Ok(Box::new(m)),
                 Err(e) => e,
@@ -162,7 +162,7 @@ mod tests {
 
     fn cfg(meter: &str, root: PathBuf) -> AccountingConfig {
         AccountingConfig {
-            meter: meter.into(),
+            meter: crate::config::Word::parse(meter).expect("a meter"),
             rapl_root: root,
             idle_w: 10.0,
             tdp_w: 50.0,

@@ -16,6 +16,7 @@ use super::judge::{self, DEFAULT_JUDGE_PROMPT};
 use super::quality::{self, PromptVerdict};
 use super::schedule::{self, Schedule};
 use super::EvalRun;
+use crate::config::JudgeKind;
 use crate::job::{now_ms, ChatRequest, Job, JobState, Message, Origin, Role};
 use crate::store::StoreError;
 use crate::service::{Service, SubmitError};
@@ -81,7 +82,7 @@ fn judge_for(svc: &Service, opts: &RunOptions) -> Result<Judge, EvalError> {
     let cfg = &svc.config().evaluator;
     let url = opts.judge_url.clone().or_else(|| cfg.judge_url.clone());
     let model = opts.judge_model.clone().or_else(|| cfg.judge_model.clone());
-    if opts.judge_url.is_none() && cfg.judge == "local" {
+    if opts.judge_url.is_none() && cfg.judge == JudgeKind::Local {
         return Ok(Judge::Local);
     }
     let url = url.ok_or_else(|| EvalError::Judge("no judge URL (evaluator.judge_url or --judge-url)".into()))?;

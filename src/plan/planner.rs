@@ -15,10 +15,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AccountingConfig, Config, OptimizerConfig};
+use crate::carbon::Reading;
+use crate::config::{AccountingConfig, Config, OptimizerConfig, OptimizerPolicy};
 use crate::eval::quality::Kept;
 use crate::eval::{Cell, EvalRun};
 use crate::job::{now_ms, JobState, LedgerEntry, Origin};
@@ -100,11 +101,11 @@ pub fn build_inputs(
     range: (f64, f64),
 ) -> (Inputs, Vec<Vec<String>>, Vec<Vec<Kept>>) {
     let (ci_min, ci_max) = cfg.ci_range.unwrap_or(range);
-    let margin = if cfg.policy == "best" { optimizer::BEST_MARGIN } else { 0.0 };
+    let margin = if cfg.policy == OptimizerPolicy::Best { optimizer::BEST_MARGIN } else { 0.0 };
     let floor = (optimizer::floor_factor(ci, ci_min, ci_max, cfg.xi) + margin).min(1.0);
     let mut kept_all = Vec::new();
     let levels = level_names.len();
-    let classes: Vec<&str> = if cfg.policy == "best" { CLASSES.to_vec() } else { vec!["all"] };
+    let classes: Vec<&str> = if cfg.policy == OptimizerPolicy::Best { CLASSES.to_vec() } else { vec!["all"] };
     let usable: Vec<&LedgerEntry> =
         entries.iter().filter(|e| e.state == JobState::Succeeded && e.origin != Origin::Daemon).collect();
     let level_of = |e: &LedgerEntry| level_names.iter().position(|n| *n == e.directive);
@@ -210,10 +211,17 @@ impl Planner {
         self.cfg.read().expect("poisoned").enabled
     }
 
-    /// New settings from a reload: the next check re-solves with them.
+    /// New settings from a reload: the planner wakes and re-solves with them.
     pub fn set_config(&self, cfg: OptimizerConfig) {
         *self.cfg.write().expect("poisoned") = cfg;
         self.reloaded.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// When the resolve interval makes a solve due (Unix ms); `None` before the first.
+    pub fn interval_due_ms(&self) -> Option<u64> {
+        let every = self.cfg.read().expect("poisoned").resolve_interval.as_millis() as u64;
+        self.current.read().expect("poisoned").as_ref().map(|s| s.at_ms.saturating_add(every))
     }
 
     /// The mix for a request of `class`; None when the optimizer is off or
@@ -310,19 +318,31 @@ pub trait Sources {
     fn intensity(&self, t: i64) -> f64;
     /// The grid's range of intensity (`CI_min`, `CI_max`).
     fn intensity_range(&self) -> (f64, f64);
+    /// The carbon source's readings as its poller publishes them.
+    fn readings(&self) -> watch::Receiver<Option<Reading>>;
+    /// When (Unix s, after `t`) the intensity may next change without a
+    /// new reading (the trace's next hour, a reading going stale).
+    fn intensity_changes_at(&self, t: i64) -> i64;
     /// Users' finished requests and evaluation runs so far: a solve is due
     /// again once this has grown (new measured e, p or kept quality).
     fn knowledge(&self) -> u64;
 }
 
-/// Re-solves when due; checks every `check` (a second in the daemon), or
-/// at once when woken ([`Planner::wake`]). While the optimizer is off it only
-/// waits (a reload may turn it on).
-pub async fn run<S: Sources + Send + Sync + 'static>(src: Arc<S>, stop: CancellationToken, check: Duration) {
+/// Re-solves when due, sleeping until something it solves with may have
+/// changed: woken ([`Planner::wake`]: a finished answer, an evaluation, a
+/// reload), a new reading from the carbon source, the hour the intensity
+/// next changes without one, or the resolve interval's end; and at most
+/// `max_sleep` (the wall clock may jump). While the optimizer is off it
+/// only waits (a reload may turn it on).
+pub async fn run<S: Sources + Send + Sync + 'static>(src: Arc<S>, stop: CancellationToken, max_sleep: Duration) {
     loop {
         let woken = src.planner().wake.notified();
         tokio::pin!(woken);
         woken.as_mut().enable();
+        // Subscribed before reading the intensity: a reading published from
+        // here on wakes the wait below.
+        let mut readings = src.readings();
+        readings.borrow_and_update();
         let t = now_ms();
         let ci = src.intensity(t as i64 / 1000);
         if src.planner().enabled() {
@@ -330,9 +350,16 @@ pub async fn run<S: Sources + Send + Sync + 'static>(src: Arc<S>, stop: Cancella
                 resolve(src.as_ref(), ci, reason);
             }
         }
+        let change_ms = (src.intensity_changes_at(t as i64 / 1000).max(0) as u64).saturating_mul(1000);
+        let interval_ms = if src.planner().enabled() { src.planner().interval_due_ms() } else { None };
+        let next = interval_ms.map_or(change_ms, |i| i.min(change_ms));
+        let wait = Duration::from_millis(next.saturating_sub(now_ms())).min(max_sleep);
         tokio::select! {
-            _ = tokio::time::sleep(check) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = &mut woken => {}
+            // A source replaced by a reload drops its sender: the next pass
+            // subscribes to the new one.
+            _ = readings.changed() => {}
             _ = stop.cancelled() => return,
         }
     }
@@ -394,6 +421,11 @@ mod tests {
         planner: Planner,
         ledger: std::sync::Mutex<Vec<LedgerEntry>>,
         runs: std::sync::Mutex<Vec<EvalRun>>,
+        /// The intensity served, what the carbon poller published, and
+        /// when the intensity next changes without a reading (Unix s).
+        ci: std::sync::Mutex<f64>,
+        readings: watch::Sender<Option<Reading>>,
+        changes_at: std::sync::Mutex<Option<i64>>,
     }
 
     impl Sources for Fake {
@@ -413,10 +445,17 @@ mod tests {
             (["L0", "L1", "L2"].iter().map(|s| s.to_string()).collect(), "w".into())
         }
         fn intensity(&self, _: i64) -> f64 {
-            300.0
+            *self.ci.lock().unwrap()
         }
         fn intensity_range(&self) -> (f64, f64) {
             (50.0, 500.0)
+        }
+        fn readings(&self) -> watch::Receiver<Option<Reading>> {
+            self.readings.subscribe()
+        }
+        fn intensity_changes_at(&self, t: i64) -> i64 {
+            // A day away unless a test says otherwise.
+            self.changes_at.lock().unwrap().unwrap_or(t + 86_400)
         }
         fn knowledge(&self) -> u64 {
             (self.ledger.lock().unwrap().len() + self.runs.lock().unwrap().len()) as u64
@@ -425,7 +464,15 @@ mod tests {
 
     fn fake(ledger: Vec<LedgerEntry>) -> Fake {
         let cfg = Arc::new(Config::default_config());
-        Fake { planner: Planner::new(cfg.optimizer.clone()), cfg, ledger: std::sync::Mutex::new(ledger), runs: Default::default() }
+        Fake {
+            planner: Planner::new(cfg.optimizer.clone()),
+            cfg,
+            ledger: std::sync::Mutex::new(ledger),
+            runs: Default::default(),
+            ci: std::sync::Mutex::new(300.0),
+            readings: watch::channel(None).0,
+            changes_at: Default::default(),
+        }
     }
 
     /// An evaluation of `n` prompts of `class` where each level kept the
@@ -520,6 +567,32 @@ mod tests {
         f.planner.wake();
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(f.planner.history().len(), 2);
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn run_resolves_on_a_new_reading_and_when_the_hour_turns_without_polling() {
+        let f = Arc::new(fake(vec![]));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(f.clone(), stop.clone(), Duration::from_secs(3600)));
+        until(|| f.planner.current().is_some()).await;
+        // The grid got dirtier, but nobody said so: no solve.
+        *f.ci.lock().unwrap() = 400.0;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(f.planner.history().len(), 1);
+        // The poller publishes the reading: a solve at the new intensity.
+        // (From now on the next hour is two seconds away.)
+        *f.changes_at.lock().unwrap() = Some(now_ms() as i64 / 1000 + 2);
+        f.readings.send_replace(Some(Reading { at: 0, gco2_per_kwh: 400.0 }));
+        until(|| f.planner.history().len() == 2).await;
+        assert!(f.planner.current().unwrap().reason.starts_with("intensity moved +100"), "{}", f.planner.current().unwrap().reason);
+        assert_eq!(f.planner.current().unwrap().inputs.ci, 400.0);
+        // The hour turns with no reading and no wake: the planner was
+        // sleeping until then, and solves at the new hour's intensity.
+        *f.ci.lock().unwrap() = 150.0;
+        until(|| f.planner.history().len() == 3).await;
+        assert_eq!(f.planner.current().unwrap().inputs.ci, 150.0);
         stop.cancel();
         task.await.unwrap();
     }
