@@ -1,6 +1,6 @@
 //! `run`: the daemon's life, from opening the store to the last flush.
 //!
-//! Start-up: [`open_store`] (bounded in time; a damaged store is one clear
+//! Start-up: [`Store::open_bounded`] (bounded in time; a damaged store is one clear
 //! error, never a hang) → bind the port (the caller, so the port is bound
 //! only once the store is open) → recover jobs a crash left running → serve
 //! on the listener at once (`/healthz` answers 503 "loading") → load the
@@ -47,8 +47,6 @@ const PLANNER_MAX_SLEEP: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("creating the data directory {path}: {source}")]
-    DataDir { path: String, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -59,10 +57,8 @@ pub enum DaemonError {
     Serve(std::io::Error),
     #[error("{0}")]
     Engine(String),
-    #[error("reading the API token from {path}: {reason}")]
-    Token { path: String, reason: String },
-    #[error("refusing to listen on {0} without an API token: set auth.token_file (only loopback addresses may go without)")]
-    NoToken(std::net::SocketAddr),
+    #[error(transparent)]
+    Token(#[from] crate::config::TokenError),
     #[error("{0}")]
     Backends(String),
     #[error("model.path {0} is not a file: put the model there (scripts/fetch-model.sh fetches the default one), or set model.path")]
@@ -75,7 +71,7 @@ pub enum DaemonError {
 /// the unit does not retry: a package installed and started before its
 /// model is in place fails once, with the reason).
 pub fn preflight(config: &Config) -> Result<(), DaemonError> {
-    read_token(config)?;
+    config.read_token()?;
     for b in &config.backends {
         crate::engine::upstream::Upstream::new(b).map_err(DaemonError::Backends)?;
     }
@@ -87,79 +83,12 @@ pub fn preflight(config: &Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Reads the token file named by the config, if any.
-pub fn read_token(config: &Config) -> Result<Option<String>, DaemonError> {
-    let Some(path) = &config.token_file else { return Ok(None) };
-    let err = |reason: String| DaemonError::Token { path: path.display().to_string(), reason };
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let token = text.trim().to_string();
-    if token.len() < 16 {
-        return Err(err("the token must be at least 16 characters".into()));
-    }
-    Ok(Some(token))
-}
-
 fn notify(state: sd_notify::NotifyState) {
     if let Err(e) = sd_notify::notify(&[state]) {
         tracing::warn!(error = %e, "sd_notify failed");
     }
 }
 
-/// Opens the job store at `dir` (creating it) in its own thread, so that a
-/// damaged store which makes sled panic or spin ends start-up with one clear
-/// error instead of a crash or a hang: progress is logged every 10 s, and
-/// after `timeout` it gives up. `accept_loss` serves a store that lost
-/// acknowledged jobs ([`Store::open_accepting_loss`]).
-pub fn open_store(dir: &Path, timeout: Duration, accept_loss: bool) -> Result<Store, DaemonError> {
-    std::fs::create_dir_all(dir).map_err(|source| DaemonError::DataDir { path: dir.display().to_string(), source })?;
-    let path = dir.display().to_string();
-    let damaged = |message: String| DaemonError::Store(StoreError::Damaged { path: path.clone(), message });
-    let (tx, rx) = std::sync::mpsc::channel();
-    let owned = dir.to_path_buf();
-    // sled reports some damage by panicking; that is an answer here, not a crash to print.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let spawned = std::thread::Builder::new().name("store-open".into()).spawn(move || {
-        let opened = std::panic::catch_unwind(|| {
-            if accept_loss {
-                Store::open_accepting_loss(&owned)
-            } else {
-                Store::open(&owned)
-            }
-        });
-        let _ = tx.send(opened);
-    });
-    let t0 = std::time::Instant::now();
-    let out = match spawned {
-        Err(e) => Err(damaged(format!("starting the thread that opens it: {e}"))),
-        Ok(_) => loop {
-            let left = timeout.saturating_sub(t0.elapsed());
-            match rx.recv_timeout(left.min(Duration::from_secs(10))) {
-                Ok(Ok(opened)) => break opened.map_err(DaemonError::from),
-                Ok(Err(panic)) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown".into());
-                    break Err(damaged(format!("the store library failed reading it ({what})")));
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if t0.elapsed() < timeout => {
-                    tracing::info!(secs = t0.elapsed().as_secs(), data_dir = %path, "still opening the job store");
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    break Err(damaged(format!(
-                        "opening it took longer than storage.open_timeout ({} s)",
-                        timeout.as_secs()
-                    )))
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break Err(damaged("the thread opening it ended without an answer".into())),
-            }
-        },
-    };
-    std::panic::set_hook(hook);
-    out
-}
 
 /// Re-reads the config file: its reloadable sections replace the running
 /// ones ([`Service::reload`]); a file that is not valid changes nothing.
@@ -216,7 +145,7 @@ async fn reload_on_sighup(svc: Arc<Service>, path: PathBuf, stop: CancellationTo
     }
 }
 
-/// Serves until `shutdown`, on a store [`open_store`] opened and a bound
+/// Serves until `shutdown`, on a store [`Store::open_bounded`] opened and a bound
 /// listener. With `config_path`, SIGHUP re-reads that file ([`reload`]).
 pub async fn run(
     config: Config,
@@ -226,9 +155,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
     let addr = listener.local_addr().map_err(DaemonError::Serve)?;
-    let token = read_token(&config)?;
+    let token = config.read_token()?;
     if token.is_none() && !addr.ip().is_loopback() {
-        return Err(DaemonError::NoToken(addr));
+        return Err(crate::config::TokenError::Missing(addr).into());
     }
     let t0 = std::time::Instant::now();
     let carbon = Arc::new(Carbon::from_config(&config.carbon, now_ms() as i64 / 1000)?);
@@ -255,137 +184,22 @@ pub async fn run(
         "sproutd listening"
     );
 
+    // The components, each until `stop`.
     let stop = CancellationToken::new();
     let interrupt = CancellationToken::new();
-    {
-        // The carbon source's poller, restarted on the new source when a
-        // reload replaces it.
-        let (svc, stop) = (svc.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let replaced = svc.carbon_replaced.notified();
-                tokio::pin!(replaced);
-                replaced.as_mut().enable();
-                let this = stop.child_token();
-                let poller = tokio::spawn(svc.carbon().run_poller(this.clone()));
-                tokio::select! {
-                    _ = &mut replaced => {
-                        this.cancel();
-                        let _ = poller.await;
-                    }
-                    _ = stop.cancelled() => return,
-                }
-            }
-        });
-    }
+    tokio::spawn(carbon_poller(svc.clone(), stop.clone()));
     if let Some(path) = config_path {
         tokio::spawn(reload_on_sighup(svc.clone(), path, stop.clone()));
     }
     tokio::spawn(planner::run(svc.clone(), stop.clone(), PLANNER_MAX_SLEEP));
-    {
-        // Deferred jobs enter the queue when their hour comes.
-        let (svc, stop) = (svc.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let added = svc.deferred_added.notified();
-                tokio::pin!(added);
-                added.as_mut().enable();
-                // Sleeps until the earliest held job is due (or one is added),
-                // looking again at least every minute (the wall clock may jump).
-                let wait = match svc.promote_deferred().await.and_then(|_| svc.store.next_deferred_ms()) {
-                    Ok(next) => next.map_or(PROMOTER_MAX_SLEEP, |at| Duration::from_millis(at.saturating_sub(now_ms())).min(PROMOTER_MAX_SLEEP)),
-                    Err(e) => {
-                        tracing::error!(error = %e, "queueing deferred jobs failed; retrying");
-                        Duration::from_millis(500)
-                    }
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = &mut added => {}
-                    _ = stop.cancelled() => return,
-                }
-            }
-        });
-    }
-
+    tokio::spawn(promoter(svc.clone(), stop.clone()));
     tokio::spawn(svc.backends.clone().run(stop.clone()));
     // The model loads while the API already answers (503 for generation).
-    let model_cfg = svc.config().model.clone();
-    let load_stop = stop.clone();
-    let loaded = svc.backends.clone();
-    tokio::spawn(async move {
-        if matches!(model_cfg.source, crate::config::ModelSource::None) {
-            tracing::info!("no embedded model: answers come from the backends");
-            let _ = engine_tx.send(EngineStatus::Ready);
-            notify(sd_notify::NotifyState::Ready);
-            return;
-        }
-        let t0 = std::time::Instant::now();
-        tracing::info!(model = %model_cfg.name, "loading the model");
-        match engine::load(&model_cfg).await {
-            Ok(e) => {
-                tracing::info!(model = %model_cfg.name, secs = format!("{:.1}", t0.elapsed().as_secs_f64()), "model ready");
-                loaded.set_embedded(e);
-                let _ = engine_tx.send(EngineStatus::Ready);
-                notify(sd_notify::NotifyState::Ready);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "model failed to load; shutting down");
-                let _ = engine_tx.send(EngineStatus::Failed(e.to_string()));
-                load_stop.cancel();
-            }
-        }
-    });
-
+    tokio::spawn(load_model(svc.backends.clone(), svc.config().model.clone(), engine_tx, stop.clone()));
     if let Some(period) = sd_notify::watchdog_enabled() {
-        // Pings come from the runtime that serves requests, so a wedged
-        // runtime stops them and systemd restarts the service; so does a
-        // store that cannot write (sled stays failed after an I/O error, a
-        // fresh process reopens it once the disk has room again).
-        let (stop, svc) = (stop.clone(), svc.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period / 2);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        if svc.store.failure().is_none() {
-                            notify(sd_notify::NotifyState::Watchdog);
-                        }
-                    }
-                    _ = stop.cancelled() => break,
-                }
-            }
-        });
+        tokio::spawn(watchdog(svc.clone(), stop.clone(), period));
     }
-
-    // Finished jobs' results are collected after queue.result_retention.
-    {
-        let (svc, stop) = (svc.clone(), stop.clone());
-        tokio::spawn(async move {
-            let retention = svc.config().queue.result_retention;
-            let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.cancelled() => break,
-                }
-                let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
-                let svc2 = svc.clone();
-                match tokio::task::spawn_blocking(move || svc2.store.collect_finished(cutoff)).await {
-                    Ok(Ok(0)) => {}
-                    Ok(Ok(n)) => tracing::info!(jobs = n, "collected finished jobs past their retention"),
-                    Ok(Err(e)) => tracing::error!(error = %e, "collecting finished jobs failed"),
-                    Err(e) => tracing::error!(error = %e, "the collector panicked"),
-                }
-                let cutoff = now_ms().saturating_sub(svc.config().evaluator.sample_retention.as_millis() as u64);
-                let svc2 = svc.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || svc2.store.collect_samples(cutoff)).await {
-                    tracing::error!(error = %e, "collecting old prompt samples failed");
-                }
-            }
-        });
-    }
+    tokio::spawn(collector(svc.clone(), stop.clone()));
     tokio::spawn(crate::eval::run::scheduler(svc.clone(), stop.clone()));
 
     let worker = tokio::spawn(worker::run(svc.clone(), stop.clone(), interrupt.clone()));
@@ -424,4 +238,117 @@ pub async fn run(
         return Err(DaemonError::Engine(e));
     }
     Ok(())
+}
+
+/// The carbon source's poller, restarted on the new source when a reload
+/// replaces it.
+async fn carbon_poller(svc: Arc<Service>, stop: CancellationToken) {
+    loop {
+        let replaced = svc.carbon_replaced.notified();
+        tokio::pin!(replaced);
+        replaced.as_mut().enable();
+        let this = stop.child_token();
+        let poller = tokio::spawn(svc.carbon().run_poller(this.clone()));
+        tokio::select! {
+            _ = &mut replaced => {
+                this.cancel();
+                let _ = poller.await;
+            }
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Deferred jobs enter the queue when their hour comes: sleeps until the
+/// earliest held job is due (or one is added), looking again at least every
+/// minute (the wall clock may jump).
+async fn promoter(svc: Arc<Service>, stop: CancellationToken) {
+    loop {
+        let added = svc.deferred_added.notified();
+        tokio::pin!(added);
+        added.as_mut().enable();
+        let wait = match svc.promote_deferred().await.and_then(|_| svc.store.next_deferred_ms()) {
+            Ok(next) => next.map_or(PROMOTER_MAX_SLEEP, |at| Duration::from_millis(at.saturating_sub(now_ms())).min(PROMOTER_MAX_SLEEP)),
+            Err(e) => {
+                tracing::error!(error = %e, "queueing deferred jobs failed; retrying");
+                Duration::from_millis(500)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = &mut added => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// systemd's watchdog: pings come from the runtime that serves requests, so
+/// a wedged runtime stops them and systemd restarts the service; so does a
+/// store that cannot write (sled stays failed after an I/O error, a fresh
+/// process reopens it once the disk has room again).
+async fn watchdog(svc: Arc<Service>, stop: CancellationToken, period: Duration) {
+    let mut tick = tokio::time::interval(period / 2);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if svc.store.failure().is_none() {
+                    notify(sd_notify::NotifyState::Watchdog);
+                }
+            }
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Collects finished jobs' results after `queue.result_retention`, and
+/// prompt samples after `evaluator.sample_retention`.
+async fn collector(svc: Arc<Service>, stop: CancellationToken) {
+    let retention = svc.config().queue.result_retention;
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
+        let svc2 = svc.clone();
+        match tokio::task::spawn_blocking(move || svc2.store.collect_finished(cutoff)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(jobs = n, "collected finished jobs past their retention"),
+            Ok(Err(e)) => tracing::error!(error = %e, "collecting finished jobs failed"),
+            Err(e) => tracing::error!(error = %e, "the collector panicked"),
+        }
+        let cutoff = now_ms().saturating_sub(svc.config().evaluator.sample_retention.as_millis() as u64);
+        let svc2 = svc.clone();
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || svc2.store.collect_samples(cutoff)).await {
+            tracing::error!(error = %e, "collecting old prompt samples failed");
+        }
+    }
+}
+
+/// Loads the embedded model and says so (`engine_tx`, systemd's `READY=1`);
+/// a model that fails to load stops the daemon.
+async fn load_model(backends: Arc<Backends>, model: crate::config::ModelConfig, engine_tx: watch::Sender<EngineStatus>, stop: CancellationToken) {
+    if matches!(model.source, crate::config::ModelSource::None) {
+        tracing::info!("no embedded model: answers come from the backends");
+        let _ = engine_tx.send(EngineStatus::Ready);
+        notify(sd_notify::NotifyState::Ready);
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    tracing::info!(model = %model.name, "loading the model");
+    match engine::load(&model).await {
+        Ok(e) => {
+            tracing::info!(model = %model.name, secs = format!("{:.1}", t0.elapsed().as_secs_f64()), "model ready");
+            backends.set_embedded(e);
+            let _ = engine_tx.send(EngineStatus::Ready);
+            notify(sd_notify::NotifyState::Ready);
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "model failed to load; shutting down");
+            let _ = engine_tx.send(EngineStatus::Failed(e.to_string()));
+            stop.cancel();
+        }
+    }
 }

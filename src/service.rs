@@ -196,11 +196,11 @@ impl Service {
     /// that cannot be read fails the reload and changes nothing.
     pub fn reload(&self, new: Config, now_s: i64) -> Result<Reloaded, String> {
         let old = self.config();
-        let token = crate::daemon::read_token(&new).map_err(|e| e.to_string())?;
+        let token = new.read_token().map_err(|e| e.to_string())?;
         let carbon_changed = format!("{:?}", old.carbon) != format!("{:?}", new.carbon);
         let carbon = if carbon_changed { Some(Arc::new(Carbon::from_config(&new.carbon, now_s).map_err(|e| e.to_string())?)) } else { None };
         if token.is_none() && !old.listen.ip().is_loopback() {
-            return Err(crate::daemon::DaemonError::NoToken(old.listen).to_string());
+            return Err(crate::config::TokenError::Missing(old.listen).to_string());
         }
         let section = |name: &'static str, a: String, b: String| (a != b).then_some(name);
         let restart: Vec<&'static str> = [

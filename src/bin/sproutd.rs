@@ -151,7 +151,7 @@ fn serve(mut config: Config, config_path: Option<PathBuf>, listen: Option<String
         config.listen = l.parse().with_context(|| format!("--listen {l:?} is not an ADDR:PORT socket address"))?;
     }
     // The store first: the port is bound only once it is open.
-    let store = sprout::daemon::open_store(&config.data_dir, config.store_open_timeout, accept_missing_jobs)?;
+    let store = sprout::store::Store::open_bounded(&config.data_dir, config.store_open_timeout, accept_missing_jobs).map_err(DaemonError::from)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the tokio runtime")?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.listen)

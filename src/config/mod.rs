@@ -34,6 +34,15 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// The API token `auth.token_file` names, or its absence where one is needed.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("reading the API token from {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("refusing to listen on {0} without an API token: set auth.token_file (only loopback addresses may go without)")]
+    Missing(SocketAddr),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -462,6 +471,19 @@ impl Config {
             },
             None => Err(ConfigErrors(errs).into()),
         }
+    }
+
+    /// The API token from `auth.token_file` (read at start and on each
+    /// reload), if the config names one.
+    pub fn read_token(&self) -> Result<Option<String>, TokenError> {
+        let Some(path) = &self.token_file else { return Ok(None) };
+        let err = |reason: String| TokenError::Read { path: path.display().to_string(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let token = text.trim().to_string();
+        if token.len() < 16 {
+            return Err(err("the token must be at least 16 characters".into()));
+        }
+        Ok(Some(token))
     }
 
     /// Validates what the file says, reporting every problem at once with

@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::daemon::{open_store, DaemonError};
 use crate::store::{ExportError, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -16,7 +15,7 @@ pub enum AdminError {
     #[error("copying the store {from} to {to}: {source}")]
     Copy { from: String, to: String, source: std::io::Error },
     #[error(transparent)]
-    Open(#[from] DaemonError),
+    Open(#[from] StoreError),
     #[error(transparent)]
     Export(#[from] ExportError),
 }
@@ -65,10 +64,10 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
 /// the same copy.
 fn open_copy(dir: &Path, timeout: Duration) -> Result<(Copy, Store, Option<String>), AdminError> {
     let copy = Copy::of(dir)?;
-    match open_store(&copy.0, timeout, false) {
+    match Store::open_bounded(&copy.0, timeout, false) {
         Ok(store) => Ok((copy, store, None)),
-        Err(DaemonError::Store(e @ StoreError::Missing { .. })) => {
-            let store = open_store(&copy.0, timeout, true)?;
+        Err(e @ StoreError::Missing { .. }) => {
+            let store = Store::open_bounded(&copy.0, timeout, true)?;
             Ok((copy, store, Some(e.to_string())))
         }
         Err(e) => Err(e.into()),

@@ -52,6 +52,7 @@ use crate::stats::Totals;
 mod eval;
 mod jobs;
 mod ledger;
+mod open;
 pub mod admin;
 
 /// Bumped whenever the persisted layout or the JSON of `Job`/`LedgerEntry`
@@ -74,6 +75,8 @@ pub enum StoreError {
     Missing { path: String, count: u64, after: u64, last: u64 },
     #[error("the job store at {path} is damaged: {message}; restore it from a backup (a `sproutd store export` or a copy of the data dir), or move it aside to start with an empty one")]
     Damaged { path: String, message: String },
+    #[error("creating the data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
     #[error("job {0} not found")]
     NotFound(String),
     #[error("job {id} is already {state}")]
