@@ -49,7 +49,7 @@ impl Client {
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&(dyn erased::Body + Sync)>,
+        body: Option<String>,
         idempotency_key: Option<&str>,
     ) -> Result<T, ClientError> {
         let text = self.request_text(method, path, body, idempotency_key).await?;
@@ -68,7 +68,7 @@ impl Client {
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&(dyn erased::Body + Sync)>,
+        body: Option<String>,
         idempotency_key: Option<&str>,
     ) -> Result<String, ClientError> {
         let url = format!("{}{path}", self.base);
@@ -80,7 +80,7 @@ impl Client {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
-            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(b.to_json());
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(b);
         }
         let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: self.base.clone(), reason: root_cause(&e) })?;
         let status = resp.status();
@@ -96,7 +96,7 @@ impl Client {
 
     /// Queues a job; a repeated `idempotency_key` returns the earlier job.
     pub async fn submit_job(&self, body: &JobSubmission, idempotency_key: Option<&str>) -> Result<JobView, ClientError> {
-        self.send(reqwest::Method::POST, "/v1/jobs", Some(body), idempotency_key).await
+        self.send(reqwest::Method::POST, "/v1/jobs", Some(json(body)), idempotency_key).await
     }
 
     /// A job; with `wait`, the server holds the answer until the job ends or `wait` seconds pass.
@@ -151,7 +151,7 @@ impl Client {
 
     /// Forces an evaluation run: the run with `wait`, else that it started.
     pub async fn eval_run(&self, body: &EvalRunRequest) -> Result<EvalRunReply, ClientError> {
-        self.send(reqwest::Method::POST, "/v1/eval/runs", Some(body), None).await
+        self.send(reqwest::Method::POST, "/v1/eval/runs", Some(json(body)), None).await
     }
 
     pub async fn eval_status(&self) -> Result<EvalStatus, ClientError> {
@@ -164,7 +164,7 @@ impl Client {
 
     /// `POST /v1/chat/completions`, not streamed: `body` is OpenAI's request.
     pub async fn chat(&self, body: &serde_json::Value) -> Result<ChatCompletion, ClientError> {
-        self.send(reqwest::Method::POST, "/v1/chat/completions", Some(body), None).await
+        self.send(reqwest::Method::POST, "/v1/chat/completions", Some(json(body)), None).await
     }
 
     pub async fn backends(&self) -> Result<List<BackendView>, ClientError> {
@@ -176,16 +176,7 @@ impl Client {
     }
 }
 
-/// Request bodies of any serializable type behind one object-safe trait, so
-/// the sending code is not generic over them.
-mod erased {
-    pub trait Body {
-        fn to_json(&self) -> String;
-    }
-
-    impl<T: serde::Serialize> Body for T {
-        fn to_json(&self) -> String {
-            serde_json::to_string(self).expect("a request body serializes")
-        }
-    }
+/// A request body as JSON text.
+fn json(body: &impl serde::Serialize) -> String {
+    serde_json::to_string(body).expect("a request body serializes")
 }

@@ -201,8 +201,13 @@ impl ChatRequest {
 
     /// The last user message: what the prompt classifier reads.
     pub fn last_user_text(&self) -> &str {
-        self.messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.as_str()).unwrap_or("")
+        last_user_text(&self.messages)
     }
+}
+
+/// The last user message of `messages` ("" when there is none).
+pub fn last_user_text(messages: &[Message]) -> &str {
+    messages.iter().rev().find(|m| m.role == Role::User).map(|m| m.content.as_str()).unwrap_or("")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

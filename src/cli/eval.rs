@@ -1,6 +1,6 @@
 //! `sproutctl eval`: run, status and history of quality evaluations.
 
-use super::{print_json, utc, CliError, EvalCommand};
+use super::{per_level, print_json, utc, CliError, EvalCommand};
 use crate::client::Client;
 use crate::wire::{EvalRunReply, EvalRunRequest};
 
@@ -23,7 +23,7 @@ pub async fn command(client: &Client, command: EvalCommand) -> Result<(), CliErr
                 "{}: q {} = {} ({} prompts, {} judge calls, {} unreadable; judge {})",
                 run.id,
                 run.levels.join(" / "),
-                fmt_q(run.q.as_deref()),
+                per_level(run.q.as_deref()),
                 run.verdicts.len(),
                 run.judge_calls,
                 run.failures,
@@ -33,7 +33,7 @@ pub async fn command(client: &Client, command: EvalCommand) -> Result<(), CliErr
             for v in &run.verdicts {
                 let picks: Vec<&str> = v.picks.iter().map(|p| p.and_then(|i| run.levels.get(i)).map(String::as_str).unwrap_or("?")).collect();
                 let prompt: String = v.prompt.chars().take(60).collect();
-                println!("  [{}] {}  <- {}", picks.join(" "), fmt_q(Some(&v.credit)), prompt.replace('\n', " "));
+                println!("  [{}] {}  <- {}", picks.join(" "), per_level(Some(v.credit.as_slice())), prompt.replace('\n', " "));
             }
             Ok(())
         }
@@ -43,7 +43,7 @@ pub async fn command(client: &Client, command: EvalCommand) -> Result<(), CliErr
                 print_json(&s);
                 return Ok(());
             }
-            println!("q {} = {} (from {})", s.levels.join(" / "), fmt_q(s.q.as_deref()), s.q_source);
+            println!("q {} = {} (from {})", s.levels.join(" / "), per_level(s.q.as_deref()), s.q_source);
             println!("kept the baseline's quality (share, 95% lower bound, samples) per class:");
             for (class, kept) in &s.kept {
                 let cells: Vec<String> =
@@ -77,7 +77,7 @@ pub async fn command(client: &Client, command: EvalCommand) -> Result<(), CliErr
                     r.id,
                     utc(r.started_ms as f64 / 1000.0).trim_end_matches(" UTC"),
                     r.intensity_gco2_per_kwh,
-                    fmt_q(r.q.as_deref()),
+                    per_level(r.q.as_deref()),
                     r.failures,
                     r.carbon_g,
                     r.reason
@@ -86,8 +86,4 @@ pub async fn command(client: &Client, command: EvalCommand) -> Result<(), CliErr
             Ok(())
         }
     }
-}
-
-fn fmt_q(q: Option<&[f64]>) -> String {
-    q.map(|a| a.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(" / ")).unwrap_or_else(|| "-".into())
 }

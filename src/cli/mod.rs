@@ -351,6 +351,16 @@ fn parse_since(s: &str) -> Result<f64, CliError> {
     Ok(crate::job::now_ms() as f64 / 1000.0 - ago.as_secs_f64())
 }
 
+/// `0.50 / 0.30 / 0.20`: one value per level, each times `scale`.
+fn joined(values: &[f64], scale: f64, prec: usize) -> String {
+    values.iter().map(|x| format!("{:.prec$}", x * scale)).collect::<Vec<_>>().join(" / ")
+}
+
+/// A per-level share or mix to two places, `-` when there is none.
+fn per_level(values: Option<&[f64]>) -> String {
+    values.map(|v| joined(v, 1.0, 2)).unwrap_or_else(|| "-".into())
+}
+
 fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }

@@ -1,13 +1,8 @@
 //! What the daemon reports: `plan`, `stats`, `carbon`, `ledger export`.
 
-use super::{parse_since, print_json, CliError};
+use super::{joined, parse_since, per_level, print_json, CliError};
 use crate::client::Client;
 use crate::wire::Reading;
-
-/// `0.50 / 0.30 / 0.20`, each value times `scale`.
-fn joined(values: &[f64], scale: f64, prec: usize) -> String {
-    values.iter().map(|x| format!("{:.prec$}", x * scale)).collect::<Vec<_>>().join(" / ")
-}
 
 pub async fn plan(client: &Client, json: bool) -> Result<(), CliError> {
     let p = client.plan().await?;
@@ -15,11 +10,10 @@ pub async fn plan(client: &Client, json: bool) -> Result<(), CliError> {
         print_json(&p);
         return Ok(());
     }
-    let mix = |x: &Option<Vec<f64>>| x.as_deref().map(|x| joined(x, 1.0, 2)).unwrap_or_else(|| "-".into());
     let levels = p.levels.join(" / ");
     let baseline = p.levels.first().map(String::as_str).unwrap_or("L0");
     let (Some(classes), true) = (&p.classes, p.enabled) else {
-        println!("optimizer: {} ; fixed mix {levels} = {}", p.status, mix(&p.x));
+        println!("optimizer: {} ; fixed mix {levels} = {}", p.status, per_level(p.x.as_deref()));
         return Ok(());
     };
     let n = |v: Option<f64>| v.unwrap_or(f64::NAN);
@@ -41,7 +35,7 @@ pub async fn plan(client: &Client, json: bool) -> Result<(), CliError> {
         p.solve_us.unwrap_or(0),
         p.reason.as_deref().unwrap_or("")
     );
-    println!("mix {levels}: {}", mix(&p.x));
+    println!("mix {levels}: {}", per_level(p.x.as_deref()));
     println!("{:<12} {:>6}  {:<20} {:<20} {:<20} {:<16} {}", "class", "share", "x", "q (kept, lower bound)", "e (J)", "p (s)", "samples");
     for c in classes {
         let kept: Vec<String> = c.kept.iter().flatten().map(|k| k.n.to_string()).collect();

@@ -424,24 +424,24 @@ fn evaluator(ck: &mut Check, ev: &RawEvaluator) -> EvaluatorConfig {
 fn carbon(ck: &mut Check, prefix: &str, c: &RawCarbon) -> CarbonConfig {
     let kind = ProviderKind::parse(&c.source);
     if kind.is_none() && c.source != "trace" {
-        ck.errs.push(format!(
+        ck.push(format!(
             "{prefix}.source: {:?} is not one of \"trace\", \"electricitymaps\", \"watttime\", \"uk\", \"carbon_aware_sdk\"",
             c.source
         ));
     }
     if !(c.trace_speedup.is_finite() && c.trace_speedup > 0.0) {
-        ck.errs.push(format!("{prefix}.trace_speedup: must be a positive number"));
+        ck.push(format!("{prefix}.trace_speedup: must be a positive number"));
     }
     if !c.trace_offset_hours.is_finite() {
-        ck.errs.push(format!("{prefix}.trace_offset_hours: must be a number"));
+        ck.push(format!("{prefix}.trace_offset_hours: must be a number"));
     }
     let live = kind.map(|kind| {
         use ProviderKind as K;
         let url = c.url.clone().filter(|u| !u.trim().is_empty()).unwrap_or_else(|| kind.default_url().to_string());
         if url.is_empty() {
-            ck.errs.push(format!("{prefix}.url: required for carbon.source = {:?} (the URL of its WebApi)", c.source));
+            ck.push(format!("{prefix}.url: required for carbon.source = {:?} (the URL of its WebApi)", c.source));
         } else if !(url.starts_with("http://") || url.starts_with("https://")) {
-            ck.errs.push(format!("{prefix}.url: {url:?} is not an http:// or https:// URL"));
+            ck.push(format!("{prefix}.url: {url:?} is not an http:// or https:// URL"));
         }
         if c.zone.trim().is_empty() && kind != K::Uk {
             let what = match kind {
@@ -449,16 +449,16 @@ fn carbon(ck: &mut Check, prefix: &str, c: &RawCarbon) -> CarbonConfig {
                 K::WattTime => "a region such as \"CAISO_NORTH\"",
                 _ => "a location such as \"eastus\"",
             };
-            ck.errs.push(format!("{prefix}.zone: required for carbon.source = {:?}: {what}", c.source));
+            ck.push(format!("{prefix}.zone: required for carbon.source = {:?}: {what}", c.source));
         }
         if kind == K::Uk && !c.zone.trim().is_empty() && !matches!(c.zone.trim().parse::<u32>(), Ok(1..=17)) {
-            ck.errs.push(format!("{prefix}.zone: {:?} is not a GB region id (1 to 17; empty for national)", c.zone));
+            ck.push(format!("{prefix}.zone: {:?} is not a GB region id (1 to 17; empty for national)", c.zone));
         }
         if kind == K::WattTime && c.username.as_deref().unwrap_or("").is_empty() {
-            ck.errs.push(format!("{prefix}.username: required for carbon.source = \"watttime\" (the password comes from carbon.token_file or SPROUT_CARBON_TOKEN)"));
+            ck.push(format!("{prefix}.username: required for carbon.source = \"watttime\" (the password comes from carbon.token_file or SPROUT_CARBON_TOKEN)"));
         }
         if c.fallback_gco2_per_kwh.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
-            ck.errs.push(format!("{prefix}.fallback_gco2_per_kwh: must be a non-negative number"));
+            ck.push(format!("{prefix}.fallback_gco2_per_kwh: must be a non-negative number"));
         }
         let token_file = ck.opt_path(&format!("{prefix}.token_file"), c.token_file.as_deref());
         let mut dur = |key: &str, v: &str| ck.positive(&format!("{prefix}.{key}"), v, r#""10s" or "5m""#, Duration::from_secs(1));
@@ -491,45 +491,45 @@ fn backends(ck: &mut Check, raw: &[RawBackend], accounting: &RawAccounting) -> V
     for (i, b) in raw.iter().enumerate() {
         let at = format!("backends[{i}]");
         if b.name.is_empty() || !b.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.') {
-            ck.errs.push(format!("{at}.name: {:?} must be non-empty letters, digits, '_', '-' or '.'", b.name));
+            ck.push(format!("{at}.name: {:?} must be non-empty letters, digits, '_', '-' or '.'", b.name));
         } else if b.name == EMBEDDED_BACKEND || raw[..i].iter().any(|o| o.name == b.name) {
-            ck.errs.push(format!("{at}.name: {:?} is taken (\"{EMBEDDED_BACKEND}\" is the embedded engine; names are unique)", b.name));
+            ck.push(format!("{at}.name: {:?} is taken (\"{EMBEDDED_BACKEND}\" is the embedded engine; names are unique)", b.name));
         }
         let url = b.url.trim().trim_end_matches('/').to_string();
         if !(url.starts_with("http://") || url.starts_with("https://")) || url.split_once("://").is_some_and(|(_, r)| r.is_empty()) {
-            ck.errs.push(format!("{at}.url: {:?} is not an http:// or https:// URL like \"http://10.0.0.5:8000/v1\"", b.url));
+            ck.push(format!("{at}.url: {:?} is not an http:// or https:// URL like \"http://10.0.0.5:8000/v1\"", b.url));
         }
         if b.model.trim().is_empty() {
-            ck.errs.push(format!("{at}.model: required: the model name the upstream serves"));
+            ck.push(format!("{at}.model: required: the model name the upstream serves"));
         }
         if b.max_concurrent == 0 || b.max_concurrent > 4096 {
-            ck.errs.push(format!("{at}.max_concurrent: must be between 1 and 4096"));
+            ck.push(format!("{at}.max_concurrent: must be between 1 and 4096"));
         }
         let timeout = ck.positive(&format!("{at}.timeout"), &b.timeout, r#""60s""#, Duration::from_secs(60));
         let amounts = [("j_per_prompt_token", b.j_per_prompt_token), ("j_per_completion_token", b.j_per_completion_token), ("embodied_kgco2", b.embodied_kgco2)];
         for (key, v) in amounts {
             if v.is_some_and(|v| !(v.is_finite() && v >= 0.0)) {
-                ck.errs.push(format!("{at}.{key}: must be a non-negative number"));
+                ck.push(format!("{at}.{key}: must be a non-negative number"));
             }
         }
         if b.lifetime_years.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
-            ck.errs.push(format!("{at}.lifetime_years: must be positive"));
+            ck.push(format!("{at}.lifetime_years: must be positive"));
         }
         let energy = match (&b.energy_url, &b.energy_metric) {
             (Some(u), Some(metric)) => {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
-                    ck.errs.push(format!("{at}.energy_url: {u:?} is not an http:// or https:// URL of a Prometheus /metrics page"));
+                    ck.push(format!("{at}.energy_url: {u:?} is not an http:// or https:// URL of a Prometheus /metrics page"));
                 }
                 if metric.is_empty() || !metric.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
-                    ck.errs.push(format!("{at}.energy_metric: {metric:?} is not a Prometheus metric name"));
+                    ck.push(format!("{at}.energy_metric: {metric:?} is not a Prometheus metric name"));
                 }
                 let joules_per_unit = joules_per_energy_unit(&b.energy_unit).unwrap_or_else(|| {
-                    ck.errs.push(format!("{at}.energy_unit: {:?} is not one of \"J\", \"mJ\" (DCGM), \"Wh\", \"kWh\"", b.energy_unit));
+                    ck.push(format!("{at}.energy_unit: {:?} is not one of \"J\", \"mJ\" (DCGM), \"Wh\", \"kWh\"", b.energy_unit));
                     1.0
                 });
                 let interval = ck.positive(&format!("{at}.energy_interval"), &b.energy_interval, r#""1s""#, Duration::from_secs(1));
                 if b.j_per_prompt_token.is_some() {
-                    ck.errs.push(format!("{at}.j_per_prompt_token: not used with a measured energy_url (only j_per_completion_token, as the routing prior until measured)"));
+                    ck.push(format!("{at}.j_per_prompt_token: not used with a measured energy_url (only j_per_completion_token, as the routing prior until measured)"));
                 }
                 BackendEnergy::Prometheus {
                     url: u.clone(),
@@ -543,18 +543,18 @@ fn backends(ck: &mut Check, raw: &[RawBackend], accounting: &RawAccounting) -> V
             (None, None) => match (b.j_per_prompt_token, b.j_per_completion_token) {
                 (Some(p), Some(c)) => BackendEnergy::PerToken { prompt_j: p, completion_j: c },
                 _ => {
-                    ck.errs.push(format!(
+                    ck.push(format!(
                         "{at}: no energy source: set energy_url and energy_metric (a Prometheus counter, measured) or j_per_prompt_token and j_per_completion_token (an estimate; `sproutctl backends calibrate` measures them)"
                     ));
                     BackendEnergy::PerToken { prompt_j: 0.0, completion_j: 0.0 }
                 }
             },
             (Some(_), None) => {
-                ck.errs.push(format!("{at}.energy_metric: required with energy_url (e.g. \"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION\")"));
+                ck.push(format!("{at}.energy_metric: required with energy_url (e.g. \"DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION\")"));
                 BackendEnergy::PerToken { prompt_j: 0.0, completion_j: 0.0 }
             }
             (None, Some(_)) => {
-                ck.errs.push(format!("{at}.energy_url: required with energy_metric (the exporter's /metrics URL)"));
+                ck.push(format!("{at}.energy_url: required with energy_metric (the exporter's /metrics URL)"));
                 BackendEnergy::PerToken { prompt_j: 0.0, completion_j: 0.0 }
             }
         };

@@ -116,13 +116,7 @@ pub struct JobView {
 impl JobView {
     /// The last user message: what a listing previews.
     pub fn prompt(&self) -> &str {
-        self.request
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == crate::job::Role::User)
-            .map(|m| m.content.as_str())
-            .unwrap_or("")
+        crate::job::last_user_text(&self.request.messages)
     }
 
     /// Completion tokens: the answer's, or so far while running.
