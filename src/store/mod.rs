@@ -39,6 +39,7 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -320,6 +321,30 @@ fn abort<T>(e: StoreError) -> TxResult<T> {
     Err(ConflictableTransactionError::Abort(e))
 }
 
+/// How long opening waits for the store's file lock to be released.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Opens sled at `dir`, waiting up to [`LOCK_WAIT`] for its file lock: sled
+/// 0.34 releases the lock of a dropped database only when its flusher thread
+/// has ended (sled#1289), so a store closed and reopened at once in one
+/// process can find it still held for a moment. A lock another process
+/// holds (a second sproutd on the same directory) is still an error, after
+/// the wait.
+fn open_db(dir: &Path) -> Result<sled::Db, sled::Error> {
+    let t0 = std::time::Instant::now();
+    loop {
+        match sled::Config::new().path(dir).flush_every_ms(None).open() {
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if t0.elapsed() >= LOCK_WAIT {
+                    return Err(sled::Error::Io(e));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store and checks its schema version. Call
     /// [`Store::recover`] before serving.
@@ -335,11 +360,7 @@ impl Store {
 
     fn open_with(dir: &Path, accept_loss: bool) -> Result<Store, StoreError> {
         let path = dir.display().to_string();
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        let db = open_db(dir).map_err(|source| StoreError::Open { path: path.clone(), source })?;
         let meta = db.open_tree("meta")?;
         match meta.get("schema_version")? {
             Some(v) => {

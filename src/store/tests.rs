@@ -111,6 +111,25 @@ async fn running_jobs_are_requeued_on_reopen_and_results_survive() {
     assert_eq!(s.ledger(0).unwrap().len(), 2);
 }
 
+#[test]
+fn opening_waits_for_a_lock_being_released_but_not_for_one_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::open(dir.path()).unwrap();
+    // Held for good: refused, once the wait is over.
+    let t0 = std::time::Instant::now();
+    let e = Store::open(dir.path()).err().expect("the lock is held");
+    assert!(e.to_string().contains("could not acquire lock"), "{e}");
+    assert!(t0.elapsed() >= LOCK_WAIT, "{:?}", t0.elapsed());
+    // Released a moment later (as sled does after a drop): opened.
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        drop(first);
+    });
+    let second = Store::open(dir.path());
+    release.join().unwrap();
+    assert!(second.is_ok(), "{:?}", second.err());
+}
+
 #[tokio::test]
 async fn a_job_interrupted_max_attempts_times_fails() {
     let dir = tempfile::tempdir().unwrap();
