@@ -27,11 +27,11 @@ use tokio_util::sync::CancellationToken;
 use crate::api;
 use crate::backends::Backends;
 use crate::carbon::{Carbon, CarbonError};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::energy::{self, MeterError};
 use crate::engine;
 use crate::plan::planner;
-use crate::job::now_ms;
 use crate::store::{Store, StoreError};
 use crate::service::{EngineStatus, Service};
 use crate::worker;
@@ -97,7 +97,7 @@ pub fn reload(svc: &Service, path: &Path) -> Result<crate::service::Reloaded, St
         crate::config::ConfigError::Invalid(errs) => errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "),
         e => e.to_string(),
     })?;
-    svc.reload(config, now_ms() as i64 / 1000)
+    svc.reload(config, svc.clock.now_s())
 }
 
 /// SIGHUP (`systemctl reload`): [`reload`], told to systemd as RELOADING=1
@@ -147,23 +147,27 @@ async fn reload_on_sighup(svc: Arc<Service>, path: PathBuf, stop: CancellationTo
 
 /// Serves until `shutdown`, on a store [`Store::open_bounded`] opened and a bound
 /// listener. With `config_path`, SIGHUP re-reads that file ([`reload`]).
+/// Every component keeps time by `clock` ([`Clock::system`] in `sproutd`; a
+/// manual one in tests, which move it).
 pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
     store: Store,
     listener: TcpListener,
+    clock: Clock,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
+    let store = store.with_clock(clock.clone());
     let addr = listener.local_addr().map_err(DaemonError::Serve)?;
     let token = config.read_token()?;
     if token.is_none() && !addr.ip().is_loopback() {
         return Err(crate::config::TokenError::Missing(addr).into());
     }
     let t0 = std::time::Instant::now();
-    let carbon = Arc::new(Carbon::from_config(&config.carbon, now_ms() as i64 / 1000)?);
+    let carbon = Arc::new(Carbon::from_config(&config.carbon, clock.now_s())?);
     let meter = energy::detect(&config.accounting)?;
     let metering = Arc::new(std::sync::Mutex::new(energy::Metering::new(meter, &config.accounting)));
-    let backends = Arc::new(Backends::from_config(&config, metering.clone(), now_ms() as i64 / 1000).map_err(DaemonError::Backends)?);
+    let backends = Arc::new(Backends::from_config(&config, metering.clone(), clock.now_s()).map_err(DaemonError::Backends)?);
     store.recover(config.queue.max_attempts)?;
     let orphans = store.cancel_orphaned_daemon_work().await?;
     if orphans > 0 {
@@ -193,7 +197,7 @@ pub async fn run(
     }
     tokio::spawn(planner::run(svc.clone(), stop.clone(), PLANNER_MAX_SLEEP));
     tokio::spawn(promoter(svc.clone(), stop.clone()));
-    tokio::spawn(svc.backends.clone().run(stop.clone()));
+    tokio::spawn(svc.backends.clone().run(svc.clock.clone(), stop.clone()));
     // The model loads while the API already answers (503 for generation).
     tokio::spawn(load_model(svc.backends.clone(), svc.config().model.clone(), engine_tx, stop.clone()));
     if let Some(period) = sd_notify::watchdog_enabled() {
@@ -248,7 +252,7 @@ async fn carbon_poller(svc: Arc<Service>, stop: CancellationToken) {
         tokio::pin!(replaced);
         replaced.as_mut().enable();
         let this = stop.child_token();
-        let poller = tokio::spawn(svc.carbon().run_poller(this.clone()));
+        let poller = tokio::spawn(svc.carbon().run_poller(svc.clock.clone(), this.clone()));
         tokio::select! {
             _ = &mut replaced => {
                 this.cancel();
@@ -268,14 +272,14 @@ async fn promoter(svc: Arc<Service>, stop: CancellationToken) {
         tokio::pin!(added);
         added.as_mut().enable();
         let wait = match svc.promote_deferred().await.and_then(|_| svc.store.next_deferred_ms()) {
-            Ok(next) => next.map_or(PROMOTER_MAX_SLEEP, |at| Duration::from_millis(at.saturating_sub(now_ms())).min(PROMOTER_MAX_SLEEP)),
+            Ok(next) => next.map_or(PROMOTER_MAX_SLEEP, |at| Duration::from_millis(at.saturating_sub(svc.clock.now_ms())).min(PROMOTER_MAX_SLEEP)),
             Err(e) => {
                 tracing::error!(error = %e, "queueing deferred jobs failed; retrying");
                 Duration::from_millis(500)
             }
         };
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = svc.clock.sleep(wait) => {}
             _ = &mut added => {}
             _ = stop.cancelled() => return,
         }
@@ -301,17 +305,13 @@ async fn watchdog(svc: Arc<Service>, stop: CancellationToken, period: Duration) 
 }
 
 /// Collects finished jobs' results after `queue.result_retention`, and
-/// prompt samples after `evaluator.sample_retention`.
+/// prompt samples after `evaluator.sample_retention`: at start, then every
+/// tenth of the retention (1 s to 10 min) of the daemon's clock.
 async fn collector(svc: Arc<Service>, stop: CancellationToken) {
     let retention = svc.config().queue.result_retention;
     let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
-    let mut tick = tokio::time::interval(every);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.cancelled() => return,
-        }
-        let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
+        let cutoff = svc.clock.now_ms().saturating_sub(retention.as_millis() as u64);
         let svc2 = svc.clone();
         match tokio::task::spawn_blocking(move || svc2.store.collect_finished(cutoff)).await {
             Ok(Ok(0)) => {}
@@ -319,10 +319,14 @@ async fn collector(svc: Arc<Service>, stop: CancellationToken) {
             Ok(Err(e)) => tracing::error!(error = %e, "collecting finished jobs failed"),
             Err(e) => tracing::error!(error = %e, "the collector panicked"),
         }
-        let cutoff = now_ms().saturating_sub(svc.config().evaluator.sample_retention.as_millis() as u64);
+        let cutoff = svc.clock.now_ms().saturating_sub(svc.config().evaluator.sample_retention.as_millis() as u64);
         let svc2 = svc.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || svc2.store.collect_samples(cutoff)).await {
             tracing::error!(error = %e, "collecting old prompt samples failed");
+        }
+        tokio::select! {
+            _ = svc.clock.sleep(every) => {}
+            _ = stop.cancelled() => return,
         }
     }
 }

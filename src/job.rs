@@ -401,9 +401,8 @@ pub struct LedgerEntry {
     pub zone: String,
 }
 
+/// The wall clock in Unix milliseconds, for `sproutctl`, the TUI and tools;
+/// the daemon's components read [`crate::clock::Clock`] instead.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::wall_ms()
 }

@@ -18,13 +18,15 @@
 //! Beside the path: `plan` (classify, directives, the optimizer and the
 //! planner that re-solves it, deferral), `eval` (the quality evaluator: judge,
 //! quality bounds, schedule, runs), `carbon` (grid intensity), `energy`
-//! (meters), `stats`, `simulate`. `daemon::run` wires these together; `wire`
+//! (meters), `stats`, `simulate`. `daemon::run` wires these together and
+//! hands every component the one `clock` they keep time by; `wire`
 //! holds the shape of each body the API speaks beyond OpenAI's, which `api`
 //! writes and `client`, `cli` and `tui` (`sproutctl`) read. Pure logic
 //! (`plan::{classify, directive, optimizer, deferral}`, `eval::{judge,
 //! quality, schedule, answers}`, `accounting`, `api::openai`,
 //! `engine::sampler`, `config` validation) does no IO.
 
+pub mod clock;
 pub mod config;
 pub mod job;
 pub mod api;
@@ -45,6 +47,8 @@ pub mod daemon;
 pub mod wire;
 pub mod client;
 pub mod cli;
+#[cfg(test)]
+mod layout_tests;
 
 /// For tests only: the shared datasets beside the checkout, and factories
 /// of the records tests build (each test overrides what it is about with

@@ -14,12 +14,13 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::carbon::Carbon;
+use crate::clock::Clock;
 use crate::energy::Metering;
 use crate::config::Config;
 use crate::plan::classify::classify;
 use crate::plan::directive::{splitmix64, Directives};
 use crate::plan::planner::Planner;
-use crate::job::{now_ms, ChatRequest, Deadline, Deferral, Job, Origin};
+use crate::job::{ChatRequest, Deadline, Deferral, Job, Origin};
 use crate::store::{job_id, CancelOutcome, NewJob, Store, StoreError};
 
 /// Where the embedded model is in its life (`Ready` at once without one:
@@ -80,6 +81,9 @@ pub struct Service {
     /// so a reader sees one version throughout (`config()` hands an `Arc`).
     config: RwLock<Arc<Config>>,
     pub store: Store,
+    /// The daemon's time: every component reads "now" and sleeps on it
+    /// (the store's clock, [`Store::with_clock`]).
+    pub clock: Clock,
     /// Grid carbon intensity now and ahead (replaced when a reload changes the source).
     carbon: RwLock<Arc<Carbon>>,
     /// Woken when a reload replaced the carbon source (its poller restarts).
@@ -95,7 +99,7 @@ pub struct Service {
     /// The directive optimizer's current plan.
     pub planner: Planner,
     /// The quality evaluator's live state.
-    pub evals: crate::eval::run::EvalState,
+    pub evals: crate::eval::schedule::EvalState,
     engine: watch::Receiver<EngineStatus>,
     /// Wakes the worker when a job is queued.
     pub work: Notify,
@@ -154,6 +158,7 @@ impl Service {
             planner: Planner::new(config.optimizer.clone()),
             evals: Default::default(),
             config: RwLock::new(Arc::new(config)),
+            clock: store.clock().clone(),
             store,
             engine,
             work: Notify::new(),
@@ -295,7 +300,7 @@ impl Service {
             None => self.directives().choose(request.directive.as_deref(), seq),
         };
         let seed = request.seed.unwrap_or_else(|| splitmix64(self.config().directives.seed.wrapping_add(seq)) >> 1);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let deadline_ms = deadline.map(|d| d.to_unix_ms(now));
         let deferral = match deadline_ms {
             None => None,
@@ -369,7 +374,7 @@ impl Service {
 
     /// Queues the deferred jobs whose time has come and wakes the worker.
     pub async fn promote_deferred(&self) -> Result<usize, StoreError> {
-        let n = self.store.promote_due(now_ms()).await?;
+        let n = self.store.promote_due(self.clock.now_ms()).await?;
         if n > 0 {
             tracing::info!(jobs = n, "deferred jobs queued: their low-carbon hour has come");
             self.bump();
@@ -515,6 +520,10 @@ impl crate::plan::planner::Sources for Service {
 
     fn intensity_changes_at(&self, t: i64) -> i64 {
         self.carbon().next_change(t)
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     fn knowledge(&self) -> u64 {

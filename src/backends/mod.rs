@@ -362,15 +362,15 @@ impl Backends {
         }
     }
 
-    /// Scrapes energy counters, polls backends' own grids and probes down
-    /// backends (1 s doubling to 60 s between probes) until `stop`.
-    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+    /// Scrapes energy counters, polls backends' own grids (on `clock`) and
+    /// probes down backends (1 s doubling to 60 s between probes) until `stop`.
+    pub async fn run(self: Arc<Self>, clock: crate::clock::Clock, stop: CancellationToken) {
         for s in std::mem::take(&mut *self.scrapers.lock().expect("poisoned")) {
             tokio::spawn(s.run(stop.clone()));
         }
         for b in &self.list {
             if let Some(c) = &b.carbon {
-                tokio::spawn(c.clone().run_poller(stop.clone()));
+                tokio::spawn(c.clone().run_poller(clock.clone(), stop.clone()));
             }
         }
         loop {

@@ -157,7 +157,7 @@ fn serve(mut config: Config, config_path: Option<PathBuf>, listen: Option<String
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        sprout::daemon::run(config, config_path, store, listener, shutdown_signal()).await?;
+        sprout::daemon::run(config, config_path, store, listener, sprout::clock::Clock::system(), shutdown_signal()).await?;
         Ok(())
     })
 }

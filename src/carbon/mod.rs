@@ -312,13 +312,13 @@ impl Carbon {
         }
     }
 
-    /// Polls every `poll_interval` until `stop`; a no-op for the trace.
-    pub async fn run_poller(self: Arc<Self>, stop: CancellationToken) {
+    /// Polls every `poll_interval` of `clock` until `stop`; a no-op for the trace.
+    pub async fn run_poller(self: Arc<Self>, clock: crate::clock::Clock, stop: CancellationToken) {
         let Some(live) = &self.live else { return };
         let interval = live.cfg.poll_interval;
         loop {
             // A server that asked for a longer pause than the interval gets it.
-            let wait = match self.poll_once(|| crate::job::now_ms() as i64 / 1000).await {
+            let wait = match self.poll_once(|| clock.now_s()).await {
                 Ok(()) => {
                     tracing::debug!(source = %self.name(), "carbon intensity updated");
                     interval
@@ -329,7 +329,7 @@ impl Carbon {
                 }
             };
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = clock.sleep(wait) => {}
                 _ = stop.cancelled() => return,
             }
         }

@@ -5,8 +5,7 @@
 //! re-solves with the new `q`. [`scheduler`] starts runs at low-carbon hours.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -17,7 +16,7 @@ use super::quality::{self, PromptVerdict};
 use super::schedule::{self, Schedule};
 use super::EvalRun;
 use crate::config::JudgeKind;
-use crate::job::{now_ms, ChatRequest, Job, JobState, Message, Origin, Role};
+use crate::job::{ChatRequest, Job, JobState, Message, Origin, Role};
 use crate::store::StoreError;
 use crate::service::{Service, SubmitError};
 use crate::wire::{EvalRule, EvalStatus, LastRun, NextRun};
@@ -37,22 +36,6 @@ pub enum EvalError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Submit(#[from] SubmitError),
-}
-
-/// The evaluator's live state: one run at a time, the scheduler's last word.
-#[derive(Default)]
-pub struct EvalState {
-    running: AtomicBool,
-    last_schedule: Mutex<Option<Schedule>>,
-}
-
-impl EvalState {
-    pub fn running(&self) -> bool {
-        self.running.load(Ordering::SeqCst)
-    }
-    pub fn last_schedule(&self) -> Option<Schedule> {
-        self.last_schedule.lock().expect("poisoned").clone()
-    }
 }
 
 /// What a forced run may override.
@@ -177,7 +160,7 @@ pub struct RunSlot(Arc<Service>);
 
 impl RunSlot {
     pub fn take(svc: &Arc<Service>) -> Result<RunSlot, EvalError> {
-        if svc.evals.running.swap(true, Ordering::SeqCst) {
+        if !svc.evals.try_start() {
             return Err(EvalError::AlreadyRunning);
         }
         Ok(RunSlot(svc.clone()))
@@ -186,7 +169,7 @@ impl RunSlot {
 
 impl Drop for RunSlot {
     fn drop(&mut self) {
-        self.0.evals.running.store(false, Ordering::SeqCst);
+        self.0.evals.finished();
     }
 }
 
@@ -206,7 +189,7 @@ pub fn spawn(slot: RunSlot, opts: RunOptions) -> tokio::task::JoinHandle<Result<
 
 async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, EvalError> {
     let cfg = &svc.config().evaluator;
-    let started_ms = now_ms();
+    let started_ms = svc.clock.now_ms();
     let judge = judge_for(svc, &opts)?;
     let mut samples = svc.store.samples()?;
     if samples.is_empty() {
@@ -339,7 +322,7 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
     let run = EvalRun {
         id: format!("eval-{started_ms}"),
         started_ms,
-        finished_ms: now_ms(),
+        finished_ms: svc.clock.now_ms(),
         reason: opts.reason,
         intensity_gco2_per_kwh: intensity,
         judge: judge.describe(svc),
@@ -360,7 +343,7 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
     svc.store.save_eval(&run).await?;
     tracing::info!(id = %run.id, q = ?run.q, failures, carbon_g = format!("{carbon_g:.4}"), "evaluation run finished");
     if any_signal && svc.planner.enabled() {
-        let ci = svc.carbon().now(now_ms() as i64 / 1000).gco2_per_kwh;
+        let ci = svc.carbon().now(svc.clock.now_s()).gco2_per_kwh;
         crate::plan::planner::resolve(svc.as_ref(), ci, format!("evaluation {}", run.id));
     }
     Ok(run)
@@ -377,7 +360,7 @@ fn kept_by_class(svc: &Service) -> Result<BTreeMap<String, Vec<quality::Kept>>, 
 /// What `eval status` shows: the last q, the next planned run and why.
 pub fn status(svc: &Service) -> Result<EvalStatus, StoreError> {
     let last = svc.store.eval_runs(1)?.into_iter().next();
-    let now_s = now_ms() as i64 / 1000;
+    let now_s = svc.clock.now_s();
     let plan = svc.evals.last_schedule().unwrap_or_else(|| decide(svc, now_s, last.as_ref()));
     let cfg = &svc.config().evaluator;
     Ok(EvalStatus {
@@ -432,7 +415,7 @@ pub async fn scheduler(svc: Arc<Service>, stop: CancellationToken) {
     }
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(svc.config().evaluator.check_interval) => {}
+            _ = svc.clock.sleep(svc.config().evaluator.check_interval) => {}
             _ = stop.cancelled() => return,
         }
         let last = match svc.store.eval_runs(1) {
@@ -442,8 +425,8 @@ pub async fn scheduler(svc: Arc<Service>, stop: CancellationToken) {
                 continue;
             }
         };
-        let plan = decide(&svc, now_ms() as i64 / 1000, last.as_ref());
-        *svc.evals.last_schedule.lock().expect("poisoned") = Some(plan.clone());
+        let plan = decide(&svc, svc.clock.now_s(), last.as_ref());
+        svc.evals.set_schedule(plan.clone());
         // A scheduled run waits for a full sample (a forced one may use fewer).
         let has_samples = svc.store.samples_len() >= svc.config().evaluator.prompts;
         if plan.run && has_samples && !svc.is_shutting_down() {

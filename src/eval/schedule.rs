@@ -1,10 +1,45 @@
 //! When evaluation runs (pure): which sampled prompts, the evaluator's
 //! bounded share of the engine, and the low-carbon hour it waits for.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
 use serde::Serialize;
 
 use super::PromptSample;
 use crate::carbon::Reading;
+
+/// The evaluator's live state (in memory, no IO): one run at a time, and
+/// the scheduler's last word for `eval status`.
+#[derive(Default)]
+pub struct EvalState {
+    running: AtomicBool,
+    last_schedule: Mutex<Option<Schedule>>,
+}
+
+impl EvalState {
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Marks a run as started; false when one already runs.
+    pub fn try_start(&self) -> bool {
+        !self.running.swap(true, Ordering::SeqCst)
+    }
+
+    /// Marks the run as over (however it ended).
+    pub fn finished(&self) {
+        self.running.store(false, Ordering::SeqCst);
+    }
+
+    pub fn last_schedule(&self) -> Option<Schedule> {
+        self.last_schedule.lock().expect("poisoned").clone()
+    }
+
+    pub fn set_schedule(&self, plan: Schedule) {
+        *self.last_schedule.lock().expect("poisoned") = Some(plan);
+    }
+}
 
 /// Up to `per_class` distinct prompts of each class, in the order given (a
 /// shuffle): a prompt asked twice is one sample, not two.

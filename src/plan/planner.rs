@@ -22,7 +22,8 @@ use crate::carbon::Reading;
 use crate::config::{AccountingConfig, Config, OptimizerConfig, OptimizerPolicy};
 use crate::eval::quality::Kept;
 use crate::eval::{Cell, EvalRun};
-use crate::job::{now_ms, JobState, LedgerEntry, Origin};
+use crate::clock::Clock;
+use crate::job::{JobState, LedgerEntry, Origin};
 use crate::plan::classify::CLASSES;
 use crate::plan::optimizer::{self, ClassInputs, Inputs, Plan};
 use crate::store::StoreError;
@@ -243,8 +244,8 @@ impl Planner {
         self.history.read().expect("poisoned").iter().cloned().collect()
     }
 
-    /// Solves and installs the plan.
-    pub fn install(&self, inputs: Inputs, sources: Vec<Vec<String>>, kept: Vec<Vec<Kept>>, reason: String, knowledge: u64) -> Solved {
+    /// Solves and installs the plan, as solved at `at_ms`.
+    pub fn install(&self, at_ms: u64, inputs: Inputs, sources: Vec<Vec<String>>, kept: Vec<Vec<Kept>>, reason: String, knowledge: u64) -> Solved {
         let plan = optimizer::solve(&inputs);
         if plan.is_fallback() {
             tracing::warn!(status = %plan.status, "the optimizer fell back to the baseline level");
@@ -254,7 +255,7 @@ impl Planner {
         let x: Vec<f64> = (0..n)
             .map(|i| plan.classes.iter().zip(&inputs.classes).map(|(p, c)| c.weight / total_w * p.x[i]).sum())
             .collect();
-        let solved = Solved { at_ms: now_ms(), reason, inputs, plan, sources, kept, knowledge };
+        let solved = Solved { at_ms, reason, inputs, plan, sources, kept, knowledge };
         let mut h = self.history.write().expect("poisoned");
         h.push_back(HistoryItem {
             at_ms: solved.at_ms,
@@ -326,14 +327,16 @@ pub trait Sources {
     /// Users' finished requests and evaluation runs so far: a solve is due
     /// again once this has grown (new measured e, p or kept quality).
     fn knowledge(&self) -> u64;
+    /// The daemon's clock: "now" for a solve, and what the loop sleeps on.
+    fn clock(&self) -> &Clock;
 }
 
 /// Re-solves when due, sleeping until something it solves with may have
 /// changed: woken ([`Planner::wake`]: a finished answer, an evaluation, a
 /// reload), a new reading from the carbon source, the hour the intensity
 /// next changes without one, or the resolve interval's end; and at most
-/// `max_sleep` (the wall clock may jump). While the optimizer is off it
-/// only waits (a reload may turn it on).
+/// `max_sleep` (the wall clock may jump). Time is [`Sources::clock`]'s.
+/// While the optimizer is off it only waits (a reload may turn it on).
 pub async fn run<S: Sources + Send + Sync + 'static>(src: Arc<S>, stop: CancellationToken, max_sleep: Duration) {
     loop {
         let woken = src.planner().wake.notified();
@@ -343,7 +346,7 @@ pub async fn run<S: Sources + Send + Sync + 'static>(src: Arc<S>, stop: Cancella
         // here on wakes the wait below.
         let mut readings = src.readings();
         readings.borrow_and_update();
-        let t = now_ms();
+        let t = src.clock().now_ms();
         let ci = src.intensity(t as i64 / 1000);
         if src.planner().enabled() {
             if let Some(reason) = src.planner().due(t, ci, src.knowledge()) {
@@ -353,9 +356,9 @@ pub async fn run<S: Sources + Send + Sync + 'static>(src: Arc<S>, stop: Cancella
         let change_ms = (src.intensity_changes_at(t as i64 / 1000).max(0) as u64).saturating_mul(1000);
         let interval_ms = if src.planner().enabled() { src.planner().interval_due_ms() } else { None };
         let next = interval_ms.map_or(change_ms, |i| i.min(change_ms));
-        let wait = Duration::from_millis(next.saturating_sub(now_ms())).min(max_sleep);
+        let wait = Duration::from_millis(next.saturating_sub(src.clock().now_ms())).min(max_sleep);
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = src.clock().sleep(wait) => {}
             _ = &mut woken => {}
             // A source replaced by a reload drops its sender: the next pass
             // subscribes to the new one.
@@ -385,7 +388,8 @@ pub fn pooled_runs(src: &impl Sources) -> Result<Vec<EvalRun>, StoreError> {
 /// One solve with the daemon's current knowledge.
 pub fn resolve(src: &impl Sources, ci: f64, reason: String) -> Solved {
     let cfg = src.config();
-    let since = now_ms().saturating_sub(LOOKBACK_MS);
+    let at_ms = src.clock().now_ms();
+    let since = at_ms.saturating_sub(LOOKBACK_MS);
     let entries = src.ledger_recent(since, RECENT).unwrap_or_else(|e| {
         tracing::warn!(error = %e, "reading the ledger for the optimizer failed; using priors");
         Vec::new()
@@ -396,7 +400,7 @@ pub fn resolve(src: &impl Sources, ci: f64, reason: String) -> Solved {
     let kept = |class: &str| crate::eval::quality::kept_stats(&runs, class, names.len());
     let measured = Measured { kept: &kept, cells: &cells };
     let (inputs, sources, kept) = build_inputs(&cfg.optimizer, &cfg.accounting, &entries, &names, &measured, ci, src.intensity_range());
-    src.planner().install(inputs, sources, kept, reason, src.knowledge())
+    src.planner().install(at_ms, inputs, sources, kept, reason, src.knowledge())
 }
 
 #[cfg(test)]
@@ -426,6 +430,9 @@ mod tests {
         ci: std::sync::Mutex<f64>,
         readings: watch::Sender<Option<Reading>>,
         changes_at: std::sync::Mutex<Option<i64>>,
+        /// A manual clock, and how many passes `run` has made (each reads the intensity once).
+        clock: Clock,
+        passes: std::sync::atomic::AtomicUsize,
     }
 
     impl Sources for Fake {
@@ -445,6 +452,7 @@ mod tests {
             (["L0", "L1", "L2"].iter().map(|s| s.to_string()).collect(), "w".into())
         }
         fn intensity(&self, _: i64) -> f64 {
+            self.passes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             *self.ci.lock().unwrap()
         }
         fn intensity_range(&self) -> (f64, f64) {
@@ -454,13 +462,19 @@ mod tests {
             self.readings.subscribe()
         }
         fn intensity_changes_at(&self, t: i64) -> i64 {
-            // A day away unless a test says otherwise.
-            self.changes_at.lock().unwrap().unwrap_or(t + 86_400)
+            // A day away unless a test says otherwise (and always after `t`, as the real source's).
+            self.changes_at.lock().unwrap().filter(|c| *c > t).unwrap_or(t + 86_400)
         }
         fn knowledge(&self) -> u64 {
             (self.ledger.lock().unwrap().len() + self.runs.lock().unwrap().len()) as u64
         }
+        fn clock(&self) -> &Clock {
+            &self.clock
+        }
     }
+
+    /// 2026-11-28 10:00:00 UTC: the fake's clock starts on the hour.
+    const START_MS: u64 = 1_795_860_000_000;
 
     fn fake(ledger: Vec<LedgerEntry>) -> Fake {
         let cfg = Arc::new(Config::default_config());
@@ -472,6 +486,8 @@ mod tests {
             ci: std::sync::Mutex::new(300.0),
             readings: watch::channel(None).0,
             changes_at: Default::default(),
+            clock: Clock::manual(START_MS),
+            passes: Default::default(),
         }
     }
 
@@ -571,28 +587,63 @@ mod tests {
         task.await.unwrap();
     }
 
+    /// Lets the planner's task run (real time: it reacts to the fake's clock).
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     #[tokio::test]
     async fn run_resolves_on_a_new_reading_and_when_the_hour_turns_without_polling() {
         let f = Arc::new(fake(vec![]));
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(f.clone(), stop.clone(), Duration::from_secs(3600)));
         until(|| f.planner.current().is_some()).await;
+        assert_eq!(f.planner.current().unwrap().at_ms, START_MS);
         // The grid got dirtier, but nobody said so: no solve.
         *f.ci.lock().unwrap() = 400.0;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        settle().await;
         assert_eq!(f.planner.history().len(), 1);
         // The poller publishes the reading: a solve at the new intensity.
-        // (From now on the next hour is two seconds away.)
-        *f.changes_at.lock().unwrap() = Some(now_ms() as i64 / 1000 + 2);
+        // (From now on the intensity next changes ten minutes from now.)
+        let turn_s = START_MS as i64 / 1000 + 600;
+        *f.changes_at.lock().unwrap() = Some(turn_s);
         f.readings.send_replace(Some(Reading { at: 0, gco2_per_kwh: 400.0 }));
         until(|| f.planner.history().len() == 2).await;
         assert!(f.planner.current().unwrap().reason.starts_with("intensity moved +100"), "{}", f.planner.current().unwrap().reason);
         assert_eq!(f.planner.current().unwrap().inputs.ci, 400.0);
-        // The hour turns with no reading and no wake: the planner was
-        // sleeping until then, and solves at the new hour's intensity.
+        // The hour turns with no reading and no wake: the planner sleeps
+        // until then, and solves at the new intensity, not a second early.
         *f.ci.lock().unwrap() = 150.0;
+        f.clock.advance(Duration::from_secs(599));
+        settle().await;
+        assert_eq!(f.planner.history().len(), 2, "solved before the intensity changed");
+        f.clock.advance(Duration::from_secs(1));
         until(|| f.planner.history().len() == 3).await;
-        assert_eq!(f.planner.current().unwrap().inputs.ci, 150.0);
+        let s = f.planner.current().unwrap();
+        assert_eq!((s.inputs.ci, s.at_ms), (150.0, turn_s as u64 * 1000));
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn run_resolves_when_its_interval_ends_and_sleeps_at_most_max_sleep() {
+        let f = Arc::new(fake(vec![]));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(f.clone(), stop.clone(), Duration::from_secs(60)));
+        until(|| f.planner.current().is_some()).await;
+        let passes = || f.passes.load(std::sync::atomic::Ordering::SeqCst);
+        // Nothing changes for an hour (the default resolve_interval): the
+        // planner looks once a minute and solves nothing until the hour ends.
+        for minute in 1..=59 {
+            let before = passes();
+            f.clock.advance(Duration::from_secs(60));
+            until(|| passes() > before).await;
+            assert_eq!(f.planner.history().len(), 1, "solved at minute {minute}");
+        }
+        f.clock.advance(Duration::from_secs(60));
+        until(|| f.planner.history().len() == 2).await;
+        let s = f.planner.current().unwrap();
+        assert_eq!((s.reason.as_str(), s.at_ms - START_MS), ("interval", 3_600_000));
         stop.cancel();
         task.await.unwrap();
     }
@@ -640,7 +691,7 @@ mod tests {
         for ci in [50.0, 275.0, 500.0] {
             let (inp, _, _) = build_inputs(&c.optimizer, &c.accounting, &[], &names, &Measured { kept: &cold, cells: &[] }, ci, (50.0, 500.0));
             let p = Planner::new(c.optimizer.clone());
-            p.install(inp, vec![], vec![], "t".into(), 0);
+            p.install(0, inp, vec![], vec![], "t".into(), 0);
             for class in CLASSES {
                 assert_eq!(p.mix_for(class).unwrap(), [1.0, 0.0, 0.0], "{class} at {ci}");
             }
@@ -653,7 +704,7 @@ mod tests {
         assert_eq!(inp.classes[2].allowed, [true, true, true]);
         assert_eq!(k[1][2].lower, 0.6);
         let p = Planner::new(c.optimizer.clone());
-        p.install(inp, vec![], k, "t".into(), 0);
+        p.install(0, inp, vec![], k, "t".into(), 0);
         assert_eq!(p.mix_for("math").unwrap()[2], 0.0);
         assert!(p.mix_for("question").unwrap()[2] > 0.99, "{:?}", p.mix_for("question"));
         // At the cleanest hour the floor is 1: no bound clears it.
@@ -670,7 +721,7 @@ mod tests {
         let names: Vec<String> = ["L0", "L1", "L2"].iter().map(|s| s.to_string()).collect();
         let none = |_: &str| kept([1.0, 0.0, 0.0]);
         let (inp, src, k) = build_inputs(&c.optimizer, &c.accounting, &[], &names, &Measured { kept: &none, cells: &[] }, 100.0, (50.0, 500.0));
-        let s = p.install(inp, src, k, "start".into(), 100);
+        let s = p.install(1_000, inp, src, k, "start".into(), 100);
         assert_eq!(s.plan.status, "optimal");
         let x = p.mix_for("math").unwrap();
         assert!((x.iter().sum::<f64>() - 1.0).abs() < 1e-9);

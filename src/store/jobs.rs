@@ -19,7 +19,7 @@ impl Store {
             };
             if job.attempts >= max_attempts {
                 job.state = JobState::Failed;
-                job.finished_ms = Some(now_ms());
+                job.finished_ms = Some(self.clock.now_ms());
                 job.error = Some(format!(
                     "interrupted {} times (sproutd stopped or crashed while it ran); giving up after queue.max_attempts = {max_attempts}",
                     job.attempts
@@ -110,7 +110,7 @@ impl Store {
             request: new.request,
             directive,
             seed,
-            created_ms: now_ms(),
+            created_ms: self.clock.now_ms(),
             started_ms: None,
             finished_ms: None,
             attempts: 0,
@@ -214,7 +214,7 @@ impl Store {
                     return Ok(Some(None)); // taken meanwhile; look again
                 }
                 job.state = JobState::Running;
-                job.started_ms = Some(now_ms());
+                job.started_ms = Some(self.clock.now_ms());
                 job.attempts += 1;
                 jobs.insert(&id, encode(&job))?;
                 running.insert(&id, &[])?;
@@ -242,7 +242,7 @@ impl Store {
         ledger: Option<LedgerEntry>,
     ) -> Result<Job, StoreError> {
         debug_assert!(state.is_terminal());
-        let finished_ms = now_ms();
+        let finished_ms = self.clock.now_ms();
         let (job, ticket) = self.write(|| Ok((&self.jobs, &self.running, &self.ledger).transaction(|(jobs, running, ledger_tree)| {
             let Some(bytes) = jobs.get(id.as_bytes())? else { return abort(StoreError::NotFound(id.into())) };
             let mut job: Job = decode(id.as_bytes(), &bytes).map_err(ConflictableTransactionError::Abort)?;
@@ -325,7 +325,7 @@ impl Store {
             }
             index.remove(key.as_slice())?;
             job.state = JobState::Cancelled;
-            job.finished_ms = Some(now_ms());
+            job.finished_ms = Some(self.clock.now_ms());
             job.error = Some(format!("cancelled {by} {why}"));
             jobs.insert(id.as_bytes(), encode(&job))?;
             Ok(Ok(job))

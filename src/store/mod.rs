@@ -47,7 +47,8 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 
 use crate::eval::{EvalRun, PromptSample};
-use crate::job::{now_ms, ChatRequest, Job, JobResult, JobState, LedgerEntry, Origin};
+use crate::clock::Clock;
+use crate::job::{ChatRequest, Job, JobResult, JobState, LedgerEntry, Origin};
 use crate::stats::Totals;
 
 mod eval;
@@ -199,6 +200,8 @@ pub struct Store {
     /// it stands (a later good flush clears it): the store is then unhealthy.
     io_errors: AtomicU64,
     failure: Mutex<Option<String>>,
+    /// Stamps jobs' created/started/finished times ([`Store::with_clock`]).
+    clock: Clock,
 }
 
 /// What [`Store::verify`] found.
@@ -411,10 +414,23 @@ impl Store {
             flushed: Notify::new(),
             totals: Mutex::new(totals),
             acknowledged: Arc::new(acknowledged),
+            clock: Clock::system(),
             seq_floor: AtomicU64::new(floor),
             io_errors: AtomicU64::new(0),
             failure: Mutex::new(None),
         })
+    }
+
+    /// The same store, stamping job times from `clock` (the daemon's; the
+    /// wall clock until this is called).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock that stamps job times.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Compares the store's watermark with the file's (module doc); returns

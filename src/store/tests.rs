@@ -1,7 +1,7 @@
 //! The store's unit tests (real sled files in temporary folders).
 
 use super::*;
-use crate::job::{FinishReason, Receipt};
+use crate::job::{now_ms, FinishReason, Receipt};
 
 pub(crate) fn req(text: &str) -> ChatRequest {
     ChatRequest { max_tokens: 8, ..crate::testing::chat_request("m", text) }
