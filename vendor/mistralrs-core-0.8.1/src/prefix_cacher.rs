@@ -252,7 +252,10 @@ impl PrefixCacheManagerV2 {
 
         let mut best_match: Option<(usize, &CacheElement, usize, usize, usize)> = None;
         for (k, v) in &self.caches {
-            let match_len = toks.shared_prefix_len(k);
+            // A prompt the cache holds whole (the same prompt asked again)
+            // still needs its last token run for the next token's logits:
+            // reuse all but that token rather than none of the prompt.
+            let match_len = toks.shared_prefix_len(k).min(toks.0.len() - 1);
             if match_len == 0 {
                 continue;
             }
@@ -496,6 +499,40 @@ mod tests {
             None => panic!("expected exact-extension prefix-cache hit"),
         }
 
+        Ok(())
+    }
+
+    #[test]
+    fn a_prompt_the_cache_holds_whole_reuses_all_but_its_last_token() -> candle_core::Result<()> {
+        let mut prefix_cacher = PrefixCacheManagerV2::new(1, false, false);
+        // The cache of an earlier answer: its prompt [1..=5] and two generated tokens.
+        prefix_cacher.caches.insert(
+            vec![1, 2, 3, 4, 5, 6, 7].into(),
+            CacheElement {
+                cache: vec![Some(make_normal_kv_cache(7)?)],
+                recurrent_snapshots: None,
+                audio_hashes: None,
+                image_hashes: None,
+                video_hashes: None,
+            },
+        );
+        for prompt in [&[1, 2, 3, 4, 5][..], &[1, 2, 3, 4, 5, 6, 7]] {
+            // The same prompt again (or the whole cached sequence as a prompt):
+            // a hit that leaves exactly the last token to run, on a cache cut to
+            // the tokens before it.
+            match prefix_cacher.search_for_matching_cache(prompt, None, None, None)? {
+                Some(MatchingCache::Normal { toks, offset, normal, .. }) => {
+                    assert_eq!((toks, offset), (vec![*prompt.last().unwrap()], prompt.len() - 1));
+                    match &normal[0] {
+                        Some(KvCache::Normal { k, v }) => assert_eq!((k.current_seq_len(), v.current_seq_len()), (prompt.len() - 1, prompt.len() - 1)),
+                        _ => panic!("expected the normal cache back"),
+                    }
+                }
+                None => panic!("a whole-prompt match must be a hit for {prompt:?}"),
+            }
+        }
+        // A one-token prompt has nothing before its last token to reuse.
+        assert!(prefix_cacher.search_for_matching_cache(&[1], None, None, None)?.is_none());
         Ok(())
     }
 }
