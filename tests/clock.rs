@@ -277,7 +277,7 @@ fn the_evaluator_runs_first_when_it_has_prompts_then_at_the_low_carbon_hour() {
     assert_eq!(second["started_ms"].as_u64(), Some(dip as u64 * 1000), "{second}");
     assert_eq!(second["intensity_gco2_per_kwh"].as_f64(), Some(50.0), "{second}");
     assert!(second["reason"].as_str().unwrap().contains("lowest forecast"), "{second}");
-    assert!(d.now_s() == dip);
+    assert_eq!(d.now_s(), dip, "the clock moved only as the test moved it");
 }
 
 #[test]
