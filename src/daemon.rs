@@ -97,7 +97,7 @@ pub fn reload(svc: &Service, path: &Path) -> Result<crate::service::Reloaded, St
         crate::config::ConfigError::Invalid(errs) => errs.0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "),
         e => e.to_string(),
     })?;
-    svc.reload(config, svc.clock.now_s())
+    svc.reload(config, svc.clock().now_s())
 }
 
 /// SIGHUP (`systemctl reload`): [`reload`], told to systemd as RELOADING=1
@@ -197,7 +197,7 @@ pub async fn run(
     }
     tokio::spawn(planner::run(svc.clone(), stop.clone(), PLANNER_MAX_SLEEP));
     tokio::spawn(promoter(svc.clone(), stop.clone()));
-    tokio::spawn(svc.backends.clone().run(svc.clock.clone(), stop.clone()));
+    tokio::spawn(svc.backends.clone().run(svc.clock().clone(), stop.clone()));
     // The model loads while the API already answers (503 for generation).
     tokio::spawn(load_model(svc.backends.clone(), svc.config().model.clone(), engine_tx, stop.clone()));
     if let Some(period) = sd_notify::watchdog_enabled() {
@@ -252,7 +252,7 @@ async fn carbon_poller(svc: Arc<Service>, stop: CancellationToken) {
         tokio::pin!(replaced);
         replaced.as_mut().enable();
         let this = stop.child_token();
-        let poller = tokio::spawn(svc.carbon().run_poller(svc.clock.clone(), this.clone()));
+        let poller = tokio::spawn(svc.carbon().run_poller(svc.clock().clone(), this.clone()));
         tokio::select! {
             _ = &mut replaced => {
                 this.cancel();
@@ -272,14 +272,14 @@ async fn promoter(svc: Arc<Service>, stop: CancellationToken) {
         tokio::pin!(added);
         added.as_mut().enable();
         let wait = match svc.promote_deferred().await.and_then(|_| svc.store.next_deferred_ms()) {
-            Ok(next) => next.map_or(PROMOTER_MAX_SLEEP, |at| Duration::from_millis(at.saturating_sub(svc.clock.now_ms())).min(PROMOTER_MAX_SLEEP)),
+            Ok(next) => next.map_or(PROMOTER_MAX_SLEEP, |at| Duration::from_millis(at.saturating_sub(svc.clock().now_ms())).min(PROMOTER_MAX_SLEEP)),
             Err(e) => {
                 tracing::error!(error = %e, "queueing deferred jobs failed; retrying");
                 Duration::from_millis(500)
             }
         };
         tokio::select! {
-            _ = svc.clock.sleep(wait) => {}
+            _ = svc.clock().sleep(wait) => {}
             _ = &mut added => {}
             _ = stop.cancelled() => return,
         }
@@ -311,7 +311,7 @@ async fn collector(svc: Arc<Service>, stop: CancellationToken) {
     let retention = svc.config().queue.result_retention;
     let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
     loop {
-        let cutoff = svc.clock.now_ms().saturating_sub(retention.as_millis() as u64);
+        let cutoff = svc.clock().now_ms().saturating_sub(retention.as_millis() as u64);
         let svc2 = svc.clone();
         match tokio::task::spawn_blocking(move || svc2.store.collect_finished(cutoff)).await {
             Ok(Ok(0)) => {}
@@ -319,13 +319,13 @@ async fn collector(svc: Arc<Service>, stop: CancellationToken) {
             Ok(Err(e)) => tracing::error!(error = %e, "collecting finished jobs failed"),
             Err(e) => tracing::error!(error = %e, "the collector panicked"),
         }
-        let cutoff = svc.clock.now_ms().saturating_sub(svc.config().evaluator.sample_retention.as_millis() as u64);
+        let cutoff = svc.clock().now_ms().saturating_sub(svc.config().evaluator.sample_retention.as_millis() as u64);
         let svc2 = svc.clone();
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || svc2.store.collect_samples(cutoff)).await {
             tracing::error!(error = %e, "collecting old prompt samples failed");
         }
         tokio::select! {
-            _ = svc.clock.sleep(every) => {}
+            _ = svc.clock().sleep(every) => {}
             _ = stop.cancelled() => return,
         }
     }

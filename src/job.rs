@@ -400,9 +400,3 @@ pub struct LedgerEntry {
     #[serde(default)]
     pub zone: String,
 }
-
-/// The wall clock in Unix milliseconds, for `sproutctl`, the TUI and tools;
-/// the daemon's components read [`crate::clock::Clock`] instead.
-pub fn now_ms() -> u64 {
-    crate::clock::wall_ms()
-}

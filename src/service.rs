@@ -81,9 +81,6 @@ pub struct Service {
     /// so a reader sees one version throughout (`config()` hands an `Arc`).
     config: RwLock<Arc<Config>>,
     pub store: Store,
-    /// The daemon's time: every component reads "now" and sleeps on it
-    /// (the store's clock, [`Store::with_clock`]).
-    pub clock: Clock,
     /// Grid carbon intensity now and ahead (replaced when a reload changes the source).
     carbon: RwLock<Arc<Carbon>>,
     /// Woken when a reload replaced the carbon source (its poller restarts).
@@ -158,7 +155,6 @@ impl Service {
             planner: Planner::new(config.optimizer.clone()),
             evals: Default::default(),
             config: RwLock::new(Arc::new(config)),
-            clock: store.clock().clone(),
             store,
             engine,
             work: Notify::new(),
@@ -175,6 +171,12 @@ impl Service {
 
     pub fn config(&self) -> Arc<Config> {
         self.config.read().expect("poisoned").clone()
+    }
+
+    /// The daemon's time: every component reads "now" and sleeps on it.
+    /// It is the store's ([`Store::with_clock`]), so job times agree with it.
+    pub fn clock(&self) -> &Clock {
+        self.store.clock()
     }
 
     pub fn directives(&self) -> Arc<Directives> {
@@ -300,7 +302,7 @@ impl Service {
             None => self.directives().choose(request.directive.as_deref(), seq),
         };
         let seed = request.seed.unwrap_or_else(|| splitmix64(self.config().directives.seed.wrapping_add(seq)) >> 1);
-        let now = self.clock.now_ms();
+        let now = self.clock().now_ms();
         let deadline_ms = deadline.map(|d| d.to_unix_ms(now));
         let deferral = match deadline_ms {
             None => None,
@@ -374,7 +376,7 @@ impl Service {
 
     /// Queues the deferred jobs whose time has come and wakes the worker.
     pub async fn promote_deferred(&self) -> Result<usize, StoreError> {
-        let n = self.store.promote_due(self.clock.now_ms()).await?;
+        let n = self.store.promote_due(self.clock().now_ms()).await?;
         if n > 0 {
             tracing::info!(jobs = n, "deferred jobs queued: their low-carbon hour has come");
             self.bump();
@@ -523,7 +525,7 @@ impl crate::plan::planner::Sources for Service {
     }
 
     fn clock(&self) -> &Clock {
-        &self.clock
+        Service::clock(self)
     }
 
     fn knowledge(&self) -> u64 {

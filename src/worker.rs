@@ -51,7 +51,7 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
         // A backend with a free slot (and its engine loaded) first.
         loop {
             backends_changed.borrow_and_update();
-            if svc.backends.has_room(&svc.carbon(), svc.clock.now_s()) {
+            if svc.backends.has_room(&svc.carbon(), svc.clock().now_s()) {
                 break;
             }
             tokio::select! {
@@ -90,7 +90,7 @@ pub async fn run(svc: Arc<Service>, stop: CancellationToken, interrupt: Cancella
         let Some(job) = job else { break };
         // The backend where it costs the least carbon now; none when one
         // went down while the worker waited for work: back to the queue.
-        let Some(slot) = svc.backends.choose(&svc.carbon(), svc.clock.now_s()) else {
+        let Some(slot) = svc.backends.choose(&svc.carbon(), svc.clock().now_s()) else {
             if let Err(e) = svc.store.requeue_job(&job.id, false).await {
                 tracing::error!(error = %e, job = %job.id, "returning a job to the queue failed");
             }
@@ -189,7 +189,7 @@ async fn run_job(svc: &Service, backend: &Backend, job: Job, interrupt: &Cancell
     let t0 = Instant::now();
     // When the job could run: submitted, or the end of its deferral.
     let ready_ms = job.deferral.map_or(job.created_ms, |d| d.until_ms.max(job.created_ms));
-    let waited_s = svc.clock.now_ms().saturating_sub(ready_ms) as f64 / 1000.0;
+    let waited_s = svc.clock().now_ms().saturating_sub(ready_ms) as f64 / 1000.0;
     let first_token = std::sync::OnceLock::<Instant>::new();
     if let Some(m) = &metering {
         m.lock().expect("poisoned").start(&job.id, prompt_tokens_estimate(&req));
@@ -253,7 +253,7 @@ async fn run_job(svc: &Service, backend: &Backend, job: Job, interrupt: &Cancell
     };
     let share = metered.or_else(|| backend.per_token_share(prompt_n, completion_n, duration_s)).unwrap_or_default();
     let carbon = backend.carbon(&svc.carbon());
-    let intensity = carbon.now(svc.clock.now_s()).gco2_per_kwh;
+    let intensity = carbon.now(svc.clock().now_s()).gco2_per_kwh;
     let mut receipt = accounting::receipt(backend.hardware, intensity, &job.directive, &job.id, share, duration_s);
     receipt.backend = backend.name.clone();
     receipt.zone = carbon.name();

@@ -62,7 +62,7 @@ pub async fn healthz(State(svc): State<AppState>) -> impl IntoResponse {
 
 /// `GET /v1/carbon`: the grid's intensity now, the next 24 hours, and the source.
 pub async fn carbon(State(svc): State<AppState>) -> Json<CarbonView> {
-    let now = svc.clock.now_s();
+    let now = svc.clock().now_s();
     let carbon = svc.carbon();
     let (min, max) = carbon.range();
     Json(CarbonView {
@@ -79,7 +79,7 @@ pub async fn carbon(State(svc): State<AppState>) -> Json<CarbonView> {
 /// `GET /v1/backends`: every backend, its health, load, grid, energy
 /// source and totals since start.
 pub async fn backends(State(svc): State<AppState>) -> Json<List<BackendView>> {
-    let now = svc.clock.now_s();
+    let now = svc.clock().now_s();
     Json(List::new(svc.backends.views(&svc.carbon(), now)))
 }
 

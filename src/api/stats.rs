@@ -194,7 +194,7 @@ pub async fn metrics(State(svc): State<AppState>) -> impl IntoResponse {
         let qs: Vec<(String, f64)> = levels.iter().zip(q).map(|(l, v)| (format!("directive=\"{l}\""), v)).collect();
         metric(&mut out, "sproutd_evaluation_quality", "gauge", "The newest evaluation's q: share of prompts each level won.", &qs);
     }
-    let t_now = svc.clock.now_s();
+    let t_now = svc.clock().now_s();
     let now = svc.carbon().now(t_now).gco2_per_kwh;
     metric(&mut out, "sproutd_grid_intensity_gco2_per_kwh", "gauge", "Grid carbon intensity now.", &[(String::new(), now)]);
     let source = svc.carbon().status(t_now);

@@ -348,7 +348,7 @@ fn parse_since(s: &str) -> Result<f64, CliError> {
     let ago = crate::config::parse_duration(s)
         .filter(|_| s.trim_end().ends_with(|c: char| c.is_ascii_alphabetic()))
         .ok_or_else(|| CliError::Usage(format!("--since {s:?}: expected Unix seconds or a duration like 24h or 7d")))?;
-    Ok(crate::job::now_ms() as f64 / 1000.0 - ago.as_secs_f64())
+    Ok(crate::clock::wall_ms() as f64 / 1000.0 - ago.as_secs_f64())
 }
 
 /// `0.50 / 0.30 / 0.20`: one value per level, each times `scale`.

@@ -189,7 +189,7 @@ pub fn spawn(slot: RunSlot, opts: RunOptions) -> tokio::task::JoinHandle<Result<
 
 async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, EvalError> {
     let cfg = &svc.config().evaluator;
-    let started_ms = svc.clock.now_ms();
+    let started_ms = svc.clock().now_ms();
     let judge = judge_for(svc, &opts)?;
     let mut samples = svc.store.samples()?;
     if samples.is_empty() {
@@ -322,7 +322,7 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
     let run = EvalRun {
         id: format!("eval-{started_ms}"),
         started_ms,
-        finished_ms: svc.clock.now_ms(),
+        finished_ms: svc.clock().now_ms(),
         reason: opts.reason,
         intensity_gco2_per_kwh: intensity,
         judge: judge.describe(svc),
@@ -343,7 +343,7 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
     svc.store.save_eval(&run).await?;
     tracing::info!(id = %run.id, q = ?run.q, failures, carbon_g = format!("{carbon_g:.4}"), "evaluation run finished");
     if any_signal && svc.planner.enabled() {
-        let ci = svc.carbon().now(svc.clock.now_s()).gco2_per_kwh;
+        let ci = svc.carbon().now(svc.clock().now_s()).gco2_per_kwh;
         crate::plan::planner::resolve(svc.as_ref(), ci, format!("evaluation {}", run.id));
     }
     Ok(run)
@@ -360,7 +360,7 @@ fn kept_by_class(svc: &Service) -> Result<BTreeMap<String, Vec<quality::Kept>>, 
 /// What `eval status` shows: the last q, the next planned run and why.
 pub fn status(svc: &Service) -> Result<EvalStatus, StoreError> {
     let last = svc.store.eval_runs(1)?.into_iter().next();
-    let now_s = svc.clock.now_s();
+    let now_s = svc.clock().now_s();
     let plan = svc.evals.last_schedule().unwrap_or_else(|| decide(svc, now_s, last.as_ref()));
     let cfg = &svc.config().evaluator;
     Ok(EvalStatus {
@@ -415,7 +415,7 @@ pub async fn scheduler(svc: Arc<Service>, stop: CancellationToken) {
     }
     loop {
         tokio::select! {
-            _ = svc.clock.sleep(svc.config().evaluator.check_interval) => {}
+            _ = svc.clock().sleep(svc.config().evaluator.check_interval) => {}
             _ = stop.cancelled() => return,
         }
         let last = match svc.store.eval_runs(1) {
@@ -425,7 +425,7 @@ pub async fn scheduler(svc: Arc<Service>, stop: CancellationToken) {
                 continue;
             }
         };
-        let plan = decide(&svc, svc.clock.now_s(), last.as_ref());
+        let plan = decide(&svc, svc.clock().now_s(), last.as_ref());
         svc.evals.set_schedule(plan.clone());
         // A scheduled run waits for a full sample (a forced one may use fewer).
         let has_samples = svc.store.samples_len() >= svc.config().evaluator.prompts;

@@ -1,7 +1,8 @@
 //! The store's unit tests (real sled files in temporary folders).
 
 use super::*;
-use crate::job::{now_ms, FinishReason, Receipt};
+use crate::clock::wall_ms;
+use crate::job::{FinishReason, Receipt};
 
 pub(crate) fn req(text: &str) -> ChatRequest {
     ChatRequest { max_tokens: 8, ..crate::testing::chat_request("m", text) }
@@ -191,8 +192,8 @@ async fn retention_collects_results_but_keeps_the_ledger() {
     let j = s.claim().unwrap().unwrap();
     s.finish(&j.id, JobState::Succeeded, Some(result(&j.id)), None, Some(entry(&j.id))).await.unwrap();
     let queued = submit(&s, "b", 0).await;
-    assert_eq!(s.collect_finished(now_ms() - 60_000).unwrap(), 0, "too recent");
-    assert_eq!(s.collect_finished(now_ms() + 1).unwrap(), 1);
+    assert_eq!(s.collect_finished(wall_ms() - 60_000).unwrap(), 0, "too recent");
+    assert_eq!(s.collect_finished(wall_ms() + 1).unwrap(), 1);
     assert!(matches!(s.get(&a.id), Err(StoreError::NotFound(_))));
     assert_eq!(s.get(&queued.id).unwrap().state, JobState::Queued, "unfinished jobs stay");
     assert_eq!(s.ledger(0).unwrap().len(), 1);

@@ -30,7 +30,7 @@ type Today = Option<(Instant, Stats)>;
 async fn fetch(client: &Client, today: &mut Today) -> Result<Snapshot, String> {
     let e = |e: crate::client::ClientError| e.to_string();
     let stats = client.stats(None).await.map_err(e)?;
-    let midnight = (crate::job::now_ms() / 1000 / 86_400 * 86_400) as f64;
+    let midnight = (crate::clock::wall_ms() / 1000 / 86_400 * 86_400) as f64;
     if today.as_ref().is_none_or(|(at, _)| at.elapsed() >= TODAY_POLL) {
         *today = Some((Instant::now(), client.stats(Some(midnight)).await.map_err(e)?));
     }
