@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{echo_config, http, sproutctl, with_file_setting};
+use common::{echo_config, http, sproutctl, user, with_file_setting};
 use serde_json::{json, Value};
 use sprout::clock::Clock;
 use sprout::config::Config;
@@ -103,10 +103,6 @@ fn wait(mut cond: impl FnMut() -> bool, what: &str) {
         assert!(t0.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn user(text: &str) -> Value {
-    json!([{"role": "user", "content": text}])
 }
 
 /// Eight identical days from 2023-01-01: `base` gCO2/kWh, but `low` at the

@@ -9,10 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-fn user(text: &str) -> Value {
-    json!([{"role": "user", "content": text}])
-}
-
 // ---------------------------------------------------------------------------
 // API contract and bad input (echo engine).
 

@@ -189,6 +189,11 @@ pub fn http(method: &str, url: &str, body: Option<&str>) -> (u16, Value) {
 }
 
 /// Asserts the OpenAI error shape.
+/// The `messages` of one user turn.
+pub fn user(text: &str) -> Value {
+    serde_json::json!([{"role": "user", "content": text}])
+}
+
 pub fn assert_error(status: u16, body: &Value, want_status: u16, want_param: Option<&str>) {
     assert_eq!(status, want_status, "{body}");
     let e = &body["error"];
