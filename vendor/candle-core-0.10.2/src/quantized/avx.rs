@@ -131,6 +131,37 @@ pub(crate) fn vec_dot_q5_0_q8_0(n: usize, xs: &[BlockQ5_0], ys: &[BlockQ8_0]) ->
     }
 }
 
+/// One Q5_0 weight row against `R` Q8_0 activation rows: each weight block
+/// is unpacked once (the costly part: spreading its fifth bits and merging
+/// them with the nibbles) and multiplied with the `R` rows' blocks while it
+/// is in a register. Every result equals `vec_dot_q5_0_q8_0` of that row
+/// exactly: the same integer products, scales and f32 additions in the same
+/// order, only interleaved across rows.
+#[inline(always)]
+pub(crate) fn vec_dot_q5_0_q8_0_rows<const R: usize>(
+    xs: &[BlockQ5_0],
+    ys: [&[BlockQ8_0]; R],
+) -> [f32; R] {
+    unsafe {
+        let high_nibble = _mm256_set1_epi8(0xF0u8 as i8);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (i, x) in xs.iter().enumerate() {
+            let dx = f16::to_f32(x.d);
+            let low = bytes_from_nibbles_32(x.qs.as_ptr());
+            let fifth = bytes_from_bits_32(LittleEndian::read_u32(&x.qh));
+            let bx = _mm256_or_si256(low, _mm256_andnot_si256(fifth, high_nibble));
+            for (acc, ys) in acc.iter_mut().zip(ys) {
+                let y = &ys[i];
+                let d = _mm256_set1_ps(dx * f16::to_f32(y.d));
+                let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+                let q = mul_sum_i8_pairs_float(bx, by);
+                *acc = _mm256_fmadd_ps(d, q, *acc);
+            }
+        }
+        acc.map(|acc| hsum_float_8(acc))
+    }
+}
+
 /// Q5_1 x Q8_1: each weight is d * (4 low bits | fifth bit << 4) + m, unsigned
 /// 0..=31, so the bytes multiply directly (unsigned x signed) and the offset
 /// adds m * (d_y * sum of the activations), which Q8_1 carries as `s`.

@@ -52,6 +52,18 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
 
     /// Generic implementation of the dot product without simd optimizations.
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32;
+
+    /// The dot products of one weight row `xs` with each of `out.len()`
+    /// activation rows, stored one after another in `ys` (`xs.len()` blocks
+    /// each): `out[r] = vec_dot(n, xs, row r)`, exactly. Types whose weight
+    /// blocks are costly to unpack override it to unpack each block once for
+    /// several rows (a quantized matmul over a batch or a prompt).
+    fn vec_dot_rows(n: usize, xs: &[Self], ys: &[Self::VecDotType], out: &mut [f32]) {
+        let k_blocks = xs.len();
+        for (row, out) in ys.chunks_exact(k_blocks).zip(out.iter_mut()) {
+            *out = Self::vec_dot(n, xs, row);
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -392,6 +404,27 @@ impl GgmlType for BlockQ5_0 {
 
         #[cfg(not(target_feature = "avx2"))]
         Self::vec_dot_unopt(n, xs, ys)
+    }
+
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_rows(n: usize, xs: &[Self], ys: &[Self::VecDotType], out: &mut [f32]) {
+        use super::avx::vec_dot_q5_0_q8_0_rows as rows;
+        debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
+        let k_blocks = xs.len();
+        let row = |r: usize| &ys[r * k_blocks..(r + 1) * k_blocks];
+        // Four rows at a time (a weight block and four accumulators stay in
+        // registers), then the one to three left.
+        let mut r = 0;
+        while r + 4 <= out.len() {
+            out[r..r + 4].copy_from_slice(&rows(xs, [row(r), row(r + 1), row(r + 2), row(r + 3)]));
+            r += 4;
+        }
+        match out.len() - r {
+            3 => out[r..].copy_from_slice(&rows(xs, [row(r), row(r + 1), row(r + 2)])),
+            2 => out[r..].copy_from_slice(&rows(xs, [row(r), row(r + 1)])),
+            1 => out[r] = Self::vec_dot(n, xs, row(r)),
+            _ => {}
+        }
     }
 
     fn vec_dot_unopt(_n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -2317,10 +2350,7 @@ pub fn matmul<T: GgmlType>(
     let lhs_b = lhs_b.as_slice();
     let dot_col = |col_idx: usize, out: &mut [f32]| {
         let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
-        for (row_idx, out) in out.iter_mut().enumerate() {
-            let lhs_row = &lhs_b[row_idx * k_in_blocks..(row_idx + 1) * k_in_blocks];
-            *out = T::vec_dot(k, rhs_col, lhs_row);
-        }
+        T::vec_dot_rows(k, rhs_col, lhs_b, out);
     };
     if m == 1 {
         dst.par_iter_mut()
@@ -2349,14 +2379,16 @@ mod matmul_tests {
     use super::*;
 
     /// The reordered loops give exactly the products of the plain
-    /// row-by-row loop (each entry is the same vec_dot call).
+    /// row-by-row loop: each entry equals the vec_dot of its row and column,
+    /// also where Q5_0 multiplies one weight block with four, three or two
+    /// activation rows at once (m = 17 is four groups of four and one left).
     #[test]
     fn batched_matmul_matches_row_by_row() {
         let (k, n) = (256, 300);
         let weights: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let mut rhs_t = vec![BlockQ5_0::zeros(); n * k / QK5_0];
         BlockQ5_0::from_float(&weights, &mut rhs_t);
-        for m in [1usize, 3, 17] {
+        for m in [1usize, 2, 3, 4, 6, 17] {
             let lhs: Vec<f32> = (0..m * k).map(|i| ((i * 104729) % 997) as f32 / 498.0 - 1.0).collect();
             let mut dst = vec![0f32; m * n];
             matmul((m, k, n), &lhs, &rhs_t, &mut dst).unwrap();

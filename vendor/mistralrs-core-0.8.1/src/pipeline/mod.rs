@@ -428,6 +428,33 @@ pub(crate) struct FileListCache {
     files: Vec<String>,
 }
 
+/// Runs `f` (a CPU forward pass) on a worker of rayon's global pool, the
+/// pool every CPU kernel splits its work over, and waits for it.
+///
+/// Called from the engine's own thread, each of the hundreds of parallel
+/// kernels in a forward pass was injected into the pool from outside it: the
+/// engine thread woke a worker, slept until the kernel finished and was woken
+/// again, two context switches per kernel, while one core's worth of work
+/// waited on them. On a worker, the forward pass takes part in its own
+/// kernels and hands the other workers their share through rayon's queues.
+///
+/// `f` need not be `Send`: the forward's inputs are a `Box<dyn Any>`. It is
+/// sound to run it elsewhere because this thread blocks until `f` has
+/// returned, so nothing `f` captures is touched by two threads at once, the
+/// same guarantee `std::thread::scope` gives.
+fn on_compute_pool<R>(f: impl FnOnce() -> R) -> R {
+    struct AssertSend<T>(T);
+    // SAFETY: see above; the caller is blocked while the value is on the worker.
+    unsafe impl<T> Send for AssertSend<T> {}
+    impl<T> AssertSend<T> {
+        fn into_inner(self) -> T {
+            self.0
+        }
+    }
+    let f = AssertSend(f);
+    rayon::scope(move |_| AssertSend(f.into_inner()())).into_inner()
+}
+
 #[async_trait::async_trait]
 pub trait Pipeline:
     Send
@@ -503,7 +530,11 @@ pub trait Pipeline:
                     }
 
                     let start = Instant::now();
-                    let raw_logits = self.forward_inputs(inputs, return_raw_logits)?;
+                    let raw_logits = if self.device().is_cpu() {
+                        on_compute_pool(|| self.forward_inputs(inputs, return_raw_logits))?
+                    } else {
+                        self.forward_inputs(inputs, return_raw_logits)?
+                    };
                     let end = Instant::now();
                     exec_duration += end.duration_since(start);
 
@@ -739,7 +770,11 @@ pub trait Pipeline:
                     } = inputs.map_err(candle_core::Error::msg)?;
 
                     let start = Instant::now();
-                    let raw_logits = self.forward_inputs(inputs, return_raw_logits)?;
+                    let raw_logits = if self.device().is_cpu() {
+                        on_compute_pool(|| self.forward_inputs(inputs, return_raw_logits))?
+                    } else {
+                        self.forward_inputs(inputs, return_raw_logits)?
+                    };
                     let end = Instant::now();
                     exec_duration += end.duration_since(start);
 
@@ -1177,5 +1212,24 @@ mod tests {
         inputs.push(message);
 
         test_with_inputs(&templates, &expected_outputs, inputs);
+    }
+}
+
+#[cfg(test)]
+mod compute_pool_tests {
+    use super::on_compute_pool;
+    use std::rc::Rc;
+
+    /// The forward pass runs on a worker of rayon's global pool (so its
+    /// kernels' parallel loops start there), may capture values that are not
+    /// `Send`, and hands its result back to the calling thread.
+    #[test]
+    fn runs_on_a_pool_worker_and_returns_its_result() {
+        assert!(rayon::current_thread_index().is_none(), "the test starts outside the pool");
+        let not_send = Rc::new(41);
+        let (on_worker, value) = on_compute_pool(|| (rayon::current_thread_index().is_some(), *not_send + 1));
+        assert!(on_worker);
+        assert_eq!(value, 42);
+        assert_eq!(Rc::strong_count(&not_send), 1);
     }
 }

@@ -624,106 +624,195 @@ where
         _ => None,
     };
 
+    // Each (sequence, KV head)'s keys transposed to (d, kv_len) and values
+    // gathered to (kv_len, dv), in f32 and contiguous: a query's scores are
+    // then passes of `partial[j % 8][t] += q[j] * k[j][t]` over consecutive
+    // positions, which the compiler vectorises across positions, where one
+    // dot product per (query, position) ended in a horizontal sum each time.
+    let keys_t: Vec<Vec<f32>> = (0..b * k_h)
+        .into_par_iter()
+        .map(|bk| {
+            let (b_i, k_head) = (bk / k_h, bk % k_h);
+            let mut t = vec![0f32; d * kv_len];
+            for kv_pos in 0..kv_len {
+                let base = b_i * kstride[0] + kv_pos * kstride[1] + k_head * kstride[2];
+                for (j, x) in k_data[base..base + d].iter().enumerate() {
+                    t[j * kv_len + kv_pos] = x.to_f32();
+                }
+            }
+            t
+        })
+        .collect();
+    let values: Vec<Vec<f32>> = (0..b * v_h)
+        .into_par_iter()
+        .map(|bv| {
+            let (b_i, v_head) = (bv / v_h, bv % v_h);
+            let mut t = Vec::with_capacity(kv_len * dv);
+            for kv_pos in 0..kv_len {
+                let base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
+                t.extend(v_data[base..base + dv].iter().map(|x| x.to_f32()));
+            }
+            t
+        })
+        .collect();
+
+    // vec_dot_f32's partial sums.
+    const LANES: usize = 8;
+
     attention_install(|| {
         out.par_chunks_mut(dv)
-            .with_min_len(64)
+            .with_min_len(16)
             .enumerate()
-            .for_each(|(row_idx, out_chunk)| {
-                // Decode flat index back to (batch, head, q_pos)
-                let rows_per_batch = h * q_len;
-                let b_i = row_idx / rows_per_batch;
-                let rem = row_idx % rows_per_batch;
-                let h_i = rem / q_len;
-                let q_pos = rem % q_len;
+            .for_each_init(
+                || (Vec::<f32>::new(), Vec::<f32>::new(), vec![0f32; dv], vec![0f32; dv]),
+                |(partial, scores, acc, tile_acc), (row_idx, out_chunk)| {
+                    // Decode flat index back to (batch, head, q_pos)
+                    let rows_per_batch = h * q_len;
+                    let b_i = row_idx / rows_per_batch;
+                    let rem = row_idx % rows_per_batch;
+                    let h_i = rem / q_len;
+                    let q_pos = rem % q_len;
 
-                let slope = if max_bias > 0.0 {
-                    2.0f32.powf(-max_bias * ((h_i + 1) as f32) / n2 as f32)
-                } else {
-                    1.0
-                };
-
-                let k_head = h_i / rk2;
-                let v_head = h_i / rv2;
-
-                let mut vkq = vec![0f32; dv];
-                let mut s = 0.0f32;
-                let mut m = f32::NEG_INFINITY;
-
-                // Q row
-                let q_base = b_i * qstride[0] + q_pos * qstride[1] + h_i * qstride[2];
-                let q_row = &q_data[q_base..q_base + d];
-
-                for kv_pos in 0..kv_len {
-                    // -------- ping‑pong prefetch of next KV row --------
-                    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-                    {
-                        let next_pos = kv_pos + 1;
-                        if next_pos < kv_len {
-                            let next_k_base =
-                                b_i * kstride[0] + next_pos * kstride[1] + k_head * kstride[2];
-                            let next_v_base =
-                                b_i * vstride[0] + next_pos * vstride[1] + v_head * vstride[2];
-                            unsafe {
-                                prefetch(k_data.as_ptr().add(next_k_base) as *const u8);
-                                prefetch(v_data.as_ptr().add(next_v_base) as *const u8);
-                            }
-                        }
-                    }
-                    // ----------------------------------------------------
-                    // Mask (optional)
-                    let mv = mask_info
-                        .as_ref()
-                        .map(|mask| slope * mask.value(b_i, h_i, q_pos, kv_pos))
-                        .unwrap_or(0.0);
-                    if mv == f32::NEG_INFINITY {
-                        continue;
-                    }
-
-                    // K row
-                    let k_base = b_i * kstride[0] + kv_pos * kstride[1] + k_head * kstride[2];
-                    let k_row = &k_data[k_base..k_base + d];
-
-                    // dot(Q, K)
-                    let mut s_val = vec_dot_f32(q_row, k_row);
-                    let mut scale_applied = scale;
-                    if logit_softcap != 0.0 {
-                        scale_applied /= logit_softcap;
-                    }
-                    s_val *= scale_applied;
-                    if logit_softcap != 0.0 {
-                        s_val = logit_softcap * s_val.tanh();
-                    }
-                    s_val += mv;
-
-                    // online softmax
-                    let m_old = m;
-                    let mut ms = 1.0f32;
-                    let mut vs = 1.0f32;
-                    if s_val > m {
-                        m = s_val;
-                        ms = (m_old - m).exp();
-                        for v in vkq.iter_mut() {
-                            *v *= ms;
-                        }
+                    let slope = if max_bias > 0.0 {
+                        2.0f32.powf(-max_bias * ((h_i + 1) as f32) / n2 as f32)
                     } else {
-                        vs = (s_val - m).exp();
+                        1.0
+                    };
+                    let mask_at = |kv_pos: usize| {
+                        mask_info
+                            .as_ref()
+                            .map(|mask| slope * mask.value(b_i, h_i, q_pos, kv_pos))
+                            .unwrap_or(0.0)
+                    };
+
+                    // The span of positions the mask leaves open (under a
+                    // causal mask, up to the query's own position); nothing
+                    // outside it is computed.
+                    let (lo, hi) = if mask_info.is_some() {
+                        let lo = (0..kv_len)
+                            .find(|&t| mask_at(t) != f32::NEG_INFINITY)
+                            .unwrap_or(kv_len);
+                        let hi = (lo..kv_len)
+                            .rev()
+                            .find(|&t| mask_at(t) != f32::NEG_INFINITY)
+                            .map_or(lo, |t| t + 1);
+                        (lo, hi)
+                    } else {
+                        (0, kv_len)
+                    };
+                    if lo == hi {
+                        // Every position masked: no weights to normalise.
+                        out_chunk.fill(T::cast(0.0));
+                        return;
                     }
 
-                    // V row (strided) as f32
-                    let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                    for d_i in 0..dv {
-                        vkq[d_i] += v_data[v_base + d_i].to_f32() * vs;
+                    // Scores, each summed exactly as `vec_dot_f32` sums it
+                    // (eight partial sums over the dimensions, combined as a
+                    // tree, then the tail), so they equal the single-query
+                    // kernel's bit for bit.
+                    let q_base = b_i * qstride[0] + q_pos * qstride[1] + h_i * qstride[2];
+                    let q_row = &q_data[q_base..q_base + d];
+                    let k_t = &keys_t[b_i * k_h + h_i / rk2];
+                    let n = hi - lo;
+                    partial.clear();
+                    partial.resize(LANES * n, 0.0);
+                    let whole = d - d % LANES;
+                    for (j, q) in q_row[..whole].iter().enumerate() {
+                        let q = q.to_f32();
+                        let k_row = &k_t[j * kv_len + lo..j * kv_len + hi];
+                        let lane = &mut partial[(j % LANES) * n..(j % LANES + 1) * n];
+                        for (s, k) in lane.iter_mut().zip(k_row) {
+                            *s += q * k;
+                        }
+                    }
+                    scores.clear();
+                    scores.extend((0..n).map(|t| {
+                        let a = |l: usize| partial[l * n + t];
+                        ((a(0) + a(4)) + (a(1) + a(5))) + ((a(2) + a(6)) + (a(3) + a(7)))
+                    }));
+                    for (j, q) in q_row.iter().enumerate().skip(whole) {
+                        let q = q.to_f32();
+                        let k_row = &k_t[j * kv_len + lo..j * kv_len + hi];
+                        for (s, k) in scores.iter_mut().zip(k_row) {
+                            *s += q * k;
+                        }
+                    }
+                    for (t, s) in scores.iter_mut().enumerate() {
+                        *s *= scale;
+                        if logit_softcap != 0.0 {
+                            *s = logit_softcap * (*s / logit_softcap).tanh();
+                        }
+                        if mask_info.is_some() {
+                            *s += mask_at(lo + t);
+                        }
                     }
 
-                    s = s * ms + vs;
-                }
-
-                // final normalisation + downcast
-                let inv_s = 1.0 / s;
-                for (o, v) in out_chunk.iter_mut().zip(vkq.iter()) {
-                    *o = T::cast(*v * inv_s);
-                }
-            });
+                    // Softmax and the weighted sum of value rows, in the
+                    // single-query kernel's order: an online softmax within
+                    // each tile of TILE_KV positions (counted from position
+                    // 0), then the tiles merged first to last. A query's
+                    // output is then the same whether its prompt ran here
+                    // or its last token ran after a prefix-cache hit.
+                    let v = &values[b_i * v_h + h_i / rv2];
+                    let (mut total, mut max, mut merged) = (0f32, f32::NEG_INFINITY, false);
+                    for tile in lo / TILE_KV..hi.div_ceil(TILE_KV) {
+                        let (start, end) = ((tile * TILE_KV).max(lo), ((tile + 1) * TILE_KV).min(hi));
+                        tile_acc.fill(0.0);
+                        let (mut s, mut m) = (0f32, f32::NEG_INFINITY);
+                        for kv_pos in start..end {
+                            let s_val = scores[kv_pos - lo];
+                            if s_val == f32::NEG_INFINITY {
+                                continue;
+                            }
+                            let m_old = m;
+                            let mut ms = 1.0;
+                            let mut vs = 1.0;
+                            if s_val > m {
+                                m = s_val;
+                                ms = (m_old - m).exp();
+                                for x in tile_acc.iter_mut() {
+                                    *x *= ms;
+                                }
+                            } else {
+                                vs = (s_val - m).exp();
+                            }
+                            let v_row = &v[kv_pos * dv..(kv_pos + 1) * dv];
+                            for (x, v) in tile_acc.iter_mut().zip(v_row) {
+                                *x += v * vs;
+                            }
+                            s = s * ms + vs;
+                        }
+                        if m == f32::NEG_INFINITY {
+                            continue; // every position of the tile masked
+                        }
+                        if !merged {
+                            acc.copy_from_slice(tile_acc);
+                            (total, max, merged) = (s, m, true);
+                        } else if max >= m {
+                            let factor = (m - max).exp();
+                            for (x, x_b) in acc.iter_mut().zip(tile_acc.iter()) {
+                                *x += x_b * factor;
+                            }
+                            total += s * factor;
+                        } else {
+                            let factor = (max - m).exp();
+                            for (x, x_b) in acc.iter_mut().zip(tile_acc.iter()) {
+                                *x = x_b + *x * factor;
+                            }
+                            total = s + total * factor;
+                            max = m;
+                        }
+                    }
+                    if !merged {
+                        out_chunk.fill(T::cast(0.0));
+                        return;
+                    }
+                    let inv_total = 1.0 / total;
+                    for (o, a) in out_chunk.iter_mut().zip(acc.iter()) {
+                        *o = T::cast(*a * inv_total);
+                    }
+                },
+            );
     });
 
     let out_shape = (b, h, q_len, dv);
@@ -799,17 +888,20 @@ mod tests {
         Ok(())
     }
 
-    /// Plain softmax(q k^T * scale + mask) v for one (sequence, head), in
-    /// f64 loops: the reference the kernels are checked against.
+    /// Plain softmax(q k^T * scale + mask) v for one (sequence, head, query),
+    /// in f64 loops: the reference the kernels are checked against. `mask`
+    /// gives the value added at (sequence, query position, KV position);
+    /// `softcap` (if not 0) caps the scaled logits as the kernels do.
     #[allow(clippy::too_many_arguments)]
     fn naive_head(
         q: &[f32],
         k: &[f32],
         v: &[f32],
-        mask: Option<&[f32]>,
+        mask: &dyn Fn(usize, usize, usize) -> f32,
         (b_i, h_i, q_pos): (usize, usize, usize),
         (q_len, kv_len, h, k_h, d): (usize, usize, usize, usize, usize),
         scale: f32,
+        softcap: f32,
     ) -> Vec<f32> {
         let kv_head = h_i / (h / k_h);
         let q_row = &q[((b_i * q_len + q_pos) * h + h_i) * d..][..d];
@@ -817,7 +909,12 @@ mod tests {
             .map(|t| {
                 let k_row = &k[((b_i * kv_len + t) * k_h + kv_head) * d..][..d];
                 let dot: f64 = q_row.iter().zip(k_row).map(|(a, b)| *a as f64 * *b as f64).sum();
-                dot * scale as f64 + mask.map_or(0.0, |m| m[b_i * kv_len + t] as f64)
+                let logit = if softcap != 0.0 {
+                    softcap as f64 * (dot * scale as f64 / softcap as f64).tanh()
+                } else {
+                    dot * scale as f64
+                };
+                logit + mask(b_i, q_pos, t) as f64
             })
             .collect();
         let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -879,10 +976,11 @@ mod tests {
                         &q,
                         &k,
                         &v,
-                        masked.then_some(mask.as_slice()),
+                        &|b_i, _, t| if masked { mask[b_i * kv_len + t] } else { 0.0 },
                         (b_i, h_i, 0),
                         (1, kv_len, h, k_h, d),
                         sdpa.softmax_scale,
+                        0.0,
                     );
                     let row = &got[(b_i * h + h_i) * d..][..d];
                     for (j, (g, w)) in row.iter().zip(&want).enumerate() {
@@ -909,6 +1007,125 @@ mod tests {
                 assert_eq!(alone.as_slice(), &got[b_i * h * d..(b_i + 1) * h * d], "sequence {b_i}");
             }
         }
+        Ok(())
+    }
+
+    /// Prefill (several query tokens): a prompt of 13 new tokens after 16
+    /// cached ones, batch 2, 4 query heads over 2 KV heads, under a causal
+    /// mask, a sliding-window one (which opens late) and none, with and
+    /// without a logit softcap, against the f64 reference; each query equal
+    /// bit for bit to the single-query kernel over the keys up to it; a
+    /// query whose every position is masked gets zeros.
+    #[test]
+    fn full_q_matches_naive_and_the_single_query_kernel() -> CandleResult<()> {
+        let (b, q_len, h, k_h, d, cached) = (2, 13, 4, 2, 8, 16);
+        let kv_len = cached + q_len;
+        let gen = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0) * 1.7)
+                .collect()
+        };
+        let q = gen(b * q_len * h * d, 4);
+        let k = gen(b * kv_len * k_h * d, 5);
+        let v = gen(b * kv_len * k_h * d, 6);
+        let causal = |q_pos: usize, t: usize| t <= cached + q_pos;
+        let window = |q_pos: usize, t: usize| causal(q_pos, t) && t + 6 > cached + q_pos;
+        let qt = Tensor::from_vec(q.clone(), (b, q_len, h, d), &Device::Cpu)?;
+        let kt = Tensor::from_vec(k.clone(), (b, kv_len, k_h, d), &Device::Cpu)?;
+        let vt = Tensor::from_vec(v.clone(), (b, kv_len, k_h, d), &Device::Cpu)?;
+        type Open<'a> = &'a dyn Fn(usize, usize) -> bool;
+        let masks: [(&str, Option<Open>); 3] =
+            [("causal", Some(&causal)), ("window", Some(&window)), ("none", None)];
+        for (name, open) in masks {
+            let mask_of = |q_pos: usize, t: usize| match open {
+                Some(open) if !open(q_pos, t) => f32::NEG_INFINITY,
+                _ => 0.0,
+            };
+            let mask: Vec<f32> = (0..q_len * kv_len).map(|i| mask_of(i / kv_len, i % kv_len)).collect();
+            let mt = Tensor::from_vec(mask, (q_len, kv_len), &Device::Cpu)?;
+            for softcap in [0.0f32, 2.5] {
+                let sdpa = SdpaParams {
+                    softmax_scale: 0.35,
+                    softcap: (softcap != 0.0).then_some(softcap),
+                    n_kv_groups: h / k_h,
+                    sliding_window: None,
+                    sinks: None,
+                };
+                let out = run_flash_attn_cpu::<f32>(&qt, &kt, &vt, open.map(|_| &mt), &sdpa)?;
+                assert_eq!(out.shape().dims(), &[b, h, q_len, d]);
+                let got = out.flatten_all()?.to_vec1::<f32>()?;
+                for b_i in 0..b {
+                    for h_i in 0..h {
+                        for q_pos in 0..q_len {
+                            let want = naive_head(
+                                &q,
+                                &k,
+                                &v,
+                                &|_, q_pos, t| mask_of(q_pos, t),
+                                (b_i, h_i, q_pos),
+                                (q_len, kv_len, h, k_h, d),
+                                sdpa.softmax_scale,
+                                softcap,
+                            );
+                            let row = &got[((b_i * h + h_i) * q_len + q_pos) * d..][..d];
+                            for (j, (g, w)) in row.iter().zip(&want).enumerate() {
+                                assert!(
+                                    (g - w).abs() < EPS,
+                                    "{name} mask, softcap {softcap}, sequence {b_i}, head {h_i}, query {q_pos}, dim {j}: {g} vs {w}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        // Each query's output equals, bit for bit, what the single-query
+        // kernel gives for it with the keys up to its own position (its last
+        // token run after a prefix-cache hit on the rest of its prompt).
+        let mask: Vec<f32> = (0..q_len * kv_len)
+            .map(|i| if causal(i / kv_len, i % kv_len) { 0.0 } else { f32::NEG_INFINITY })
+            .collect();
+        let mt = Tensor::from_vec(mask, (q_len, kv_len), &Device::Cpu)?;
+        for softcap in [None, Some(2.5f32)] {
+            let sdpa = SdpaParams {
+                softmax_scale: 0.35,
+                softcap,
+                n_kv_groups: h / k_h,
+                sliding_window: None,
+                sinks: None,
+            };
+            let full = run_flash_attn_cpu::<f32>(&qt, &kt, &vt, Some(&mt), &sdpa)?;
+            for q_pos in 0..q_len {
+                let one = run_flash_attn_cpu::<f32>(
+                    &qt.narrow(1, q_pos, 1)?.contiguous()?,
+                    &kt.narrow(1, 0, cached + q_pos + 1)?.contiguous()?,
+                    &vt.narrow(1, 0, cached + q_pos + 1)?.contiguous()?,
+                    None,
+                    &sdpa,
+                )?;
+                let want = one.flatten_all()?.to_vec1::<f32>()?;
+                let got = full.narrow(2, q_pos, 1)?.flatten_all()?.to_vec1::<f32>()?;
+                assert_eq!(got, want, "query {q_pos}, softcap {softcap:?}");
+            }
+        }
+
+        // A query with nothing open (a padding row) gets zeros, not NaN.
+        let mut mask = vec![0f32; q_len * kv_len];
+        mask[..kv_len].fill(f32::NEG_INFINITY);
+        let mt = Tensor::from_vec(mask, (q_len, kv_len), &Device::Cpu)?;
+        let sdpa = SdpaParams {
+            softmax_scale: 0.35,
+            softcap: None,
+            n_kv_groups: h / k_h,
+            sliding_window: None,
+            sinks: None,
+        };
+        let got = run_flash_attn_cpu::<f32>(&qt, &kt, &vt, Some(&mt), &sdpa)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        assert!(got.iter().all(|x| x.is_finite()));
+        assert!(got[..d].iter().all(|x| *x == 0.0), "query 0 of sequence 0, head 0");
         Ok(())
     }
 
