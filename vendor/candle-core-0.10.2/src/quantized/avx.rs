@@ -115,28 +115,16 @@ pub(crate) fn vec_dot_q5_0_q8_0(n: usize, xs: &[BlockQ5_0], ys: &[BlockQ8_0]) ->
         n.is_multiple_of(QK5_0),
         "vec_dot_q5_0_q8_0: {n} is not divisible by {QK5_0}"
     );
-    unsafe {
-        let high_nibble = _mm256_set1_epi8(0xF0u8 as i8);
-        let mut acc = _mm256_setzero_ps();
-        for (x, y) in xs.iter().zip(ys.iter()) {
-            let d = _mm256_set1_ps(f16::to_f32(x.d) * f16::to_f32(y.d));
-            let low = bytes_from_nibbles_32(x.qs.as_ptr());
-            let fifth = bytes_from_bits_32(LittleEndian::read_u32(&x.qh));
-            let bx = _mm256_or_si256(low, _mm256_andnot_si256(fifth, high_nibble));
-            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-            let q = mul_sum_i8_pairs_float(bx, by);
-            acc = _mm256_fmadd_ps(d, q, acc);
-        }
-        hsum_float_8(acc)
-    }
+    let [dot] = vec_dot_q5_0_q8_0_rows(xs, [ys]);
+    dot
 }
 
 /// One Q5_0 weight row against `R` Q8_0 activation rows: each weight block
 /// is unpacked once (the costly part: spreading its fifth bits and merging
 /// them with the nibbles) and multiplied with the `R` rows' blocks while it
-/// is in a register. Every result equals `vec_dot_q5_0_q8_0` of that row
-/// exactly: the same integer products, scales and f32 additions in the same
-/// order, only interleaved across rows.
+/// is in a register. `vec_dot_q5_0_q8_0` is this kernel with one row, so
+/// every result equals it exactly: the same integer products, scales and f32
+/// additions in the same order, only interleaved across rows.
 #[inline(always)]
 pub(crate) fn vec_dot_q5_0_q8_0_rows<const R: usize>(
     xs: &[BlockQ5_0],

@@ -471,6 +471,20 @@ pub trait Pipeline:
         return_raw_logits: bool,
     ) -> Result<ForwardInputsResult, candle_core::Error>;
 
+    /// `forward_inputs`, on a worker of rayon's pool when the model runs on
+    /// the CPU (see `on_compute_pool`).
+    fn forward_inputs_on_pool(
+        &mut self,
+        inputs: Box<dyn Any>,
+        return_raw_logits: bool,
+    ) -> Result<ForwardInputsResult, candle_core::Error> {
+        if self.device().is_cpu() {
+            on_compute_pool(|| self.forward_inputs(inputs, return_raw_logits))
+        } else {
+            self.forward_inputs(inputs, return_raw_logits)
+        }
+    }
+
     /// Returns the total of model execution time.
     #[allow(clippy::too_many_arguments)]
     async fn step(
@@ -530,11 +544,7 @@ pub trait Pipeline:
                     }
 
                     let start = Instant::now();
-                    let raw_logits = if self.device().is_cpu() {
-                        on_compute_pool(|| self.forward_inputs(inputs, return_raw_logits))?
-                    } else {
-                        self.forward_inputs(inputs, return_raw_logits)?
-                    };
+                    let raw_logits = self.forward_inputs_on_pool(inputs, return_raw_logits)?;
                     let end = Instant::now();
                     exec_duration += end.duration_since(start);
 
@@ -770,11 +780,7 @@ pub trait Pipeline:
                     } = inputs.map_err(candle_core::Error::msg)?;
 
                     let start = Instant::now();
-                    let raw_logits = if self.device().is_cpu() {
-                        on_compute_pool(|| self.forward_inputs(inputs, return_raw_logits))?
-                    } else {
-                        self.forward_inputs(inputs, return_raw_logits)?
-                    };
+                    let raw_logits = self.forward_inputs_on_pool(inputs, return_raw_logits)?;
                     let end = Instant::now();
                     exec_duration += end.duration_since(start);
 

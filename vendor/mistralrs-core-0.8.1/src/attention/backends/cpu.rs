@@ -104,6 +104,64 @@ fn vec_dot_f32<T: UpcastF32 + Copy>(a: &[T], b: &[T]) -> f32 {
     sum
 }
 
+/// One position's step of a tile's online softmax: its logit `s_val` and
+/// value row `v_row` join the tile's weighted value sum `vkq`, denominator
+/// `s` and running maximum `m`. Both CPU kernels call it, so a query's
+/// attention is the same whichever kernel computes it.
+#[inline]
+fn online_softmax_add(
+    (vkq, s, m): (&mut [f32], &mut f32, &mut f32),
+    s_val: f32,
+    v_row: impl Iterator<Item = f32>,
+) {
+    let m_old = *m;
+    let mut ms = 1.0;
+    let mut vs = 1.0;
+    if s_val > *m {
+        *m = s_val;
+        ms = (m_old - *m).exp();
+        for v in vkq.iter_mut() {
+            *v *= ms;
+        }
+    } else {
+        vs = (s_val - *m).exp();
+    }
+    for (acc, v) in vkq.iter_mut().zip(v_row) {
+        *acc += v * vs;
+    }
+    *s = *s * ms + vs;
+}
+
+/// Merges a tile's partial result (`vkq_b`, `s_b`, `m_b`) into the running
+/// one of the tiles before it; a tile whose every position was masked
+/// (`m_b` is -inf) adds nothing. The running result may start empty
+/// (zeros and -inf): the first tile merged then becomes it.
+#[inline]
+fn merge_tile(
+    (vkq, s, m): (&mut [f32], &mut f32, &mut f32),
+    vkq_b: &[f32],
+    s_b: f32,
+    m_b: f32,
+) {
+    if m_b == f32::NEG_INFINITY {
+        return;
+    }
+    if *m >= m_b {
+        let factor = (m_b - *m).exp();
+        for (v, v_b) in vkq.iter_mut().zip(vkq_b) {
+            *v += v_b * factor;
+        }
+        *s += s_b * factor;
+    } else {
+        let factor = (*m - m_b).exp();
+        for (v, v_a) in vkq.iter_mut().zip(vkq_b) {
+            *v = v_a + *v * factor;
+        }
+        *s = s_b + *s * factor;
+        *m = m_b;
+    }
+}
+
 #[inline]
 fn clamp_index(idx: usize, dim: usize) -> usize {
     if dim == 0 {
@@ -508,27 +566,10 @@ where
                     }
                     s_val += mask_delta;
 
-                    // -------- tile-local softmax ----------
-                    let m_old = m;
-                    let mut ms = 1.0;
-                    let mut vs = 1.0;
-                    if s_val > m {
-                        m = s_val;
-                        ms = (m_old - m).exp();
-                        for v in vkq.iter_mut() {
-                            *v *= ms;
-                        }
-                    } else {
-                        vs = (s_val - m).exp();
-                    }
-
-                    // -------- add V ----------
+                    // -------- tile-local softmax, V added ----------
                     let v_base = b_i * vstride[0] + kv_pos * vstride[1] + v_head * vstride[2];
-                    for d_i in 0..dv {
-                        vkq[d_i] += v_data[v_base + d_i].to_f32() * vs;
-                    }
-
-                    s = s * ms + vs;
+                    let v_row = v_data[v_base..v_base + dv].iter().map(|v| v.to_f32());
+                    online_softmax_add((&mut *vkq, &mut s, &mut m), s_val, v_row);
                 }
 
                 *s_out = s;
@@ -548,27 +589,8 @@ where
                 let mut m = part_m[first];
 
                 for part in first + 1..first + kv_tiles {
-                    let m_b = part_m[part];
-                    if m_b == f32::NEG_INFINITY {
-                        continue; // every position of that tile was masked
-                    }
-                    let s_b = part_s[part];
                     let vkq_b = &part_vkq[part * dv..(part + 1) * dv];
-
-                    if m >= m_b {
-                        let factor = (m_b - m).exp();
-                        for (v, v_b) in vkq.iter_mut().zip(vkq_b) {
-                            *v += v_b * factor;
-                        }
-                        s += s_b * factor;
-                    } else {
-                        let factor = (m - m_b).exp();
-                        for (v, v_a) in vkq.iter_mut().zip(vkq_b) {
-                            *v = v_a + *v * factor;
-                        }
-                        s = s_b + s * factor;
-                        m = m_b;
-                    }
+                    merge_tile((&mut vkq[..], &mut s, &mut m), vkq_b, part_s[part], part_m[part]);
                 }
 
                 let inv_s = 1.0 / s;
@@ -748,13 +770,15 @@ where
                     }
 
                     // Softmax and the weighted sum of value rows, in the
-                    // single-query kernel's order: an online softmax within
+                    // single-query kernel's order and through its helpers:
+                    // an online softmax within
                     // each tile of TILE_KV positions (counted from position
                     // 0), then the tiles merged first to last. A query's
                     // output is then the same whether its prompt ran here
                     // or its last token ran after a prefix-cache hit.
                     let v = &values[b_i * v_h + h_i / rv2];
-                    let (mut total, mut max, mut merged) = (0f32, f32::NEG_INFINITY, false);
+                    acc.fill(0.0);
+                    let (mut total, mut max) = (0f32, f32::NEG_INFINITY);
                     for tile in lo / TILE_KV..hi.div_ceil(TILE_KV) {
                         let (start, end) = ((tile * TILE_KV).max(lo), ((tile + 1) * TILE_KV).min(hi));
                         tile_acc.fill(0.0);
@@ -764,46 +788,12 @@ where
                             if s_val == f32::NEG_INFINITY {
                                 continue;
                             }
-                            let m_old = m;
-                            let mut ms = 1.0;
-                            let mut vs = 1.0;
-                            if s_val > m {
-                                m = s_val;
-                                ms = (m_old - m).exp();
-                                for x in tile_acc.iter_mut() {
-                                    *x *= ms;
-                                }
-                            } else {
-                                vs = (s_val - m).exp();
-                            }
-                            let v_row = &v[kv_pos * dv..(kv_pos + 1) * dv];
-                            for (x, v) in tile_acc.iter_mut().zip(v_row) {
-                                *x += v * vs;
-                            }
-                            s = s * ms + vs;
+                            let v_row = v[kv_pos * dv..(kv_pos + 1) * dv].iter().copied();
+                            online_softmax_add((&mut *tile_acc, &mut s, &mut m), s_val, v_row);
                         }
-                        if m == f32::NEG_INFINITY {
-                            continue; // every position of the tile masked
-                        }
-                        if !merged {
-                            acc.copy_from_slice(tile_acc);
-                            (total, max, merged) = (s, m, true);
-                        } else if max >= m {
-                            let factor = (m - max).exp();
-                            for (x, x_b) in acc.iter_mut().zip(tile_acc.iter()) {
-                                *x += x_b * factor;
-                            }
-                            total += s * factor;
-                        } else {
-                            let factor = (max - m).exp();
-                            for (x, x_b) in acc.iter_mut().zip(tile_acc.iter()) {
-                                *x = x_b + *x * factor;
-                            }
-                            total = s + total * factor;
-                            max = m;
-                        }
+                        merge_tile((&mut *acc, &mut total, &mut max), tile_acc, s, m);
                     }
-                    if !merged {
+                    if max == f32::NEG_INFINITY {
                         out_chunk.fill(T::cast(0.0));
                         return;
                     }
