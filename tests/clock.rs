@@ -277,6 +277,53 @@ fn the_evaluator_runs_first_when_it_has_prompts_then_at_the_low_carbon_hour() {
 }
 
 #[test]
+fn scheduled_runs_leave_out_classes_settled_at_the_baseline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = with_trace(tmp.path(), &daily_trace(300, 300, 0), &[("prompts = 24", "prompts = 20"), ("check_interval = \"1m\"", "check_interval = \"1h\"")]);
+    let d = InProcess::start(&cfg, Clock::manual(T0));
+    // Math whose shorter answers (the echo engine's first sentence) end on
+    // another number than the whole prompt: no level keeps L0's answer.
+    for i in 0..20 {
+        let q = format!("Tom has {i} apples. He buys 3 more, {} in all?", i + 3);
+        let (s, b) = d.post("/v1/chat/completions", &json!({"messages": user(&q)}));
+        assert_eq!(s, 200, "{b}");
+    }
+    let own = |d: &InProcess| d.get("/v1/jobs?limit=1000")["data"].as_array().unwrap().iter().filter(|j| j["origin"] == "daemon").count();
+    d.advance(HOUR);
+    wait(|| eval_runs(&d).len() == 1 && !d.get("/v1/eval/status")["running"].as_bool().unwrap(), "the first evaluation");
+    let full = |d: &InProcess| d.get(&format!("/v1/eval/runs/{}", eval_runs(d)[0]["id"].as_str().unwrap()));
+    let first = full(&d);
+    assert_eq!(first["verdicts"].as_array().unwrap().len(), 20, "{first}");
+    assert_eq!(own(&d), 60);
+    // 20 of 20 lost: math is settled at L0. The next scheduled run (past
+    // max_staleness) asks nothing, spends nothing, and says why.
+    d.advance(73 * HOUR);
+    wait(|| eval_runs(&d).len() == 2, "the second evaluation");
+    let second = full(&d);
+    assert_eq!(second["settled"], json!(["math"]), "{second}");
+    assert!(second["verdicts"].as_array().unwrap().is_empty() && second["energy_j"] == 0.0, "{second}");
+    assert!(second["error"].as_str().unwrap().contains("settled"), "{second}");
+    assert_eq!(own(&d), 60, "no answers were queued for a settled class");
+    // A class not settled is still asked, beside the settled one.
+    let (s, b) = d.post("/v1/chat/completions", &json!({"messages": user("What is the capital of France?")}));
+    assert_eq!(s, 200, "{b}");
+    d.advance(73 * HOUR);
+    wait(|| eval_runs(&d).len() == 3 && !d.get("/v1/eval/status")["running"].as_bool().unwrap(), "the third evaluation");
+    let third = full(&d);
+    assert_eq!(third["settled"], json!(["math"]), "{third}");
+    let classes: Vec<&str> = third["verdicts"].as_array().unwrap().iter().map(|v| v["class"].as_str().unwrap()).collect();
+    assert_eq!(classes, ["question"], "{third}");
+    assert_eq!(own(&d), 63);
+    // A forced run (a minute on: run ids are their start times) measures
+    // every class again.
+    d.advance(Duration::from_secs(60));
+    let (s, forced) = d.post("/v1/eval/runs", &json!({"wait": true}));
+    assert_eq!(s, 200, "{forced}");
+    assert_eq!(forced["settled"], json!([]), "{forced}");
+    assert_eq!(forced["verdicts"].as_array().unwrap().len(), 21, "{forced}");
+}
+
+#[test]
 fn finished_jobs_are_collected_after_their_retention_and_not_before() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = with_trace(tmp.path(), &daily_trace(200, 200, 0), &[("result_retention = \"7d\"", "result_retention = \"1h\"")]);

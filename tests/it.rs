@@ -2126,11 +2126,11 @@ fn levels_serve_a_class_only_once_their_measured_quality_clears_the_floor() {
     assert_eq!(b["usage"]["sprout"]["directive"], "L0");
 }
 
-#[test]
-fn sproutctl_bench_scores_every_mode_against_references_through_the_daemon() {
-    // A labelled GSM8K-format file: under a directive the echo engine keeps
-    // the first sentence, which still ends on the right number for even
-    // items; odd items put a wrong number in the first sentence.
+/// A folder with a labelled GSM8K-format file of 110 items: under a
+/// directive the echo engine keeps the first sentence, which still ends on
+/// the right number for even items; odd items put a wrong number in the
+/// first sentence.
+fn gsm8k_fixture() -> tempfile::TempDir {
     let data = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(data.path().join("gsm8k")).unwrap();
     let mut lines = String::new();
@@ -2144,6 +2144,12 @@ fn sproutctl_bench_scores_every_mode_against_references_through_the_daemon() {
         lines.push('\n');
     }
     std::fs::write(data.path().join("gsm8k/test.jsonl"), lines).unwrap();
+    data
+}
+
+#[test]
+fn sproutctl_bench_scores_every_mode_against_references_through_the_daemon() {
+    let data = gsm8k_fixture();
     let d = Daemon::start(&echo_config(0, 4, &[]));
     let dir = data.path().to_str().unwrap();
     let save = data.path().join("out.json");
@@ -2277,6 +2283,147 @@ fn real_model_judged_by_a_second_sproutd_over_loopback() {
         assert!(plan["reason"].as_str().unwrap().starts_with("evaluation"), "{plan}");
     }
     eprintln!("real judged run: q = {}, failures = {}", run["q"], run["failures"]);
+}
+
+/// A remote judge for tests: an OpenAI-compatible chat endpoint on loopback
+/// that reads the two answers of a bench judge prompt and names the shorter
+/// one, whatever its place (a judge that likes brevity). Counts its calls.
+fn brevity_judge() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = calls.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { return };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    reader.read_exact(&mut body).unwrap();
+                    let req: Value = serde_json::from_slice(&body).unwrap();
+                    let prompt = req["messages"][0]["content"].as_str().unwrap().to_string();
+                    let first = prompt.split("Answer 1:\n").nth(1).unwrap().split("\n\nAnswer 2:\n").next().unwrap().len();
+                    let second = prompt.split("Answer 2:\n").nth(1).unwrap().split("\n\nReply with only").next().unwrap().len();
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let pick = if second < first { "2" } else { "1" };
+                    let reply = json!({"choices": [{"index": 0, "message": {"role": "assistant", "content": pick}, "finish_reason": "stop"}]}).to_string();
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", reply.len());
+                    if conn.write_all(head.as_bytes()).and_then(|_| conn.write_all(reply.as_bytes())).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, calls)
+}
+
+#[test]
+fn sproutctl_bench_judges_open_prompts_and_measures_how_signals_track_references() {
+    // The GSM8K fixture (L2 keeps the first sentence: right for even items,
+    // wrong for odd ones), and AlpacaEval-format open instructions (no
+    // reference).
+    let data = gsm8k_fixture();
+    std::fs::create_dir_all(data.path().join("alpaca_eval")).unwrap();
+    let mut open = String::new();
+    for i in 0..110 {
+        open += &json!({"instruction": format!("Write a note to neighbour {i}. Say the party is on Friday. Bring snacks."), "output": "x"}).to_string();
+        open.push('\n');
+    }
+    std::fs::write(data.path().join("alpaca_eval/alpaca_eval_text_davinci_003.jsonl"), open).unwrap();
+    let d = Daemon::start(&echo_config(0, 4, &[]));
+    let (judge_url, calls) = brevity_judge();
+    let dir = data.path().to_str().unwrap();
+    let save = data.path().join("out.json");
+    let (code, out, err) = sproutctl(
+        &d.url,
+        &["bench", "--data", dir, "--datasets", "gsm8k,alpacaeval", "--n", "6", "--modes", "L0,L2", "--judge", &judge_url, "--judge-model", "brevity", "--save", save.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("judge (lb)") && out.contains("false kept"), "{out}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&save).unwrap()).unwrap();
+    // Every L2 answer differs from its L0 answer: two orders each, 24 calls.
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 24, "{err}");
+    let row = |set: &str, mode: &str| report["rows"].as_array().unwrap().iter().find(|r| r["dataset"] == set && r["mode"] == mode).unwrap().clone();
+    // Open prompts: no accuracy, the judge's verdict instead (the shorter
+    // answer won in both orders every time).
+    let open = row("alpacaeval", "L2");
+    assert!(open["accuracy"].is_null(), "{open}");
+    assert_eq!((open["judge_n"].as_u64(), open["judge_kept"].as_f64()), (Some(6), Some(1.0)), "{open}");
+    // Against the references, that judge calls every odd item's lost answer
+    // kept: the tracking table shows it as false keeps.
+    let answers = report["answers"].as_array().unwrap();
+    let odd = answers.iter().filter(|a| a["dataset"] == "gsm8k" && a["mode"] == "L2" && a["index"].as_u64().unwrap() % 2 == 1).count();
+    let tracked = report["tracking"].as_array().unwrap();
+    let judge = tracked.iter().find(|t| t["dataset"] == "gsm8k" && t["signal"] == "judge").unwrap();
+    assert_eq!((judge["n"].as_u64(), judge["false_kept"].as_u64()), (Some(6), Some(odd as u64)), "{judge}");
+    let agreement = tracked.iter().find(|t| t["dataset"] == "gsm8k" && t["signal"] == "agreement").unwrap();
+    assert_eq!((agreement["false_kept"].as_u64(), agreement["matched"].as_f64()), (Some(0), Some(1.0)), "{agreement}");
+    assert!(tracked.iter().all(|t| t["dataset"] != "alpacaeval"));
+    // Bad input: one line, non-zero exit, nothing asked of the daemon.
+    for args in [
+        &["bench", "--data", dir, "--datasets", "alpacaeval"][..],
+        &["bench", "--data", dir, "--datasets", "gsm8k", "--judge", "ftp://judge"],
+        &["bench", "--data", dir, "--datasets", "gsm8k", "--judge", &judge_url],
+        &["bench", "--data", dir, "--datasets", "gsm8k", "--judge-model", "m"],
+    ] {
+        let (code, out, err) = sproutctl(&d.url, args);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(out.is_empty() && err.trim().lines().count() == 1, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn real_model_bench_judged_by_the_daemons_own_model() {
+    let Some(model) = model_path() else { return };
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data.path().join("alpaca_eval")).unwrap();
+    let mut open = String::new();
+    for i in 0..101 {
+        open += &json!({"instruction": format!("Write a one-line slogan for bakery number {i}."), "output": "x"}).to_string();
+        open.push('\n');
+    }
+    std::fs::write(data.path().join("alpaca_eval/alpaca_eval_text_davinci_003.jsonl"), open).unwrap();
+    let d = Daemon::start(&model_config(&model, &[]));
+    let save = data.path().join("out.json");
+    let (code, out, err) = sproutctl(
+        &d.url,
+        &["bench", "--data", data.path().to_str().unwrap(), "--datasets", "alpacaeval", "--n", "1", "--modes", "L0,L2", "--max-tokens", "24", "--judge", "local", "--save", save.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("judge (lb)"), "{out}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&save).unwrap()).unwrap();
+    let answers = report["answers"].as_array().unwrap();
+    let texts: Vec<&str> = answers.iter().map(|a| a["text"].as_str().unwrap()).collect();
+    // The judge's calls went to the daemon itself, pinned at L0, never
+    // sampled for the evaluator: the ledger has the two answers and, unless
+    // the two were the same text, two judge calls.
+    let calls = if texts[0].trim() == texts[1].trim() { 0 } else { 2 };
+    assert!(err.contains(&format!("{calls} calls")), "{err}");
+    let ledger = ledger(&d.url);
+    assert_eq!(ledger.len(), 2 + calls, "{ledger:?}");
+    assert!(ledger.iter().skip(2).all(|e| e["directive"] == "L0"), "{ledger:?}");
+    let (_, st) = http("GET", &format!("{}/v1/eval/status", d.url), None);
+    assert_eq!(st["samples"], 2, "the bench's prompt is sampled as asked (at L0 and L2), the judge's are not: {st}");
+    eprintln!("local judge on {texts:?}: {}", answers[1]["judge_kept"]);
 }
 
 /// The published artifact under ../shared/data, if this checkout has it.

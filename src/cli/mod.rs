@@ -179,6 +179,16 @@ pub struct BenchArgs {
     /// Write an SVG of carbon against accuracy (both relative to the baseline).
     #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
+    /// After the modes, a judge compares every answer with the baseline's to
+    /// the same prompt: `local` (the daemon's own model) or the URL of an
+    /// OpenAI-compatible API ending in /v1 (key from SPROUT_JUDGE_KEY). Needed
+    /// for alpacaeval (no references); elsewhere it measures how the judge
+    /// tracks the references.
+    #[arg(long)]
+    pub judge: Option<String>,
+    /// The model a --judge URL serves.
+    #[arg(long)]
+    pub judge_model: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -150,6 +150,15 @@ pub fn wilson_lower(successes: f64, n: f64, z: f64) -> f64 {
     ((centre - spread) / (1.0 + z2 / n)).max(0.0)
 }
 
+/// The Wilson score interval's upper end for `successes` of `n` at `z`
+/// (1 with no trials).
+pub fn wilson_upper(successes: f64, n: f64, z: f64) -> f64 {
+    if n <= 0.0 {
+        return 1.0;
+    }
+    1.0 - wilson_lower(n - successes, n, z)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@ pub struct PromptSample {
 }
 
 /// One evaluation run, as stored and shown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EvalRun {
     pub id: String,
     pub started_ms: u64,
@@ -60,6 +60,10 @@ pub struct EvalRun {
     /// The energy and time of its answers, per class and level.
     #[serde(default)]
     pub cells: Vec<Cell>,
+    /// Classes this scheduled run did not ask: settled at the baseline
+    /// ([`quality::settled`]).
+    #[serde(default)]
+    pub settled: Vec<String>,
 }
 
 /// What the evaluations measured of one level on one class: answers'

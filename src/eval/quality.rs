@@ -31,17 +31,26 @@ pub struct PromptVerdict {
 /// The one-sided confidence of the quality bound (95%).
 pub const BOUND_Z: f64 = 1.645;
 
-/// Per level, whether it kept the baseline's quality by the judge's picks:
+/// Per level, whether it kept the baseline's quality by the judge's picks,
+/// `picks[r]` being the pick under rotation `r` of [`crate::eval::judge::rotations`]:
 /// a level keeps it when the judge picked it at least as often as the
-/// baseline (level 0) over the rotations. None when no pick could be read.
+/// baseline (level 0). None (no signal) unless the judge told the answers
+/// apart: at least two rotations could be read and the picks were not all
+/// in the same place. A judge that always names, say, the first answer
+/// gives every level one vote under the rotations, and would otherwise
+/// license every level while judging nothing.
 pub fn kept_by_judge(picks: &[Option<usize>], levels: usize) -> Vec<Option<f64>> {
     let mut votes = vec![0usize; levels];
-    for p in picks.iter().flatten() {
-        if *p < levels {
-            votes[*p] += 1;
+    let mut places = Vec::new();
+    for (r, p) in picks.iter().enumerate() {
+        if let Some(p) = *p {
+            if p < levels {
+                votes[p] += 1;
+                places.push((p + levels - r % levels) % levels);
+            }
         }
     }
-    if votes.iter().sum::<usize>() == 0 {
+    if places.len() < 2 || places.iter().all(|x| *x == places[0]) {
         return vec![None; levels];
     }
     votes.iter().map(|v| Some(if *v >= votes[0] { 1.0 } else { 0.0 })).collect()
@@ -89,6 +98,41 @@ pub fn kept_stats(runs: &[EvalRun], class: &str, levels: usize) -> Vec<Kept> {
         .collect()
 }
 
+/// Samples a level needs on a class before it can be settled out.
+pub const SETTLE_MIN_SAMPLES: usize = 20;
+
+/// How long verdicts settle a class: a week on, its prompts are asked
+/// again (the traffic, and so the class's prompts, may have changed).
+pub const SETTLED_FOR_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// The classes no further evaluation is likely to open to a shorter level:
+/// every level after the baseline has at least [`SETTLE_MIN_SAMPLES`]
+/// verdicts over `runs` and the upper end of its 95% (one-sided, Wilson)
+/// interval of the kept share is below `lowest_floor`, the least the
+/// optimizer ever asks (its floor at the dirtiest hour). Such a class is
+/// served at the baseline whatever the grid does, so answering its prompts
+/// at every level again would spend carbon to learn nothing that changes
+/// the plan. `classes` may be `["all"]` (one mix over all classes).
+pub fn settled(runs: &[EvalRun], classes: &[&str], levels: usize, lowest_floor: f64) -> Vec<String> {
+    classes
+        .iter()
+        .filter(|class| {
+            levels > 1
+                && (1..levels).all(|i| {
+                    let vals: Vec<f64> = runs
+                        .iter()
+                        .flat_map(|r| &r.verdicts)
+                        .filter(|v| **class == "all" || v.class == **class)
+                        .filter_map(|v| v.kept.get(i).copied().flatten())
+                        .collect();
+                    vals.len() >= SETTLE_MIN_SAMPLES
+                        && crate::eval::answers::wilson_upper(vals.iter().sum(), vals.len() as f64, BOUND_Z) < lowest_floor
+                })
+        })
+        .map(|c| c.to_string())
+        .collect()
+}
+
 /// Credit per level from the rotations' picks.
 pub fn credit(picks: &[Option<usize>], levels: usize) -> Vec<f64> {
     let mut votes = vec![0usize; levels];
@@ -133,15 +177,57 @@ mod tests {
 
     #[test]
     fn kept_from_judge_picks_and_from_agreement() {
-        // The judge picked L0 twice, L1 once: L1 did not keep quality, L2 neither.
+        // Rotations of 3: [0,1,2], [1,2,0], [2,0,1]. The judge picked L0
+        // twice (first, then third place), L1 once: L1 did not keep
+        // quality, L2 neither.
         assert_eq!(kept_by_judge(&[Some(0), Some(0), Some(1)], 3), [Some(1.0), Some(0.0), Some(0.0)]);
-        // L1 as often as L0: kept.
-        assert_eq!(kept_by_judge(&[Some(0), Some(1), None], 3), [Some(1.0), Some(1.0), Some(0.0)]);
+        // L1 as often as L0, in different places: kept.
+        assert_eq!(kept_by_judge(&[Some(0), Some(0), Some(0)], 3), [Some(1.0), Some(0.0), Some(0.0)]);
+        assert_eq!(kept_by_judge(&[Some(1), Some(0), None], 3), [Some(1.0), Some(1.0), Some(0.0)]);
         assert_eq!(kept_by_judge(&[None, None, None], 3), [None, None, None]);
+        // A judge that always names the first answer (L0, L1, L2 in turn
+        // under the rotations) or the second told nothing apart: no signal,
+        // not "every level kept".
+        assert_eq!(kept_by_judge(&[Some(0), Some(1), Some(2)], 3), [None, None, None]);
+        assert_eq!(kept_by_judge(&[Some(1), Some(2), None], 3), [None, None, None]);
+        assert_eq!(kept_by_judge(&[Some(0), Some(1)], 2), [None, None]);
+        // One readable rotation is not enough to tell.
+        assert_eq!(kept_by_judge(&[Some(2), None, None], 3), [None, None, None]);
+        // Two answers, the judge picked the shorter one in both places.
+        assert_eq!(kept_by_judge(&[Some(1), Some(1)], 2), [Some(1.0), Some(1.0)]);
+        assert_eq!(kept_by_judge(&[Some(0), Some(0)], 2), [Some(1.0), Some(0.0)]);
         let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(kept_by_agreement("math", &a(&["2 + 3 = 5. So 5.", "5", "6"])), Some(vec![Some(1.0), Some(1.0), Some(0.0)]));
         assert_eq!(kept_by_agreement("math", &a(&["I do not know", "5", "6"])), None);
         assert_eq!(kept_by_agreement("instruction", &a(&["x", "y", "z"])), None);
+    }
+
+    #[test]
+    fn a_class_is_settled_only_when_no_level_could_clear_the_lowest_floor() {
+        let verdict = |class: &str, l1: bool, l2: bool| PromptVerdict {
+            prompt: "p".into(), class: class.into(), picks: vec![], credit: vec![],
+            kept: vec![Some(1.0), Some(l1 as u8 as f64), Some(l2 as u8 as f64)], signal: "agreement".into(),
+        };
+        let run = |verdicts: Vec<PromptVerdict>| EvalRun { verdicts, ..Default::default() };
+        // math: both shorter levels keep 5 of 20 (upper bound ~0.43);
+        // choice: L1 keeps all 20 (upper bound 1) though L2 keeps none;
+        // question: too few samples to tell.
+        let mut v: Vec<PromptVerdict> = (0..20).map(|k| verdict("math", k < 5, k < 5)).collect();
+        v.extend((0..20).map(|_| verdict("choice", true, false)));
+        v.extend((0..19).map(|_| verdict("question", false, false)));
+        let runs = [run(v)];
+        let classes = ["choice", "math", "question", "instruction"];
+        assert_eq!(settled(&runs, &classes, 3, 0.92), ["math"]);
+        // One sample more: question settles too.
+        let more = [runs[0].clone(), run(vec![verdict("question", false, false)])];
+        assert_eq!(settled(&more, &classes, 3, 0.92), ["math", "question"]);
+        // A level that keeps 19 of 20 is not settled out: it may still clear.
+        let good = [run((0..20).map(|k| verdict("math", k > 0, k > 0)).collect())];
+        assert!(settled(&good, &classes, 3, 0.92).is_empty());
+        // Pooled over every class ("all"), and nothing settles without levels to shorten to.
+        assert_eq!(settled(&runs, &["all"], 3, 0.92), ["all"], "pooled, choice's L1 is outweighed");
+        assert!(settled(&good, &["all"], 3, 0.92).is_empty());
+        assert!(settled(&runs, &classes, 1, 0.92).is_empty());
     }
 
     #[test]
@@ -152,7 +238,7 @@ mod tests {
         let run = |verdicts: Vec<PromptVerdict>| EvalRun {
             id: "r".into(), started_ms: 0, finished_ms: 0, reason: String::new(), intensity_gco2_per_kwh: 0.0, judge: String::new(),
             levels: vec![], q: None, verdicts, failures: 0, judge_calls: 0, jobs: vec![], tokens: 0, energy_j: 0.0, carbon_g: 0.0,
-            estimated: true, error: None, wording: String::new(), cells: vec![],
+            estimated: true, error: None, wording: String::new(), cells: vec![], settled: vec![],
         };
         let r1 = run((0..10).map(|k| verdict("math", vec![Some(1.0), Some(1.0), Some(if k < 5 { 1.0 } else { 0.0 })])).collect());
         let r2 = run((0..10).map(|_| verdict("math", vec![Some(1.0), Some(1.0), None])).chain([verdict("choice", vec![Some(1.0), Some(0.0), Some(0.0)])]).collect());

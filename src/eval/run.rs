@@ -22,7 +22,7 @@ use crate::service::{Service, SubmitError};
 use crate::wire::{EvalRule, EvalStatus, LastRun, NextRun};
 
 /// The longest judge reply read: the verdict is a number.
-const JUDGE_MAX_TOKENS: usize = 16;
+pub(crate) const JUDGE_MAX_TOKENS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -110,7 +110,7 @@ async fn finished(svc: &Service, id: &str) -> Result<Job, EvalError> {
     Ok(svc.wait_finished(id).await?)
 }
 
-async fn ask_openai(
+pub(crate) async fn ask_openai(
     client: &reqwest::Client,
     url: &str,
     model: &str,
@@ -187,6 +187,22 @@ pub fn spawn(slot: RunSlot, opts: RunOptions) -> tokio::task::JoinHandle<Result<
     })
 }
 
+/// The classes whose verdicts of the last week settle them at the baseline
+/// ([`quality::settled`], at the optimizer's lowest floor).
+fn settled_classes(svc: &Service) -> Vec<String> {
+    let cfg = &svc.config().optimizer;
+    let since = svc.clock().now_ms().saturating_sub(quality::SETTLED_FOR_MS);
+    let runs: Vec<EvalRun> = match crate::plan::planner::pooled_runs(svc) {
+        Ok(runs) => runs.into_iter().filter(|r| r.finished_ms >= since).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading evaluation runs failed; no class is settled");
+            return vec![];
+        }
+    };
+    let levels = svc.directives().names().count();
+    quality::settled(&runs, &crate::plan::planner::mixed_classes(cfg), levels, crate::plan::planner::lowest_floor(cfg))
+}
+
 async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, EvalError> {
     let cfg = &svc.config().evaluator;
     let started_ms = svc.clock().now_ms();
@@ -194,6 +210,32 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
     let mut samples = svc.store.samples()?;
     if samples.is_empty() {
         return Err(EvalError::NoSamples);
+    }
+    // A scheduled run leaves out the classes settled at the baseline: their
+    // answers at every level would cost carbon and could not change the
+    // plan (a forced run asks everything).
+    let settled = if opts.reason == "forced" { vec![] } else { settled_classes(svc) };
+    samples.retain(|s| !settled.iter().any(|c| c == "all" || *c == s.class));
+    if samples.is_empty() {
+        let run = EvalRun {
+            id: format!("eval-{started_ms}"),
+            started_ms,
+            finished_ms: started_ms,
+            reason: opts.reason,
+            intensity_gco2_per_kwh: svc.carbon().now(started_ms as i64 / 1000).gco2_per_kwh,
+            judge: judge.describe(svc),
+            levels: svc.directives().names().map(str::to_string).collect(),
+            error: Some(format!(
+                "nothing asked: every sampled class is settled at the baseline ({}): no shorter level could clear the lowest floor",
+                settled.join(", ")
+            )),
+            wording: svc.directives().fingerprint(),
+            settled,
+            ..Default::default()
+        };
+        svc.store.save_eval(&run).await?;
+        tracing::info!(id = %run.id, settled = ?run.settled, "evaluation run skipped: every sampled class is settled");
+        return Ok(run);
     }
     // Up to K of each class, chosen by a seeded shuffle on the start time.
     let k = opts.prompts.unwrap_or(cfg.prompts).max(1);
@@ -339,6 +381,7 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
         error: (!any_signal).then(|| "no answer could be compared with the baseline's (no final answer, no readable verdict); nothing changes".into()),
         wording: svc.directives().fingerprint(),
         cells,
+        settled,
     };
     svc.store.save_eval(&run).await?;
     tracing::info!(id = %run.id, q = ?run.q, failures, carbon_g = format!("{carbon_g:.4}"), "evaluation run finished");

@@ -84,6 +84,23 @@ pub struct Measured<'a> {
     pub cells: &'a [Cell],
 }
 
+/// The policy's quality margin on top of the floor.
+fn margin(cfg: &OptimizerConfig) -> f64 {
+    if cfg.policy == OptimizerPolicy::Best { optimizer::BEST_MARGIN } else { 0.0 }
+}
+
+/// The least the optimizer ever asks of a level's quality bound: its floor
+/// at the dirtiest hour, with the policy's margin.
+pub fn lowest_floor(cfg: &OptimizerConfig) -> f64 {
+    (1.0 - cfg.xi + margin(cfg)).min(1.0)
+}
+
+/// The classes the optimizer mixes levels for: each class under `best`,
+/// one pool (`all`) under the method's single mix.
+pub fn mixed_classes(cfg: &OptimizerConfig) -> Vec<&'static str> {
+    if cfg.policy == OptimizerPolicy::Best { CLASSES.to_vec() } else { vec!["all"] }
+}
+
 /// Builds the optimizer's inputs from recent ledger records (user requests
 /// that succeeded; newest first), the evaluations and the priors.
 ///
@@ -102,11 +119,11 @@ pub fn build_inputs(
     range: (f64, f64),
 ) -> (Inputs, Vec<Vec<String>>, Vec<Vec<Kept>>) {
     let (ci_min, ci_max) = cfg.ci_range.unwrap_or(range);
-    let margin = if cfg.policy == OptimizerPolicy::Best { optimizer::BEST_MARGIN } else { 0.0 };
+    let margin = margin(cfg);
     let floor = (optimizer::floor_factor(ci, ci_min, ci_max, cfg.xi) + margin).min(1.0);
     let mut kept_all = Vec::new();
     let levels = level_names.len();
-    let classes: Vec<&str> = if cfg.policy == OptimizerPolicy::Best { CLASSES.to_vec() } else { vec!["all"] };
+    let classes = mixed_classes(cfg);
     let usable: Vec<&LedgerEntry> =
         entries.iter().filter(|e| e.state == JobState::Succeeded && e.origin != Origin::Daemon).collect();
     let level_of = |e: &LedgerEntry| level_names.iter().position(|n| *n == e.directive);
@@ -522,6 +539,7 @@ mod tests {
             error: None,
             wording: wording.into(),
             cells: vec![],
+            settled: vec![],
         }
     }
 

@@ -486,6 +486,8 @@ pub struct EvalRunSummary {
     pub wording: String,
     #[serde(default)]
     pub cells: Vec<Cell>,
+    #[serde(default)]
+    pub settled: Vec<String>,
 }
 
 impl From<&EvalRun> for EvalRunSummary {
@@ -510,6 +512,7 @@ impl From<&EvalRun> for EvalRunSummary {
             error: r.error.clone(),
             wording: r.wording.clone(),
             cells: r.cells.clone(),
+            settled: r.settled.clone(),
         }
     }
 }

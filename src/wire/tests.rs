@@ -259,6 +259,7 @@ fn evaluator_bodies_match_their_snapshots() {
         error: None,
         wording: "abc123".into(),
         cells: vec![Cell { class: "math".into(), level: "L1".into(), n: 1, energy_j: 40.0, duration_s: 1.5 }],
+        settled: vec!["choice".into()],
     };
     check("eval_run", &EvalRunReply::Finished(Box::new(run.clone())));
     check("eval_started", &EvalRunReply::Started(EvalStarted { object: "eval.run".into(), state: "running".into() }));
