@@ -304,6 +304,10 @@ fn scheduled_runs_leave_out_classes_settled_at_the_baseline() {
     assert!(second["verdicts"].as_array().unwrap().is_empty() && second["energy_j"] == 0.0, "{second}");
     assert!(second["error"].as_str().unwrap().contains("settled"), "{second}");
     assert_eq!(own(&d), 60, "no answers were queued for a settled class");
+    assert_eq!(d.get("/v1/eval/status")["settled"], json!(["math"]));
+    let (code, out, err) = sproutctl(&d.url, &["eval", "status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("settled at L0") && out.contains(": math"), "{out}");
     // A class not settled is still asked, beside the settled one.
     let (s, b) = d.post("/v1/chat/completions", &json!({"messages": user("What is the capital of France?")}));
     assert_eq!(s, 200, "{b}");

@@ -50,6 +50,10 @@ pub async fn command(client: &Client, command: EvalCommand) -> Result<(), CliErr
                     kept.iter().zip(&s.levels).skip(1).map(|(k, l)| format!("{l} {:.2} >= {:.2} (n {})", k.mean, k.lower, k.n)).collect();
                 println!("  {class:<12} {}", cells.join("   "));
             }
+            if !s.settled.is_empty() {
+                let base = s.levels.first().map_or("the baseline", String::as_str);
+                println!("settled at {base} (no shorter level could clear the lowest floor; scheduled runs leave them out for a week): {}", s.settled.join(", "));
+            }
             if let Some(r) = &s.last_run {
                 println!("last run: {} at {} ({})", r.id, utc(r.at), r.judge);
             }

@@ -416,6 +416,7 @@ pub fn status(svc: &Service) -> Result<EvalStatus, StoreError> {
         q: last.as_ref().and_then(|r| r.q.clone()),
         q_source: if last.as_ref().is_some_and(|r| r.q.is_some()) { "the last run's judged prompts (pick-best shares)" } else { "no judged prompts yet" }.into(),
         kept: kept_by_class(svc)?,
+        settled: settled_classes(svc),
         last_run: last.as_ref().map(|r| LastRun {
             id: r.id.clone(),
             at: r.started_ms as f64 / 1000.0,

@@ -533,6 +533,10 @@ pub struct EvalStatus {
     pub q_source: String,
     /// Per class, per level: how well it kept the baseline's quality.
     pub kept: BTreeMap<String, Vec<Kept>>,
+    /// Classes settled at the baseline, which scheduled runs leave out
+    /// (`eval::quality::settled`).
+    #[serde(default)]
+    pub settled: Vec<String>,
     pub last_run: Option<LastRun>,
     pub next: NextRun,
     pub rule: EvalRule,

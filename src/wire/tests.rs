@@ -279,6 +279,7 @@ fn evaluator_bodies_match_their_snapshots() {
             q: run.q.clone(),
             q_source: "the last run's judged prompts (pick-best shares)".into(),
             kept: [("math".to_string(), vec![Kept { n: 8, mean: 1.0, lower: 1.0 }, Kept { n: 8, mean: 0.75, lower: 0.45 }])].into(),
+            settled: vec!["choice".into()],
             last_run: Some(LastRun {
                 id: run.id.clone(),
                 at: 1_700_000_000.0,
