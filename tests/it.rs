@@ -2378,7 +2378,7 @@ fn sproutctl_bench_judges_open_prompts_and_measures_how_signals_track_references
     let agreement = tracked.iter().find(|t| t["dataset"] == "gsm8k" && t["signal"] == "agreement").unwrap();
     assert_eq!((agreement["false_kept"].as_u64(), agreement["matched"].as_f64()), (Some(0), Some(1.0)), "{agreement}");
     assert!(tracked.iter().all(|t| t["dataset"] != "alpacaeval"));
-    // Bad input: one line, non-zero exit, nothing asked of the daemon.
+    // Bad input: one line, non-zero exit, no answer asked of the daemon.
     for args in [
         &["bench", "--data", dir, "--datasets", "alpacaeval"][..],
         &["bench", "--data", dir, "--datasets", "gsm8k", "--judge", "ftp://judge"],
