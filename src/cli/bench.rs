@@ -588,7 +588,7 @@ async fn judge_pair(client: &Client, judge: &Judge, question: &str, base: &str, 
     for order in &rotations {
         let prompt = crate::eval::judge::judge_prompt(crate::eval::judge::DEFAULT_JUDGE_PROMPT, question, &texts, order);
         picks.push(match judge.ask(client, &prompt).await {
-            Ok(reply) => crate::eval::judge::parse_verdict(&reply, 2).map(|n| order[n - 1]),
+            Ok(reply) => crate::eval::judge::pick(&reply, order),
             Err(e) => {
                 tracing::warn!(error = %e, "a judge call failed");
                 None

@@ -28,6 +28,12 @@ pub fn rotations(n: usize) -> Vec<Vec<usize>> {
     (0..n).map(|r| (0..n).map(|k| (k + r) % n).collect()).collect()
 }
 
+/// The level a judge's reply picks under the rotation `order` (`order[k]`
+/// is the level shown as answer `k + 1`); None when it names no single answer.
+pub fn pick(reply: &str, order: &[usize]) -> Option<usize> {
+    parse_verdict(reply, order.len()).map(|n| order[n - 1])
+}
+
 /// The answer number (1-based) a judge's reply names, if it names exactly
 /// one: an explicit "best ... N" / "verdict: N" wins; otherwise the reply
 /// must mention one number in 1..=n and no other. Anything else is a
@@ -115,6 +121,8 @@ mod tests {
             assert_eq!(seen, [0, 1, 2]);
         }
         let p = judge_prompt(DEFAULT_JUDGE_PROMPT, "Q?", &["a0".into(), "a1".into(), "a2".into()], &r[1]);
+        // "Answer 1" under the second rotation is level 1; "3" is level 0.
+        assert_eq!((pick("Answer 1", &r[1]), pick("3", &r[1]), pick("?", &r[1])), (Some(1), Some(0), None));
         assert!(p.contains("Answer 1:\na1") && p.contains("Answer 3:\na0") && p.contains("1 to 3"), "{p}");
     }
 }

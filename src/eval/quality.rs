@@ -118,15 +118,9 @@ pub fn settled(runs: &[EvalRun], classes: &[&str], levels: usize, lowest_floor: 
         .iter()
         .filter(|class| {
             levels > 1
-                && (1..levels).all(|i| {
-                    let vals: Vec<f64> = runs
-                        .iter()
-                        .flat_map(|r| &r.verdicts)
-                        .filter(|v| **class == "all" || v.class == **class)
-                        .filter_map(|v| v.kept.get(i).copied().flatten())
-                        .collect();
-                    vals.len() >= SETTLE_MIN_SAMPLES
-                        && crate::eval::answers::wilson_upper(vals.iter().sum(), vals.len() as f64, BOUND_Z) < lowest_floor
+                && kept_stats(runs, class, levels).iter().skip(1).all(|k| {
+                    k.n >= SETTLE_MIN_SAMPLES
+                        && crate::eval::answers::wilson_upper(k.mean * k.n as f64, k.n as f64, BOUND_Z) < lowest_floor
                 })
         })
         .map(|c| c.to_string())

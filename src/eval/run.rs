@@ -187,20 +187,15 @@ pub fn spawn(slot: RunSlot, opts: RunOptions) -> tokio::task::JoinHandle<Result<
     })
 }
 
-/// The classes whose verdicts of the last week settle them at the baseline
-/// ([`quality::settled`], at the optimizer's lowest floor).
-fn settled_classes(svc: &Service) -> Vec<String> {
+/// The classes that `runs` (the pooled runs) settle at the baseline by
+/// their verdicts of the last week ([`quality::settled`], at the
+/// optimizer's lowest floor).
+fn settled_classes(svc: &Service, runs: &[EvalRun]) -> Vec<String> {
     let cfg = &svc.config().optimizer;
     let since = svc.clock().now_ms().saturating_sub(quality::SETTLED_FOR_MS);
-    let runs: Vec<EvalRun> = match crate::plan::planner::pooled_runs(svc) {
-        Ok(runs) => runs.into_iter().filter(|r| r.finished_ms >= since).collect(),
-        Err(e) => {
-            tracing::warn!(error = %e, "reading evaluation runs failed; no class is settled");
-            return vec![];
-        }
-    };
+    let recent: Vec<EvalRun> = runs.iter().filter(|r| r.finished_ms >= since).cloned().collect();
     let levels = svc.directives().names().count();
-    quality::settled(&runs, &crate::plan::planner::mixed_classes(cfg), levels, crate::plan::planner::lowest_floor(cfg))
+    quality::settled(&recent, &crate::plan::planner::mixed_classes(cfg), levels, crate::plan::planner::lowest_floor(cfg))
 }
 
 async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, EvalError> {
@@ -214,7 +209,17 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
     // A scheduled run leaves out the classes settled at the baseline: their
     // answers at every level would cost carbon and could not change the
     // plan (a forced run asks everything).
-    let settled = if opts.reason == "forced" { vec![] } else { settled_classes(svc) };
+    let settled = if opts.reason == "forced" {
+        vec![]
+    } else {
+        match crate::plan::planner::pooled_runs(svc.as_ref()) {
+            Ok(runs) => settled_classes(svc, &runs),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading evaluation runs failed; no class is settled");
+                vec![]
+            }
+        }
+    };
     samples.retain(|s| !settled.iter().any(|c| c == "all" || *c == s.class));
     if samples.is_empty() {
         let run = EvalRun {
@@ -332,7 +337,7 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
             .zip(&rotations)
             .map(|(reply, order)| {
                 let pick = match reply {
-                    Ok(text) => judge::parse_verdict(text, levels.len()).map(|n| order[n - 1]),
+                    Ok(text) => judge::pick(text, order),
                     Err(e) => {
                         tracing::warn!(error = %e, "a judge call failed");
                         None
@@ -394,10 +399,9 @@ async fn run_inner(svc: &Arc<Service>, opts: RunOptions) -> Result<EvalRun, Eval
 
 /// Per class, how well each level kept the baseline's quality over the
 /// runs the planner pools (n, share, lower bound).
-fn kept_by_class(svc: &Service) -> Result<BTreeMap<String, Vec<quality::Kept>>, StoreError> {
+fn kept_by_class(svc: &Service, runs: &[EvalRun]) -> BTreeMap<String, Vec<quality::Kept>> {
     let levels = svc.directives().names().count();
-    let runs = crate::plan::planner::pooled_runs(svc)?;
-    Ok(crate::plan::classify::CLASSES.iter().map(|class| (class.to_string(), quality::kept_stats(&runs, class, levels))).collect())
+    crate::plan::classify::CLASSES.iter().map(|class| (class.to_string(), quality::kept_stats(runs, class, levels))).collect()
 }
 
 /// What `eval status` shows: the last q, the next planned run and why.
@@ -406,6 +410,7 @@ pub fn status(svc: &Service) -> Result<EvalStatus, StoreError> {
     let now_s = svc.clock().now_s();
     let plan = svc.evals.last_schedule().unwrap_or_else(|| decide(svc, now_s, last.as_ref()));
     let cfg = &svc.config().evaluator;
+    let pooled = crate::plan::planner::pooled_runs(svc)?;
     Ok(EvalStatus {
         object: "eval.status".into(),
         enabled: cfg.enabled,
@@ -415,8 +420,8 @@ pub fn status(svc: &Service) -> Result<EvalStatus, StoreError> {
         levels: svc.directives().names().map(str::to_string).collect(),
         q: last.as_ref().and_then(|r| r.q.clone()),
         q_source: if last.as_ref().is_some_and(|r| r.q.is_some()) { "the last run's judged prompts (pick-best shares)" } else { "no judged prompts yet" }.into(),
-        kept: kept_by_class(svc)?,
-        settled: settled_classes(svc),
+        kept: kept_by_class(svc, &pooled),
+        settled: settled_classes(svc, &pooled),
         last_run: last.as_ref().map(|r| LastRun {
             id: r.id.clone(),
             at: r.started_ms as f64 / 1000.0,
