@@ -33,7 +33,7 @@ fn config_text(model: &str, backends: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut text = std::fs::read_to_string(root.join("config.toml")).unwrap();
     text = text.replacen("kind = \"gguf\"", model, 1).replacen("name = \"qwen2.5-coder-0.5b-instruct\"", "name = \"echo\"", 1);
-    text = text.replacen("\nmax_seqs = 1\n", "\nmax_seqs = 64\n", 1);
+    text = text.replacen("\nmax_seqs = 4\n", "\nmax_seqs = 64\n", 1);
     for (a, b) in OFF {
         text = text.replacen(a, b, 1);
     }

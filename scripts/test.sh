@@ -40,7 +40,8 @@ cargo test --release --locked -p sprout -p candle-core -p mistralrs-core --lib -
     q5_tests matmul_tests single_q_batched_matches_naive_per_sequence never_runs_more_than_max_num_seqs \
     batch_capacity_tests a_grammar_that_has_ended_is_ended_by_its_end_token \
     a_prompt_the_cache_holds_whole_reuses_all_but_its_last_token \
-    full_q_matches_naive_and_the_single_query_kernel runs_on_a_pool_worker_and_returns_its_result
+    full_q_matches_naive_and_the_single_query_kernel runs_on_a_pool_worker_and_returns_its_result \
+    a_ragged_batch ragged_batch_tests decoding_sequences_of_different_lengths_share_a_step_when_the_pipeline_can
 # Release profile: the real-model tests need optimized kernels, and it reuses
 # the build setup.sh just made.
 cargo test --release --locked -- --test-threads="${SPROUT_TEST_THREADS:-2}"

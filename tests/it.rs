@@ -739,8 +739,9 @@ fn real_model_answers_with_directives_receipts_and_seeds() {
 #[test]
 fn real_model_streams_and_answers_concurrent_requests_as_if_alone() {
     let Some(model) = model_path() else { return };
-    // At the default max_seqs (1 on CPU: README "Known issues"): batched
-    // CPU decoding does not yet give every request its answer alone.
+    // At the default max_seqs (4): the eight requests below decode in
+    // batches of up to four sequences of different lengths (mistral.rs patch
+    // 0012), each getting its answer alone, bit for bit.
     let d = Daemon::start(&model_config(&model, &[]));
     let body = json!({"messages": user("Name three colors."), "stream": true, "max_tokens": 16, "seed": 3, "directive": "L1"});
     let events = sse(&format!("{}/v1/chat/completions", d.url), &body.to_string());

@@ -62,7 +62,7 @@ pub fn echo_config(token_delay_ms: u64, max_seqs: usize, extra: &[(&str, &str)])
     let mut edits: Vec<(&str, String)> = vec![
         ("kind = \"gguf\"", format!("kind = \"echo\"\necho_token_delay_ms = {token_delay_ms}")),
         ("name = \"qwen2.5-coder-0.5b-instruct\"", "name = \"echo\"".to_string()),
-        ("\nmax_seqs = 1\n", format!("\nmax_seqs = {max_seqs}\n")),
+        ("\nmax_seqs = 4\n", format!("\nmax_seqs = {max_seqs}\n")),
     ];
     for (o, n) in extra {
         edits.push((o, n.to_string()));

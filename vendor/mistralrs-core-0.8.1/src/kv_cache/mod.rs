@@ -125,6 +125,15 @@ impl KvCache {
         Ok((k, v))
     }
 
+    /// Where a batch's sequences differ in length, how many positions each
+    /// holds (`SingleCache::append`); the attention must mask the rest.
+    pub fn row_lens(&self) -> Option<&[usize]> {
+        match self {
+            Self::Normal { k, .. } => k.row_lens(),
+            Self::Rotating { .. } | Self::Shared { .. } => None,
+        }
+    }
+
     pub fn current_seq_len(&self) -> usize {
         match self {
             Self::Normal { k, .. } => k.current_seq_len(),
@@ -258,6 +267,25 @@ impl NormalCache {
     }
 }
 
+/// The attention mask of a decoding step over a batch of sequences of
+/// different lengths (`row_lens`, each counting the position just appended):
+/// `(batch, 1, 1, kv_len)`, 0 where a row holds a position of its own and
+/// -inf past its length, where the batch's cache holds stale data.
+pub fn ragged_decode_mask(
+    row_lens: &[usize],
+    kv_len: usize,
+    dtype: candle_core::DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let mut mask = vec![0f32; row_lens.len() * kv_len];
+    for (row, &len) in row_lens.iter().enumerate() {
+        for m in &mut mask[row * kv_len + len.min(kv_len)..(row + 1) * kv_len] {
+            *m = f32::NEG_INFINITY;
+        }
+    }
+    Tensor::from_vec(mask, (row_lens.len(), 1, 1, kv_len), device)?.to_dtype(dtype)
+}
+
 /// Stacks the sequences' caches of one layer along the batch axis (dim 0),
 /// each zero-padded along `seq_dim` to the largest capacity among them, which
 /// is what growing a smaller cache would do ([`SingleCache::append`]). A
@@ -305,6 +333,9 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
         let mut new_k_cache = Vec::new();
         let mut new_v_cache = Vec::new();
         let mut capacities = Vec::new();
+        // Per layer, each sequence's length where they differ (a batch of
+        // decoding sequences of different lengths: `SingleCache::append`).
+        let mut row_lens = Vec::new();
 
         for layer in 0..pipeline.get_metadata().num_hidden_layers {
             // Preallocate combined k and v caches across all sequences, avoiding Tensor::cat copies
@@ -320,6 +351,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                     new_k_cache.push(None);
                     new_v_cache.push(None);
                     capacities.push(None);
+                    row_lens.push(None);
                     continue;
                 };
                 match cache {
@@ -333,6 +365,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                         new_k_cache.push(None);
                         new_v_cache.push(None);
                         capacities.push(None);
+                        row_lens.push(None);
                         continue;
                     }
                 }
@@ -340,13 +373,16 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
             // Each sequence's cache, if it has one for this layer
             let mut src_k = Vec::with_capacity(batch_len);
             let mut src_v = Vec::with_capacity(batch_len);
+            let mut lens = Vec::with_capacity(batch_len);
             for seq in seqs.iter_mut() {
                 let src_cache = if modify_draft_cache {
                     seq.normal_draft_cache()
                 } else {
                     seq.normal_cache()
                 };
-                let pair = match src_cache.get(layer).unwrap().as_ref() {
+                let layer_cache = src_cache.get(layer).unwrap().as_ref();
+                lens.push(layer_cache.map_or(0, |c| c.current_seq_len()));
+                let pair = match layer_cache {
                     Some(KvCache::Normal { k, v }) => {
                         Some((k.all_data.clone().unwrap(), v.all_data.clone().unwrap()))
                     }
@@ -369,6 +405,9 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
             new_k_cache.push(Some(batch_k));
             new_v_cache.push(Some(batch_v));
             capacities.push(Some(capacity_k));
+            // Sequences of different lengths keep their positions where
+            // they are; each row's length says how far it is filled.
+            row_lens.push(lens.iter().any(|&l| l != lens[0]).then_some(lens));
         }
 
         let seq0_cache = if modify_draft_cache {
@@ -390,7 +429,11 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
             match cache_ref {
                 KvCache::Normal { k: old_k, .. } => {
                     let template_cache_dim = old_k.dim;
-                    let template_cache_csl = old_k.current_seq_len;
+                    let layer_row_lens = row_lens[layer_idx].clone();
+                    let template_cache_csl = match &layer_row_lens {
+                        Some(lens) => lens.iter().copied().max().unwrap_or(0),
+                        None => old_k.current_seq_len,
+                    };
                     let template_cache_msl = old_k.max_seq_len;
                     let template_cache_capsl = capacities[layer_idx].unwrap_or(old_k.capacity_seq_len);
 
@@ -401,6 +444,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                             current_seq_len: template_cache_csl,
                             max_seq_len: template_cache_msl,
                             capacity_seq_len: template_cache_capsl,
+                            row_lens: layer_row_lens.clone(),
                         },
                         v: SingleCache {
                             all_data: v_cache.map(|x| x.contiguous().unwrap()),
@@ -408,10 +452,15 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                             current_seq_len: template_cache_csl,
                             max_seq_len: template_cache_msl,
                             capacity_seq_len: template_cache_capsl,
+                            row_lens: layer_row_lens,
                         },
                     });
                 }
                 KvCache::Rotating { k: old_k, .. } => {
+                    assert!(
+                        row_lens[layer_idx].is_none(),
+                        "sequences of different lengths batched on a sliding-window cache"
+                    );
                     let template_cache_dim = old_k.dim;
                     let template_cache_csl = old_k.current_seq_len;
                     let template_cache_msl = old_k.max_seq_len;
@@ -491,20 +540,27 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                         k: cache_k,
                         v: cache_v,
                     } => {
+                        // Each sequence of a batch of different lengths
+                        // keeps its own.
+                        let len = cache_k
+                            .row_lens()
+                            .map_or(cache_k.current_seq_len, |lens| lens[seq_i]);
                         *seq_cache = Some(KvCache::Normal {
                             k: SingleCache {
                                 all_data: Some(k),
                                 dim: cache_k.dim,
-                                current_seq_len: cache_k.current_seq_len,
+                                current_seq_len: len,
                                 max_seq_len: cache_k.max_seq_len,
                                 capacity_seq_len: cache_k.capacity_seq_len,
+                                row_lens: None,
                             },
                             v: SingleCache {
                                 all_data: Some(v),
                                 dim: cache_v.dim,
-                                current_seq_len: cache_v.current_seq_len,
+                                current_seq_len: len,
                                 max_seq_len: cache_v.max_seq_len,
                                 capacity_seq_len: cache_v.capacity_seq_len,
+                                row_lens: None,
                             },
                         });
                     }
@@ -649,6 +705,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                             current_seq_len: 0,
                             max_seq_len: template_cache_msl,
                             capacity_seq_len: k_cache.dims()[template_cache_dim],
+                            row_lens: None,
                         },
                         v: SingleCache {
                             all_data: Some(v_cache.zeros_like().unwrap()),
@@ -656,6 +713,7 @@ impl<T: CacheManagerMixin + MetadataMixin + ?Sized> CacheManager<T> for NormalCa
                             current_seq_len: 0,
                             max_seq_len: template_cache_msl,
                             capacity_seq_len: k_cache.dims()[template_cache_dim],
+                            row_lens: None,
                         },
                     };
                     *layer = cache;
@@ -1297,6 +1355,7 @@ mod batch_capacity_tests {
             current_seq_len: 5,
             max_seq_len: 64,
             capacity_seq_len: capacity,
+            row_lens: None,
         };
         let token = Tensor::ones((4, 2, 1, 3), DType::F32, &Device::Cpu).unwrap();
         batched.append(&token).unwrap();
@@ -1312,5 +1371,98 @@ mod batch_capacity_tests {
         let expected = Tensor::cat(&[srcs[0].clone().unwrap(), srcs[1].clone().unwrap()], 0).unwrap();
         let diff = (batch - expected).unwrap().abs().unwrap().sum_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+}
+
+#[cfg(test)]
+mod ragged_batch_tests {
+    use candle_core::{DType, Device, IndexOp, Tensor};
+
+    use super::{ragged_decode_mask, stack_padded, SingleCache};
+
+    /// One sequence's cache (batch 1, 2 kv heads, `capacity`, head dim 3):
+    /// its first `len` positions distinct values, the rest zeros.
+    fn seq_cache(seed: f32, capacity: usize, len: usize) -> Tensor {
+        let data: Vec<f32> = (0..2 * capacity * 3)
+            .map(|i| if (i / 3) % capacity < len { seed + i as f32 } else { 0.0 })
+            .collect();
+        Tensor::from_vec(data, (1, 2, capacity, 3), &Device::Cpu).unwrap()
+    }
+
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn a_ragged_batch_appends_each_row_at_its_own_length() {
+        // Three sequences of lengths 3, 7 and 5 decoding together; capacity 8,
+        // so the row at 7 fills it and the next step grows the batch.
+        let lens = [3usize, 7, 5];
+        let srcs: Vec<Option<Tensor>> =
+            lens.iter().enumerate().map(|(i, &l)| Some(seq_cache(1000.0 * (i + 1) as f32, 8, l))).collect();
+        let (batch, capacity) = stack_padded(srcs[0].as_ref().unwrap(), &srcs, 2).unwrap();
+        let mut cache = SingleCache {
+            all_data: Some(batch),
+            dim: 2,
+            current_seq_len: 7,
+            max_seq_len: 4096,
+            capacity_seq_len: capacity,
+            row_lens: Some(lens.to_vec()),
+        };
+        for step in 0..2usize {
+            let token = Tensor::from_vec(
+                (0..3 * 2 * 3).map(|i| -(1.0 + step as f32) * (1 + i) as f32).collect::<Vec<f32>>(),
+                (3, 2, 1, 3),
+                &Device::Cpu,
+            )
+            .unwrap();
+            cache.append(&token).unwrap();
+            let now: Vec<usize> = lens.iter().map(|l| l + step + 1).collect();
+            assert_eq!(cache.row_lens(), Some(&now[..]), "step {step}");
+            assert_eq!(cache.current_seq_len(), 7 + step + 1);
+            let data = cache.current_data().unwrap().unwrap();
+            assert_eq!(data.dims(), &[3, 2, 7 + step + 1, 3]);
+            for (row, &len) in lens.iter().enumerate() {
+                let r = data.i(row..row + 1).unwrap();
+                // The sequence's own positions are untouched ...
+                let own = srcs[row].as_ref().unwrap().narrow(2, 0, len).unwrap();
+                assert_eq!(max_abs(&(r.narrow(2, 0, len).unwrap() - own).unwrap()), 0.0, "row {row}");
+                // ... and this step's token sits right after its last one.
+                let got = r.narrow(2, len + step, 1).unwrap();
+                let want = token.i(row..row + 1).unwrap();
+                assert_eq!(max_abs(&(got - want).unwrap()), 0.0, "row {row} step {step}");
+            }
+        }
+        assert!(cache.capacity_seq_len > 8, "grown past the first capacity");
+        // Setting a length for the whole batch ends the ragged state.
+        cache.set_len(4).unwrap();
+        assert_eq!(cache.row_lens(), None);
+    }
+
+    #[test]
+    fn a_ragged_batch_takes_only_decoding_steps() {
+        let srcs = vec![Some(seq_cache(1.0, 8, 2)), Some(seq_cache(2.0, 8, 4))];
+        let (batch, capacity) = stack_padded(srcs[0].as_ref().unwrap(), &srcs, 2).unwrap();
+        let mut cache = SingleCache {
+            all_data: Some(batch),
+            dim: 2,
+            current_seq_len: 4,
+            max_seq_len: 64,
+            capacity_seq_len: capacity,
+            row_lens: Some(vec![2, 4]),
+        };
+        let two = Tensor::zeros((2, 2, 2, 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(cache.append(&two).is_err());
+        let three_rows = Tensor::zeros((3, 2, 1, 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(cache.append(&three_rows).is_err());
+    }
+
+    #[test]
+    fn the_ragged_mask_opens_each_row_to_its_own_length() {
+        let mask = ragged_decode_mask(&[2, 5, 4], 5, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(mask.dims(), &[3, 1, 1, 5]);
+        let rows = mask.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(rows, vec![0., 0., inf, inf, inf, 0., 0., 0., 0., 0., 0., 0., 0., 0., inf]);
     }
 }

@@ -10,6 +10,7 @@ use mistralrs_quant::{GgufMatMul, QuantMethod, QuantMethodConfig};
 use crate::attention::SdpaParams;
 use crate::device_map::{DeviceMappedMask, DeviceMapper};
 use crate::gguf::Content;
+use crate::kv_cache::ragged_decode_mask;
 use crate::layers::{CausalMasker, MatMul, QRmsNorm, RotaryEmbedding, Sdpa};
 use crate::layers_masker::PastKvLenCache;
 use crate::paged_attention::{AttentionImplementation, PagedAttention};
@@ -127,8 +128,26 @@ impl LayerWeights {
             }
             None => {
                 let (k, v) = kv_cache.append(&k, &v)?;
+                // Decoding sequences of different lengths together: each
+                // row attends to its own positions only.
+                let ragged = match kv_cache.row_lens() {
+                    Some(lens) if seq_len == 1 => Some(ragged_decode_mask(
+                        lens,
+                        k.dim(2)?,
+                        q.dtype(),
+                        q.device(),
+                    )?),
+                    _ => None,
+                };
 
-                Sdpa.run_attention(&q, &k, &v, mask, None, &self.sdpa_params)?
+                Sdpa.run_attention(
+                    &q,
+                    &k,
+                    &v,
+                    mask.or(ragged.as_ref()),
+                    None,
+                    &self.sdpa_params,
+                )?
             }
         };
 

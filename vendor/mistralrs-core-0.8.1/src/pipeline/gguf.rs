@@ -741,6 +741,12 @@ impl MetadataMixin for GGUFPipeline {
 
 #[async_trait::async_trait]
 impl Pipeline for GGUFPipeline {
+    fn decodes_ragged_batches(&self) -> bool {
+        // Qwen2's attention masks each row of a ragged batch
+        // (`models::quantized_qwen`); checked on the CPU.
+        matches!(self.model, Model::Qwen(_)) && self.device().is_cpu() && !self.no_kv_cache
+    }
+
     fn forward_inputs(
         &mut self,
         inputs: Box<dyn Any>,

@@ -471,6 +471,14 @@ pub trait Pipeline:
         return_raw_logits: bool,
     ) -> Result<ForwardInputsResult, candle_core::Error>;
 
+    /// Whether one decoding step can take sequences of different lengths
+    /// (its KV cache keeps each row's length and its attention masks the
+    /// rest: `KvCache::row_lens`). The default scheduler then batches every
+    /// decoding sequence instead of only those of equal length.
+    fn decodes_ragged_batches(&self) -> bool {
+        false
+    }
+
     /// `forward_inputs`, on a worker of rayon's pool when the model runs on
     /// the CPU (see `on_compute_pool`).
     fn forward_inputs_on_pool(

@@ -72,7 +72,28 @@ pub trait BucketingManager<Backer: FcfsBacker>: Send + Sync {
 // Bucket by that metric for images because if we are not a prompt, then this doesn't apply
 type BucketKey = (usize, bool, usize);
 
-struct FixedBucketingManager;
+struct FixedBucketingManager {
+    /// The pipeline decodes sequences of different lengths in one step
+    /// (`Pipeline::decodes_ragged_batches`): every decoding sequence goes in
+    /// one bucket, whatever its length; prompts are still bucketed by length.
+    ragged_decode: bool,
+}
+
+impl FixedBucketingManager {
+    fn bucket_key(&self, seq: &Sequence) -> BucketKey {
+        if self.ragged_decode && seq.is_completion() {
+            // Length 0: no prompt has it, and the discrete choice (the
+            // shortest bucket) lets decoding go on.
+            (0, false, 0)
+        } else {
+            (
+                seq.len(),
+                seq.images().is_some() && seq.is_prompt(),
+                seq.token_offset(),
+            )
+        }
+    }
+}
 
 impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
     /// Move the sequences into buckets, and run the ones with the shortest lengths.
@@ -88,43 +109,19 @@ impl<Backer: FcfsBacker> BucketingManager<Backer> for FixedBucketingManager {
         let mut seq_buckets: HashMap<BucketKey, Vec<Sequence>> = HashMap::new();
         let mut seq_priorities: HashMap<BucketKey, f64> = HashMap::new();
         for seq in running {
-            let len = seq.len();
-            match seq_buckets.get_mut(&(
-                len,
-                seq.images().is_some() && seq.is_prompt(),
-                seq.token_offset(),
-            )) {
+            let key = self.bucket_key(&seq);
+            match seq_buckets.get_mut(&key) {
                 Some(bucket) => {
                     if !discrete {
-                        *seq_priorities
-                            .get_mut(&(
-                                len,
-                                seq.images().is_some() && seq.is_prompt(),
-                                seq.token_offset(),
-                            ))
-                            .unwrap() += seq.compute_priority();
+                        *seq_priorities.get_mut(&key).unwrap() += seq.compute_priority();
                     }
                     bucket.push(seq);
                 }
                 None => {
                     if !discrete {
-                        seq_priorities.insert(
-                            (
-                                len,
-                                seq.images().is_some() && seq.is_prompt(),
-                                seq.token_offset(),
-                            ),
-                            seq.compute_priority(),
-                        );
+                        seq_priorities.insert(key, seq.compute_priority());
                     }
-                    seq_buckets.insert(
-                        (
-                            len,
-                            seq.images().is_some() && seq.is_prompt(),
-                            seq.token_offset(),
-                        ),
-                        vec![seq],
-                    );
+                    seq_buckets.insert(key, vec![seq]);
                 }
             }
         }
@@ -180,7 +177,9 @@ pub struct DefaultScheduler<Backer: FcfsBacker> {
 impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
     pub fn new(method: DefaultSchedulerMethod) -> Self {
         let bucketing_manager: Box<dyn BucketingManager<_>> = match method {
-            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager),
+            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager {
+                ragged_decode: false,
+            }),
         };
         Self {
             running: Vec::new(),
@@ -355,6 +354,14 @@ impl Scheduler for DefaultScheduler<VecDeque<Sequence>> {
     fn set_prefix_caching_enabled(&mut self, _enabled: bool) {
         // DefaultScheduler doesn't use PagedAttention prefix caching
     }
+
+    fn set_ragged_decode(&mut self, enabled: bool) {
+        self.bucketing_manager = match self.method {
+            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager {
+                ragged_decode: enabled,
+            }),
+        };
+    }
 }
 
 #[cfg(test)]
@@ -432,6 +439,39 @@ mod tests {
             let out = scheduler.schedule(&logger);
             assert!(out.prompt.len() + out.completion.len() <= limit, "limit {limit}");
             assert!(scheduler.running.len() <= limit, "limit {limit}");
+        }
+    }
+
+    /// Decoding sequences of different lengths: bucketed by length (one
+    /// length runs, the others wait) unless the pipeline decodes ragged
+    /// batches, when they all share each step; prompts stay bucketed.
+    #[test]
+    fn decoding_sequences_of_different_lengths_share_a_step_when_the_pipeline_can() {
+        let logger = IntervalLogger::new(Duration::from_secs(3600), None);
+        for ragged in [false, true] {
+            let mut scheduler: DefaultScheduler<VecDeque<Sequence>> =
+                DefaultScheduler::new(DefaultSchedulerMethod::Fixed(4.try_into().unwrap()));
+            scheduler.set_ragged_decode(ragged);
+            for (id, len) in [(0, 9), (1, 5), (2, 7)] {
+                scheduler.add_seq(waiting_sequence(id, len));
+            }
+            // Prompts of different lengths run one length at a time.
+            let out = scheduler.schedule(&logger);
+            assert_eq!(ids(&out.prompt).len(), 1, "ragged {ragged}");
+            for seq in scheduler.running.iter().chain(scheduler.waiting.iter()) {
+                seq.set_state(SequenceState::RunningCompletion);
+            }
+            for _ in 0..3 {
+                let out = scheduler.schedule(&logger);
+                assert!(out.prompt.is_empty());
+                let mut running = ids(&out.completion);
+                running.sort();
+                if ragged {
+                    assert_eq!(running, vec![0, 1, 2]);
+                } else {
+                    assert_eq!(running.len(), 1, "one length at a time: {running:?}");
+                }
+            }
         }
     }
 }

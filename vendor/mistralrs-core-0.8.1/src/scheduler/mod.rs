@@ -69,4 +69,9 @@ pub trait Scheduler: Send + Sync {
     /// Set whether prefix caching is enabled. Called by Engine after creation
     /// to synchronize with the global no_prefix_cache setting.
     fn set_prefix_caching_enabled(&mut self, enabled: bool);
+
+    /// Set whether the pipeline decodes sequences of different lengths in
+    /// one step (`Pipeline::decodes_ragged_batches`). Called by Engine
+    /// after creation; schedulers that do not bucket by length ignore it.
+    fn set_ragged_decode(&mut self, _enabled: bool) {}
 }

@@ -813,7 +813,7 @@ where
 mod tests {
     use super::*;
     use crate::attention::SdpaParams;
-    use candle_core::{Device, Tensor, D};
+    use candle_core::{DType, Device, Tensor, D};
     use candle_nn::ops::softmax;
 
     use candle_core::Result as CandleResult;
@@ -996,6 +996,58 @@ mod tests {
                 .to_vec1::<f32>()?;
                 assert_eq!(alone.as_slice(), &got[b_i * h * d..(b_i + 1) * h * d], "sequence {b_i}");
             }
+        }
+        Ok(())
+    }
+
+    /// Decoding sequences of different lengths in one step: the batch's
+    /// cache holds each at its own positions with stale data past its end,
+    /// which `ragged_decode_mask` hides. Each sequence's attention must be
+    /// the one it gets alone over its own positions, bit for bit (the
+    /// tiles start where they start alone; masked ones add nothing), so a
+    /// greedy answer does not depend on what it was batched with.
+    #[test]
+    fn a_ragged_batch_row_equals_the_sequence_alone_bit_for_bit() -> CandleResult<()> {
+        let (h, k_h, d) = (4, 2, 8);
+        let lens = [37usize, 16, 5, 1];
+        let (b, kv_len) = (lens.len(), 37);
+        let gen = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5 - 1.0) * 1.7)
+                .collect()
+        };
+        let sdpa = SdpaParams {
+            softmax_scale: 0.35,
+            softcap: None,
+            n_kv_groups: h / k_h,
+            sliding_window: None,
+            sinks: None,
+        };
+        let qt = Tensor::from_vec(gen(b * h * d, 4), (b, 1, h, d), &Device::Cpu)?;
+        // Past each row's length: large stale values, which would dominate
+        // any softmax they got into.
+        let stale = |seed: usize| -> CandleResult<Tensor> {
+            let mut x = gen(b * kv_len * k_h * d, seed);
+            for (row, &len) in lens.iter().enumerate() {
+                for x in &mut x[(row * kv_len + len) * k_h * d..(row + 1) * kv_len * k_h * d] {
+                    *x = 50.0;
+                }
+            }
+            Tensor::from_vec(x, (b, kv_len, k_h, d), &Device::Cpu)
+        };
+        let (kt, vt) = (stale(5)?, stale(6)?);
+        let mask = crate::kv_cache::ragged_decode_mask(&lens, kv_len, DType::F32, &Device::Cpu)?;
+        let got = run_flash_attn_cpu::<f32>(&qt, &kt, &vt, Some(&mask), &sdpa)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for (b_i, &len) in lens.iter().enumerate() {
+            let own = |t: &Tensor, n: usize| t.narrow(0, b_i, 1)?.narrow(1, 0, n)?.contiguous();
+            let alone = run_flash_attn_cpu::<f32>(&own(&qt, 1)?, &own(&kt, len)?, &own(&vt, len)?, None, &sdpa)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let row = &got[b_i * h * d..(b_i + 1) * h * d];
+            let same = alone.iter().zip(row).all(|(a, g)| a.to_bits() == g.to_bits());
+            assert!(same, "sequence {b_i} (length {len}): {row:?} vs alone {alone:?}");
         }
         Ok(())
     }
