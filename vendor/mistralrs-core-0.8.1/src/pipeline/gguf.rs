@@ -743,8 +743,9 @@ impl MetadataMixin for GGUFPipeline {
 impl Pipeline for GGUFPipeline {
     fn decodes_ragged_batches(&self) -> bool {
         // Qwen2's attention masks each row of a ragged batch
-        // (`models::quantized_qwen`); checked on the CPU.
-        matches!(self.model, Model::Qwen(_)) && self.device().is_cpu() && !self.no_kv_cache
+        // (`models::quantized_qwen`); checked on the CPU. (`Engine::new`
+        // leaves it off without a KV cache.)
+        matches!(self.model, Model::Qwen(_)) && self.device().is_cpu()
     }
 
     fn forward_inputs(

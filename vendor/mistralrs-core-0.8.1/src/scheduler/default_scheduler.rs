@@ -176,16 +176,21 @@ pub struct DefaultScheduler<Backer: FcfsBacker> {
 
 impl<Backer: FcfsBacker> DefaultScheduler<Backer> {
     pub fn new(method: DefaultSchedulerMethod) -> Self {
-        let bucketing_manager: Box<dyn BucketingManager<_>> = match method {
-            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager {
-                ragged_decode: false,
-            }),
-        };
+        let bucketing_manager = Self::bucketing_manager(&method, false);
         Self {
             running: Vec::new(),
             waiting: Backer::new(),
             method,
             bucketing_manager,
+        }
+    }
+
+    fn bucketing_manager(
+        method: &DefaultSchedulerMethod,
+        ragged_decode: bool,
+    ) -> Box<dyn BucketingManager<Backer>> {
+        match method {
+            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager { ragged_decode }),
         }
     }
 
@@ -356,11 +361,7 @@ impl Scheduler for DefaultScheduler<VecDeque<Sequence>> {
     }
 
     fn set_ragged_decode(&mut self, enabled: bool) {
-        self.bucketing_manager = match self.method {
-            DefaultSchedulerMethod::Fixed(_) => Box::new(FixedBucketingManager {
-                ragged_decode: enabled,
-            }),
-        };
+        self.bucketing_manager = Self::bucketing_manager(&self.method, enabled);
     }
 }
 
