@@ -15,6 +15,8 @@
 //! 3. Whether batching changes answers: sproutd's answers at concurrency 4
 //!    and 8 against its answers at 1, and mistral.rs in-process against
 //!    sproutd.
+//! 4. Long prompts: prefill tokens/s of sproutd and `llama-server` (prompt
+//!    cache off) on prompts of about 1,000 tokens, each new.
 //!
 //!   scripts/build-llamacpp.sh                 # once: llama.cpp from the llama-cpp-python sdist
 //!   cargo bench --bench throughput            # SPROUT_BENCH_REPS=2 rounds; SPROUT_BENCH_THREADS=2
@@ -32,7 +34,7 @@ use futures::StreamExt;
 use mistralrs::{RequestBuilder, Response, TextMessageRole};
 use serde_json::{json, Value};
 use sprout::config::Config;
-use sprout::engine::mistral::MistralEngine;
+use sprout::engine::mistral::{greedy_params, MistralEngine};
 
 const SINGLE_PROMPTS: &[&str] = &[
     "Write a long, detailed essay about the history of the Roman Empire.",
@@ -136,7 +138,7 @@ impl LlamaPy {
 }
 
 async fn mistral_single(engine: &MistralEngine, prompt: &str) -> Single {
-    let mut params = mistralrs::SamplingParams::deterministic();
+    let mut params = greedy_params();
     params.max_len = Some(SINGLE_TOKENS);
     let req = RequestBuilder::new().add_message(TextMessageRole::User, prompt).set_sampling(params);
     let t0 = Instant::now();
@@ -211,6 +213,11 @@ fn http_single(usage: &Value, ttft: f64, total: f64) -> Single {
         completion_tokens: n,
         wall_s: total,
     }
+}
+
+/// About 1,000 tokens of numbered notes (PROMPTS, four times over).
+fn long_notes() -> String {
+    (0..4 * PROMPTS.len()).map(|i| format!("Note {}: {}\n", i + 1, PROMPTS[i % PROMPTS.len()].repeat(2))).collect()
 }
 
 /// No "model": each server answers with the one it serves (sproutd refuses
@@ -439,7 +446,7 @@ async fn main() {
     // 3. In-process mistral.rs against sproutd at concurrency 1.
     let mut identical = 0;
     for (i, p) in PROMPTS.iter().enumerate() {
-        let mut params = mistralrs::SamplingParams::deterministic();
+        let mut params = greedy_params();
         params.max_len = Some(CONC_TOKENS);
         let req = RequestBuilder::new().add_message(TextMessageRole::User, p).set_sampling(params);
         let r = engine.model().send_chat_request(req).await.expect("mistral.rs");
@@ -449,6 +456,29 @@ async fn main() {
         }
     }
     println!("mistral.rs in-process answers identical to sproutd's: {identical}/{}", PROMPTS.len());
+
+    // 4. Long prompts: prefill of a prompt of about 1,000 tokens, 3 new
+    // tokens, the two servers taking turns. Each prompt starts with a new
+    // line, so neither server's prompt cache can serve it.
+    let (mut s_prefill, mut l_prefill) = ((0.0, 0.0), (0.0, 0.0));
+    for i in 0..2 * reps {
+        let p = format!("Request {i}. Read these notes, then say which one is longest.\n{}", long_notes());
+        let (u, ttft, _, _) = stream_chat(&http, &sprout_url, body(&p, 3)).await;
+        let tokens = u["prompt_tokens"].as_f64().expect("usage in the stream");
+        s_prefill = (s_prefill.0 + tokens, s_prefill.1 + ttft);
+        let mut b = llama_body(&p, 3);
+        b["cache_prompt"] = json!(false);
+        let (u, ttft, _, _) = stream_chat(&http, &llama_url, b).await;
+        l_prefill = (l_prefill.0 + u["prompt_tokens"].as_f64().unwrap_or(tokens), l_prefill.1 + ttft);
+    }
+    println!(
+        "\nlong prompts ({:.0} tokens, {} prompts, new each time): prefill tok/s sproutd {:.1}, llama-server {:.1}, ratio {:.3}",
+        s_prefill.0 / (2 * reps) as f64,
+        2 * reps,
+        s_prefill.0 / s_prefill.1,
+        l_prefill.0 / l_prefill.1,
+        (s_prefill.0 / s_prefill.1) / (l_prefill.0 / l_prefill.1)
+    );
 
     let _ = sproutd.kill();
     let _ = llama_server.kill();

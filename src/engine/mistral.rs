@@ -75,6 +75,17 @@ async fn load_gguf(path: &Path, cpu: bool, max_seqs: usize) -> Result<Model, Eng
     b.build().await.map_err(|e| EngineError::Load(format!("{}: {e:#}", path.display())))
 }
 
+/// mistral.rs's parameters for taking the most likely token: its
+/// `deterministic()` with temperature 0. mistral.rs reads no temperature as
+/// 1.0, a softmax and a weighted draw over the whole vocabulary (151,936
+/// tokens for the default model) every token; 0 makes it take the largest
+/// logit.
+pub fn greedy_params() -> SamplingParams {
+    let mut params = SamplingParams::deterministic();
+    params.temperature = Some(0.0);
+    params
+}
+
 /// Builds the mistral.rs request: greedy engine sampling plus, when the
 /// request needs it, Sprout's [`sampler::Picker`] as a logits processor (the
 /// engine's repetition penalty runs before it); tools, their calls and
@@ -104,7 +115,9 @@ pub fn build_request(req: &GenRequest) -> (ToolCallMessages, Option<Arc<Mutex<sa
             Role::Tool => rb.add_tool_message(&m.content, m.tool_call_id.as_deref().unwrap_or_default()),
         };
     }
-    let mut params = SamplingParams::deterministic();
+    // The token is chosen by the logits processor (`sampler`), which leaves
+    // only it finite; the engine then only has to take it.
+    let mut params = greedy_params();
     params.max_len = Some(req.max_tokens);
     if req.sampling.repetition_penalty != 1.0 {
         params.repetition_penalty = Some(req.sampling.repetition_penalty);

@@ -10,6 +10,8 @@ use core::arch::x86::*;
 #[cfg(target_arch = "x86_64")]
 use core::arch::x86_64::*;
 
+// With AVX-512 VNNI only `vnni_tests` use it, as the reference.
+#[cfg_attr(all(target_feature = "avx512vnni", target_feature = "avx512vl"), allow(dead_code))]
 #[inline(always)]
 pub(crate) unsafe fn sum_i16_pairs_float(x: __m256i) -> __m256 {
     let ones = _mm256_set1_epi16(1);
@@ -17,10 +19,23 @@ pub(crate) unsafe fn sum_i16_pairs_float(x: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(summed_pairs)
 }
 
+/// The products of the unsigned bytes `ax` and the signed bytes `sy`, summed
+/// in fours into eight f32 lanes. Where the build target has AVX-512 VNNI,
+/// one `vpdpbusd` does the work of `maddubs` + `madd`. The sums are the same
+/// integers, because every caller's bytes keep `maddubs`' pair sums inside
+/// i16, where it would otherwise saturate: the sign trick gives |x| <= 128
+/// and y in -128..=127 (pairs within -32768..=32512), and Q5_1's weights are
+/// 0..=31.
 #[inline(always)]
 pub(crate) unsafe fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
-    let dot = _mm256_maddubs_epi16(ax, sy);
-    sum_i16_pairs_float(dot)
+    #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
+    return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy));
+
+    #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
+    {
+        let dot = _mm256_maddubs_epi16(ax, sy);
+        sum_i16_pairs_float(dot)
+    }
 }
 
 #[inline(always)]
@@ -74,16 +89,34 @@ pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) ->
         n.is_multiple_of(QK8_0),
         "vec_dot_q8_0_q8_0: {n} is not divisible by {QK8_0}"
     );
+    let [dot] = vec_dot_q8_0_q8_0_rows(xs, [ys]);
+    dot
+}
+
+/// One Q8_0 weight row against `R` Q8_0 activation rows: each weight block's
+/// bytes, their absolute values and its scale are loaded once for the `R`
+/// rows. `vec_dot_q8_0_q8_0` is this kernel with one row, so every result
+/// equals it exactly (the same operations per row, interleaved across rows).
+#[inline(always)]
+pub(crate) fn vec_dot_q8_0_q8_0_rows<const R: usize>(
+    xs: &[BlockQ8_0],
+    ys: [&[BlockQ8_0]; R],
+) -> [f32; R] {
+    let ys = ys.map(|y| &y[..xs.len()]);
     unsafe {
-        let mut acc = _mm256_setzero_ps();
-        for (x, y) in xs.iter().zip(ys.iter()) {
-            let d = _mm256_set1_ps(f16::to_f32(x.d) * f16::to_f32(y.d));
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (i, x) in xs.iter().enumerate() {
+            let dx = f16::to_f32(x.d);
             let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
-            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-            let q = mul_sum_i8_pairs_float(bx, by);
-            acc = _mm256_fmadd_ps(d, q, acc);
+            for (acc, ys) in acc.iter_mut().zip(ys) {
+                let y = &ys[i];
+                let d = _mm256_set1_ps(dx * f16::to_f32(y.d));
+                let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+                let q = mul_sum_i8_pairs_float(bx, by);
+                *acc = _mm256_fmadd_ps(d, q, *acc);
+            }
         }
-        hsum_float_8(acc)
+        acc.map(|acc| hsum_float_8(acc))
     }
 }
 
@@ -224,34 +257,43 @@ pub(crate) fn vec_dot_q6k_q8k(n: usize, xs: &[BlockQ6K], ys: &[BlockQ8K]) -> f32
         n.is_multiple_of(QK_K),
         "vec_dot_q6k_8k: {n} is not divisible by {QK_K}"
     );
+    let [dot] = vec_dot_q6k_q8k_rows(xs, [ys]);
+    dot
+}
 
+/// One Q6_K weight row against `R` Q8_K activation rows: each half
+/// super-block's 128 six-bit weights (four vectors of bytes) and their
+/// sixteen-weight scales are unpacked once and multiplied with the `R` rows.
+/// `vec_dot_q6k_q8k` is this kernel with one row. Within a super-block a row
+/// sums exact integers; its f32 steps (one multiply-add per super-block,
+/// then the horizontal sum) are those of one row alone, so every result
+/// equals it exactly.
+#[inline(always)]
+pub(crate) fn vec_dot_q6k_q8k_rows<const R: usize>(
+    xs: &[BlockQ6K],
+    ys: [&[BlockQ8K]; R],
+) -> [f32; R] {
+    let ys = ys.map(|y| &y[..xs.len()]);
     unsafe {
         let m4 = _mm256_set1_epi8(0xF);
         let m2 = _mm256_set1_epi8(3);
         let m32s = _mm256_set1_epi8(32);
-        let mut acc = _mm256_setzero_ps();
-        for (x, y) in xs.iter().zip(ys.iter()) {
-            let d = y.d * x.d.to_f32();
-            let mut q4 = x.ql.as_ptr();
-            let mut qh = x.qh.as_ptr();
-            let mut q8 = y.qs.as_ptr();
-
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (i, x) in xs.iter().enumerate() {
+            let xd = x.d.to_f32();
             let scales = _mm_loadu_si128(x.scales.as_ptr() as *const __m128i);
-            let mut sumi = _mm256_setzero_si256();
+            let mut sumi = [_mm256_setzero_si256(); R];
 
             for j in 0..QK_K / 128 {
                 let is = j * 4;
-                let scale_0 = _mm_shuffle_epi8(scales, get_scale_shuffle(is));
-                let scale_1 = _mm_shuffle_epi8(scales, get_scale_shuffle(is + 1));
-                let scale_2 = _mm_shuffle_epi8(scales, get_scale_shuffle(is + 2));
-                let scale_3 = _mm_shuffle_epi8(scales, get_scale_shuffle(is + 3));
+                let scale = [0, 1, 2, 3].map(|s| {
+                    _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, get_scale_shuffle(is + s)))
+                });
 
+                let q4 = x.ql.as_ptr().add(64 * j);
                 let q4bits1 = _mm256_loadu_si256(q4 as *const __m256i);
-                q4 = q4.add(32);
-                let q4bits2 = _mm256_loadu_si256(q4 as *const __m256i);
-                q4 = q4.add(32);
-                let q4bits_h = _mm256_loadu_si256(qh as *const __m256i);
-                qh = qh.add(32);
+                let q4bits2 = _mm256_loadu_si256(q4.add(32) as *const __m256i);
+                let q4bits_h = _mm256_loadu_si256(x.qh.as_ptr().add(32 * j) as *const __m256i);
 
                 let q4h_0 = _mm256_slli_epi16(_mm256_and_si256(q4bits_h, m2), 4);
                 let q4h_1 =
@@ -261,48 +303,31 @@ pub(crate) fn vec_dot_q6k_q8k(n: usize, xs: &[BlockQ6K], ys: &[BlockQ8K]) -> f32
                 let q4h_3 =
                     _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits_h, 6), m2), 4);
 
-                let q4_0 = _mm256_or_si256(_mm256_and_si256(q4bits1, m4), q4h_0);
-                let q4_1 = _mm256_or_si256(_mm256_and_si256(q4bits2, m4), q4h_1);
-                let q4_2 =
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m4), q4h_2);
-                let q4_3 =
-                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m4), q4h_3);
+                let q4_ = [
+                    _mm256_or_si256(_mm256_and_si256(q4bits1, m4), q4h_0),
+                    _mm256_or_si256(_mm256_and_si256(q4bits2, m4), q4h_1),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m4), q4h_2),
+                    _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m4), q4h_3),
+                ];
 
-                let q8_0 = _mm256_loadu_si256(q8 as *const __m256i);
-                q8 = q8.add(32);
-                let q8_1 = _mm256_loadu_si256(q8 as *const __m256i);
-                q8 = q8.add(32);
-                let q8_2 = _mm256_loadu_si256(q8 as *const __m256i);
-                q8 = q8.add(32);
-                let q8_3 = _mm256_loadu_si256(q8 as *const __m256i);
-                q8 = q8.add(32);
-
-                let q8s_0 = _mm256_maddubs_epi16(m32s, q8_0);
-                let q8s_1 = _mm256_maddubs_epi16(m32s, q8_1);
-                let q8s_2 = _mm256_maddubs_epi16(m32s, q8_2);
-                let q8s_3 = _mm256_maddubs_epi16(m32s, q8_3);
-
-                let p16_0 = _mm256_maddubs_epi16(q4_0, q8_0);
-                let p16_1 = _mm256_maddubs_epi16(q4_1, q8_1);
-                let p16_2 = _mm256_maddubs_epi16(q4_2, q8_2);
-                let p16_3 = _mm256_maddubs_epi16(q4_3, q8_3);
-
-                let p16_0 = _mm256_sub_epi16(p16_0, q8s_0);
-                let p16_1 = _mm256_sub_epi16(p16_1, q8s_1);
-                let p16_2 = _mm256_sub_epi16(p16_2, q8s_2);
-                let p16_3 = _mm256_sub_epi16(p16_3, q8s_3);
-
-                let p16_0 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scale_0), p16_0);
-                let p16_1 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scale_1), p16_1);
-                let p16_2 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scale_2), p16_2);
-                let p16_3 = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scale_3), p16_3);
-
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16_0, p16_1));
-                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16_2, p16_3));
+                for (sumi, ys) in sumi.iter_mut().zip(ys) {
+                    let q8 = ys[i].qs.as_ptr().add(128 * j);
+                    for k in 0..4 {
+                        let q8_k = _mm256_loadu_si256(q8.add(32 * k) as *const __m256i);
+                        // (w + 32) * a - 32 * a: the weights are stored
+                        // unsigned, 0..=63, for maddubs.
+                        let q8s = _mm256_maddubs_epi16(m32s, q8_k);
+                        let p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q4_[k], q8_k), q8s);
+                        *sumi = _mm256_add_epi32(*sumi, _mm256_madd_epi16(scale[k], p16));
+                    }
+                }
             }
-            acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&d), _mm256_cvtepi32_ps(sumi), acc);
+            for ((acc, sumi), ys) in acc.iter_mut().zip(sumi).zip(ys) {
+                let d = ys[i].d * xd;
+                *acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&d), _mm256_cvtepi32_ps(sumi), *acc);
+            }
         }
-        hsum_float_8(acc)
+        acc.map(|acc| hsum_float_8(acc))
     }
 }
 
@@ -536,6 +561,22 @@ pub(crate) fn vec_dot_q4k_q8k(n: usize, xs: &[BlockQ4K], ys: &[BlockQ8K]) -> f32
         n.is_multiple_of(QK_K),
         "vec_dot_q4k_q8k: {n} is not divisible by {QK_K}"
     );
+    let [dot] = vec_dot_q4k_q8k_rows(xs, [ys]);
+    dot
+}
+
+/// One Q4_K weight row against `R` Q8_K activation rows: each super-block's
+/// six-bit scales and mins are unpacked once, and each 64 weights' nibbles
+/// once, for the `R` rows. `vec_dot_q4k_q8k` is this kernel with one row.
+/// Within a super-block a row sums exact integers; its f32 steps (two
+/// multiply-adds per super-block, then the horizontal sums) are those of one
+/// row alone, so every result equals it exactly.
+#[inline(always)]
+pub(crate) fn vec_dot_q4k_q8k_rows<const R: usize>(
+    xs: &[BlockQ4K],
+    ys: [&[BlockQ8K]; R],
+) -> [f32; R] {
+    let ys = ys.map(|y| &y[..xs.len()]);
     let mut utmp = [0u32; 4];
     const KMASK1: u32 = 0x3f3f3f3f;
     const KMASK2: u32 = 0x0f0f0f0f;
@@ -544,12 +585,12 @@ pub(crate) fn vec_dot_q4k_q8k(n: usize, xs: &[BlockQ4K], ys: &[BlockQ8K]) -> f32
     unsafe {
         let m4 = _mm256_set1_epi8(0xF);
 
-        let mut acc = _mm256_setzero_ps();
-        let mut acc_m = _mm_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut acc_m = [_mm_setzero_ps(); R];
 
-        for (x, y) in xs.iter().zip(ys.iter()) {
-            let d = y.d * x.d.to_f32();
-            let dmin = -y.d * x.dmin.to_f32();
+        for (i, x) in xs.iter().enumerate() {
+            let xd = x.d.to_f32();
+            let xdmin = x.dmin.to_f32();
 
             LittleEndian::read_u32_into(&x.scales, &mut utmp[0..3]);
 
@@ -559,59 +600,67 @@ pub(crate) fn vec_dot_q4k_q8k(n: usize, xs: &[BlockQ4K], ys: &[BlockQ8K]) -> f32
             utmp[2] = uaux;
             utmp[0] &= KMASK1;
 
-            let mut q4 = x.qs.as_ptr();
-            let mut q8 = y.qs.as_ptr();
-
             let mins_and_scales = _mm256_cvtepu8_epi16(_mm_set_epi32(
                 utmp[3] as i32,
                 utmp[2] as i32,
                 utmp[1] as i32,
                 utmp[0] as i32,
             ));
+            let mins = _mm256_extracti128_si256(mins_and_scales, 1);
 
-            let q8sums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
-            let q8s = _mm_hadd_epi16(
-                _mm256_extracti128_si256(q8sums, 0),
-                _mm256_extracti128_si256(q8sums, 1),
-            );
-            let prod = _mm_madd_epi16(_mm256_extracti128_si256(mins_and_scales, 1), q8s);
-            acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), acc_m);
+            // The mins times each row's 32-weight sums of its activations.
+            for (acc_m, ys) in acc_m.iter_mut().zip(ys) {
+                let y = &ys[i];
+                let dmin = -y.d * xdmin;
+                let q8sums = _mm256_loadu_si256(y.bsums.as_ptr() as *const __m256i);
+                let q8s = _mm_hadd_epi16(
+                    _mm256_extracti128_si256(q8sums, 0),
+                    _mm256_extracti128_si256(q8sums, 1),
+                );
+                let prod = _mm_madd_epi16(mins, q8s);
+                *acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), *acc_m);
+            }
 
             let sc128 = _mm256_extracti128_si256(mins_and_scales, 0);
             let scales = mm256_set_m128i(sc128, sc128);
 
-            let mut sumi = _mm256_setzero_si256();
+            let mut sumi = [_mm256_setzero_si256(); R];
 
             for j in 0..QK_K / 64 {
                 let scale_l = _mm256_shuffle_epi8(scales, get_scale_shuffle_k4(2 * j));
                 let scale_h = _mm256_shuffle_epi8(scales, get_scale_shuffle_k4(2 * j + 1));
 
-                let q4bits = _mm256_loadu_si256(q4 as *const __m256i);
-                q4 = q4.add(32);
+                let q4bits = _mm256_loadu_si256(x.qs.as_ptr().add(32 * j) as *const __m256i);
                 let q4l = _mm256_and_si256(q4bits, m4);
                 let q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
 
-                let q8l = _mm256_loadu_si256(q8 as *const __m256i);
-                q8 = q8.add(32);
-                let p16l = _mm256_maddubs_epi16(q4l, q8l);
-                let p16l = _mm256_madd_epi16(scale_l, p16l);
-                sumi = _mm256_add_epi32(sumi, p16l);
+                for (sumi, ys) in sumi.iter_mut().zip(ys) {
+                    let q8 = ys[i].qs.as_ptr().add(64 * j);
+                    let q8l = _mm256_loadu_si256(q8 as *const __m256i);
+                    let p16l = _mm256_maddubs_epi16(q4l, q8l);
+                    let p16l = _mm256_madd_epi16(scale_l, p16l);
+                    *sumi = _mm256_add_epi32(*sumi, p16l);
 
-                let q8h = _mm256_loadu_si256(q8 as *const __m256i);
-                q8 = q8.add(32);
-                let p16h = _mm256_maddubs_epi16(q4h, q8h);
-                let p16h = _mm256_madd_epi16(scale_h, p16h);
-                sumi = _mm256_add_epi32(sumi, p16h);
+                    let q8h = _mm256_loadu_si256(q8.add(32) as *const __m256i);
+                    let p16h = _mm256_maddubs_epi16(q4h, q8h);
+                    let p16h = _mm256_madd_epi16(scale_h, p16h);
+                    *sumi = _mm256_add_epi32(*sumi, p16h);
+                }
             }
 
-            let vd = _mm256_set1_ps(d);
-            acc = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(sumi), acc);
+            for ((acc, sumi), ys) in acc.iter_mut().zip(sumi).zip(ys) {
+                let vd = _mm256_set1_ps(ys[i].d * xd);
+                *acc = _mm256_fmadd_ps(vd, _mm256_cvtepi32_ps(sumi), *acc);
+            }
         }
 
-        let acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
-        let acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
-
-        hsum_float_8(acc) + _mm_cvtss_f32(acc_m)
+        let mut out = [0f32; R];
+        for ((out, acc), acc_m) in out.iter_mut().zip(acc).zip(acc_m) {
+            let acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+            let acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
+            *out = hsum_float_8(acc) + _mm_cvtss_f32(acc_m);
+        }
+        out
     }
 }
 
@@ -858,5 +907,50 @@ mod q5_tests {
         BlockQ5_1::from_float(&w, &mut x1);
         BlockQ8_1::from_float(&w, &mut y1);
         assert_eq!(BlockQ5_1::vec_dot(64, &x1, &y1), vec_dot_q5_1_q8_1(64, &x1, &y1));
+    }
+}
+
+#[cfg(all(test, target_feature = "avx512vnni", target_feature = "avx512vl"))]
+mod vnni_tests {
+    use super::*;
+
+    fn lanes(v: __m256) -> [f32; 8] {
+        let mut out = [0f32; 8];
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+        out
+    }
+
+    /// `vpdpbusd` (what `mul_sum_us8_pairs_float` uses with AVX-512 VNNI)
+    /// gives the same sums as `maddubs` + `madd` for every pair of bytes its
+    /// callers can pass: every signed x and y under the sign trick (the
+    /// Q4_0, Q5_0 and Q8_0 kernels), and weights 0..=31 against every signed
+    /// y (Q5_1). With steps 7 and 13 each lane meets every (x, y) pair as
+    /// the offsets go round; with step 0 both bytes of a pair are equal,
+    /// which gives the extreme pair sums (x = y = -128: -32768).
+    #[test]
+    fn dpbusd_equals_maddubs_then_madd_for_every_byte_pair_the_kernels_pass() {
+        let bytes = |start: usize, step: usize| -> [u8; 32] {
+            std::array::from_fn(|lane| (start + step * lane) as u8)
+        };
+        unsafe {
+            for (xstep, ystep) in [(7, 13), (0, 0)] {
+                for xa in 0..256 {
+                    let x = _mm256_loadu_si256(bytes(xa, xstep).as_ptr() as *const __m256i);
+                    for yb in 0..256 {
+                        let y = _mm256_loadu_si256(bytes(yb, ystep).as_ptr() as *const __m256i);
+                        // The sign trick: |x| (as unsigned) times y with x's sign.
+                        let (ax, sy) = (_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+                        let want = sum_i16_pairs_float(_mm256_maddubs_epi16(ax, sy));
+                        let got = mul_sum_us8_pairs_float(ax, sy);
+                        assert_eq!(lanes(got), lanes(want), "x {xa} step {xstep}, y {yb} step {ystep}");
+                        // Q5_1: unsigned weights 0..=31.
+                        let w = _mm256_and_si256(x, _mm256_set1_epi8(0x1F));
+                        let want = sum_i16_pairs_float(_mm256_maddubs_epi16(w, y));
+                        let got = mul_sum_us8_pairs_float(w, y);
+                        assert_eq!(lanes(got), lanes(want), "w {xa} step {xstep}, y {yb} step {ystep}");
+                    }
+                }
+            }
+        }
     }
 }

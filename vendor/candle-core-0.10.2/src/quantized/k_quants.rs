@@ -66,6 +66,30 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
     }
 }
 
+/// `GgmlType::vec_dot_rows` through a kernel that multiplies one weight row
+/// with `R` activation rows at once (`kernel::<R>(xs, [row; R]) -> [f32; R]`,
+/// each result exactly that row's `vec_dot`): four rows at a time (a weight
+/// block and four accumulators stay in registers), then the one to three left.
+#[cfg(target_feature = "avx2")]
+macro_rules! vec_dot_rows_by_four {
+    ($kernel:path, $xs:expr, $ys:expr, $out:expr) => {{
+        let (xs, ys, out): (&[_], &[_], &mut [f32]) = ($xs, $ys, $out);
+        let k_blocks = xs.len();
+        let row = |r: usize| &ys[r * k_blocks..(r + 1) * k_blocks];
+        let mut r = 0;
+        while r + 4 <= out.len() {
+            out[r..r + 4].copy_from_slice(&$kernel(xs, [row(r), row(r + 1), row(r + 2), row(r + 3)]));
+            r += 4;
+        }
+        match out.len() - r {
+            3 => out[r..].copy_from_slice(&$kernel(xs, [row(r), row(r + 1), row(r + 2)])),
+            2 => out[r..].copy_from_slice(&$kernel(xs, [row(r), row(r + 1)])),
+            1 => out[r..].copy_from_slice(&$kernel(xs, [row(r)])),
+            _ => {}
+        }
+    }};
+}
+
 #[derive(Debug, Clone, PartialEq)]
 #[repr(C)]
 pub struct BlockQ4_0 {
@@ -408,23 +432,8 @@ impl GgmlType for BlockQ5_0 {
 
     #[cfg(target_feature = "avx2")]
     fn vec_dot_rows(n: usize, xs: &[Self], ys: &[Self::VecDotType], out: &mut [f32]) {
-        use super::avx::vec_dot_q5_0_q8_0_rows as rows;
         debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
-        let k_blocks = xs.len();
-        let row = |r: usize| &ys[r * k_blocks..(r + 1) * k_blocks];
-        // Four rows at a time (a weight block and four accumulators stay in
-        // registers), then the one to three left.
-        let mut r = 0;
-        while r + 4 <= out.len() {
-            out[r..r + 4].copy_from_slice(&rows(xs, [row(r), row(r + 1), row(r + 2), row(r + 3)]));
-            r += 4;
-        }
-        match out.len() - r {
-            3 => out[r..].copy_from_slice(&rows(xs, [row(r), row(r + 1), row(r + 2)])),
-            2 => out[r..].copy_from_slice(&rows(xs, [row(r), row(r + 1)])),
-            1 => out[r] = Self::vec_dot(n, xs, row(r)),
-            _ => {}
-        }
+        vec_dot_rows_by_four!(super::avx::vec_dot_q5_0_q8_0_rows, xs, ys, out);
     }
 
     fn vec_dot_unopt(_n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -698,6 +707,12 @@ impl GgmlType for BlockQ8_0 {
         return super::simd128::vec_dot_q8_0_q8_0(n, xs, ys);
 
         Self::vec_dot_unopt(n, xs, ys)
+    }
+
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_rows(n: usize, xs: &[Self], ys: &[Self::VecDotType], out: &mut [f32]) {
+        debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
+        vec_dot_rows_by_four!(super::avx::vec_dot_q8_0_q8_0_rows, xs, ys, out);
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -1410,6 +1425,12 @@ impl GgmlType for BlockQ4K {
         Self::vec_dot_unopt(n, xs, ys)
     }
 
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_rows(n: usize, xs: &[Self], ys: &[Self::VecDotType], out: &mut [f32]) {
+        debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
+        vec_dot_rows_by_four!(super::avx::vec_dot_q4k_q8k_rows, xs, ys, out);
+    }
+
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
         debug_assert!(
             n.is_multiple_of(QK_K),
@@ -1968,6 +1989,12 @@ impl GgmlType for BlockQ6K {
         Self::vec_dot_unopt(n, xs, ys)
     }
 
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_rows(n: usize, xs: &[Self], ys: &[Self::VecDotType], out: &mut [f32]) {
+        debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
+        vec_dot_rows_by_four!(super::avx::vec_dot_q6k_q8k_rows, xs, ys, out);
+    }
+
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
         debug_assert!(
             n.is_multiple_of(QK_K),
@@ -2346,6 +2373,7 @@ pub fn matmul<T: GgmlType>(
     // pieces of about MIN_BLOCKS_PER_TASK block products, so that small
     // projections (a few hundred rows) still use every thread.
     const MIN_BLOCKS_PER_TASK: usize = 1024;
+    const ROW_BLOCK: usize = 64;
     let min_cols = MIN_BLOCKS_PER_TASK.div_ceil(k_in_blocks * m).max(1);
     let lhs_b = lhs_b.as_slice();
     let dot_col = |col_idx: usize, out: &mut [f32]| {
@@ -2360,11 +2388,33 @@ pub fn matmul<T: GgmlType>(
     } else {
         // Computed column-major, then transposed into dst (m x n, row-major).
         let mut dst_t = vec![0f32; n * m];
-        dst_t
-            .par_chunks_mut(m)
-            .enumerate()
-            .with_min_len(min_cols)
-            .for_each(|(col_idx, col)| dot_col(col_idx, col));
+        if m <= ROW_BLOCK {
+            dst_t
+                .par_chunks_mut(m)
+                .enumerate()
+                .with_min_len(min_cols)
+                .for_each(|(col_idx, col)| dot_col(col_idx, col));
+        } else {
+            // A prompt's activation rows are more than the cache holds (a
+            // 1,000-token prompt's are over a megabyte), and every weight
+            // row would stream all of them again. So each task takes
+            // COLS_PER_TASK weight rows and multiplies them with ROW_BLOCK
+            // activation rows at a time, both pieces staying in cache.
+            // ROW_BLOCK is a multiple of four, so `vec_dot_rows` groups the
+            // rows as it does in one call.
+            const COLS_PER_TASK: usize = 16;
+            dst_t.par_chunks_mut(m * COLS_PER_TASK).enumerate().for_each(|(task, cols)| {
+                for r0 in (0..m).step_by(ROW_BLOCK) {
+                    let r1 = (r0 + ROW_BLOCK).min(m);
+                    let rows = &lhs_b[r0 * k_in_blocks..r1 * k_in_blocks];
+                    for (c, col) in cols.chunks_exact_mut(m).enumerate() {
+                        let col_idx = task * COLS_PER_TASK + c;
+                        let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
+                        T::vec_dot_rows(k, rhs_col, rows, &mut col[r0..r1]);
+                    }
+                }
+            });
+        }
         for (col_idx, col) in dst_t.chunks_exact(m).enumerate() {
             for (row_idx, v) in col.iter().enumerate() {
                 dst[row_idx * n + col_idx] = *v;
@@ -2380,27 +2430,66 @@ mod matmul_tests {
 
     /// The reordered loops give exactly the products of the plain
     /// row-by-row loop: each entry equals the vec_dot of its row and column,
-    /// also where Q5_0 multiplies one weight block with four, three or two
-    /// activation rows at once (m = 17 is four groups of four and one left).
-    #[test]
-    fn batched_matmul_matches_row_by_row() {
-        let (k, n) = (256, 300);
+    /// also where a type multiplies one weight block with four, three or two
+    /// activation rows at once (m = 17 is four groups of four and one left),
+    /// and where a long prompt's rows go in blocks (m = 150: two blocks of
+    /// 64 and one of 22, with 300 weight rows in pieces of 16 and one of 12).
+    /// And the one-row kernel, which the multi-row ones are built from,
+    /// agrees with the scalar code (the same integer products per block; only
+    /// the order of the f32 additions differs).
+    fn check_matmul<T: GgmlType>() {
+        let (k, n) = (512, 300);
+        let k_blocks = k / T::BLCK_SIZE;
         let weights: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
-        let mut rhs_t = vec![BlockQ5_0::zeros(); n * k / QK5_0];
-        BlockQ5_0::from_float(&weights, &mut rhs_t);
-        for m in [1usize, 2, 3, 4, 6, 17] {
+        let mut rhs_t = vec![T::zeros(); n * k_blocks];
+        T::from_float(&weights, &mut rhs_t);
+        for m in [1usize, 2, 3, 4, 6, 17, 150] {
             let lhs: Vec<f32> = (0..m * k).map(|i| ((i * 104729) % 997) as f32 / 498.0 - 1.0).collect();
             let mut dst = vec![0f32; m * n];
             matmul((m, k, n), &lhs, &rhs_t, &mut dst).unwrap();
             for row in 0..m {
-                let mut lhs_b = vec![BlockQ8_0::zeros(); k / QK8_0];
-                BlockQ8_0::from_float(&lhs[row * k..(row + 1) * k], &mut lhs_b);
+                let mut lhs_b = vec![T::VecDotType::zeros(); k_blocks];
+                T::VecDotType::from_float(&lhs[row * k..(row + 1) * k], &mut lhs_b);
                 for col in 0..n {
-                    let want = BlockQ5_0::vec_dot(k, &rhs_t[col * k / QK5_0..(col + 1) * k / QK5_0], &lhs_b);
-                    assert_eq!(dst[row * n + col], want, "m {m} row {row} col {col}");
+                    let rhs_col = &rhs_t[col * k_blocks..(col + 1) * k_blocks];
+                    let want = T::vec_dot(k, rhs_col, &lhs_b);
+                    assert_eq!(dst[row * n + col], want, "{:?} m {m} row {row} col {col}", T::DTYPE);
+                    if m == 1 {
+                        let scalar = T::vec_dot_unopt(k, rhs_col, &lhs_b);
+                        let magnitude: f32 = weights[col * k..(col + 1) * k]
+                            .iter()
+                            .zip(&lhs[..k])
+                            .map(|(w, a)| (w * a).abs())
+                            .sum();
+                        assert!(
+                            (want - scalar).abs() <= 1e-5 * magnitude,
+                            "{:?} col {col}: simd {want} scalar {scalar}",
+                            T::DTYPE
+                        );
+                    }
                 }
             }
         }
+    }
+
+    #[test]
+    fn batched_matmul_matches_row_by_row_q5_0() {
+        check_matmul::<BlockQ5_0>()
+    }
+
+    #[test]
+    fn batched_matmul_matches_row_by_row_q8_0() {
+        check_matmul::<BlockQ8_0>()
+    }
+
+    #[test]
+    fn batched_matmul_matches_row_by_row_q4k() {
+        check_matmul::<BlockQ4K>()
+    }
+
+    #[test]
+    fn batched_matmul_matches_row_by_row_q6k() {
+        check_matmul::<BlockQ6K>()
     }
 }
 

@@ -301,6 +301,20 @@ impl<'a> MaskInfo<'a> {
             0.0
         }
     }
+
+    /// One query's mask over positions `0..kv_len`, where it lies in one
+    /// contiguous run: the mask's last dimension covers `kv_len`, so
+    /// `mask_offset` steps by one per position (every model's causal mask
+    /// here). `row[t]` is then `value(.., t)`. `None` where the mask
+    /// broadcasts along the positions or is shorter; callers then read
+    /// `value` one position at a time.
+    fn row(&self, b_i: usize, h_i: usize, q_pos: usize, kv_len: usize) -> Option<&'a [f32]> {
+        if !self.dims.last().is_some_and(|&last| last >= kv_len) {
+            return None;
+        }
+        let start = mask_offset(self.dims, self.b, self.h, b_i, h_i, q_pos, 0)?;
+        self.data.get(start..start + kv_len)
+    }
 }
 
 pub(crate) trait DowncastF32 {
@@ -603,6 +617,38 @@ where
     Tensor::from_vec(out, (b, h, 1, dv), &Device::Cpu)
 }
 
+/// Positions a block of the prefill kernel's scores covers.
+const BLOCK: usize = 16;
+
+/// The scores of query `q` over the BLOCK positions from `start`, against
+/// keys laid out by dimension (`k_t[j * k_stride + t]`), summed over the
+/// first `whole` dimensions as `vec_dot_f32` sums them: eight partial sums,
+/// dimension j into sum j % 8 in order, combined as a tree. Each score sees
+/// the same multiplications and additions in the same order as in a dot
+/// product of its own, so the scores are the same bits; the block's sums
+/// stay in registers, and the loops over it are whole vectors. (Not
+/// inlined: inside the kernel's closure the compiler kept the sums in
+/// memory and multiplied one position at a time.)
+#[inline(never)]
+fn partial_scores(q: &[f32], k_t: &[f32], k_stride: usize, start: usize, whole: usize) -> [f32; BLOCK] {
+    const LANES: usize = 8;
+    assert!(whole % LANES == 0);
+    let mut partial = [[0f32; BLOCK]; LANES];
+    for j0 in (0..whole).step_by(LANES) {
+        for (l, lane) in partial.iter_mut().enumerate() {
+            let j = j0 + l;
+            let k = &k_t[j * k_stride + start..j * k_stride + start + BLOCK];
+            for (s, k) in lane.iter_mut().zip(k) {
+                *s += q[j] * k;
+            }
+        }
+    }
+    std::array::from_fn(|t| {
+        let a = |l: usize| partial[l][t];
+        ((a(0) + a(4)) + (a(1) + a(5))) + ((a(2) + a(6)) + (a(3) + a(7)))
+    })
+}
+
 /// Main forward flash-attention CPU routine.
 /// Shapes follow Candle convention: (B, S, H, D)
 #[allow(clippy::too_many_arguments)]
@@ -651,15 +697,19 @@ where
     // then passes of `partial[j % 8][t] += q[j] * k[j][t]` over consecutive
     // positions, which the compiler vectorises across positions, where one
     // dot product per (query, position) ended in a horizontal sum each time.
+    // Each dimension's row has BLOCK zeros after its kv_len positions, so a
+    // query's last block of scores is a whole one too (its extra scores,
+    // past the open span, are not used).
+    let k_stride = kv_len + BLOCK;
     let keys_t: Vec<Vec<f32>> = (0..b * k_h)
         .into_par_iter()
         .map(|bk| {
             let (b_i, k_head) = (bk / k_h, bk % k_h);
-            let mut t = vec![0f32; d * kv_len];
+            let mut t = vec![0f32; d * k_stride];
             for kv_pos in 0..kv_len {
                 let base = b_i * kstride[0] + kv_pos * kstride[1] + k_head * kstride[2];
                 for (j, x) in k_data[base..base + d].iter().enumerate() {
-                    t[j * kv_len + kv_pos] = x.to_f32();
+                    t[j * k_stride + kv_pos] = x.to_f32();
                 }
             }
             t
@@ -687,7 +737,7 @@ where
             .enumerate()
             .for_each_init(
                 || (Vec::<f32>::new(), Vec::<f32>::new(), vec![0f32; dv], vec![0f32; dv]),
-                |(partial, scores, acc, tile_acc), (row_idx, out_chunk)| {
+                |(q_f32, scores, acc, tile_acc), (row_idx, out_chunk)| {
                     // Decode flat index back to (batch, head, q_pos)
                     let rows_per_batch = h * q_len;
                     let b_i = row_idx / rows_per_batch;
@@ -700,11 +750,14 @@ where
                     } else {
                         1.0
                     };
-                    let mask_at = |kv_pos: usize| {
-                        mask_info
-                            .as_ref()
-                            .map(|mask| slope * mask.value(b_i, h_i, q_pos, kv_pos))
-                            .unwrap_or(0.0)
+                    // The query's mask row read directly where it is
+                    // contiguous: the searches below and the scores read
+                    // it at every position.
+                    let mask_row = mask_info.as_ref().and_then(|mask| mask.row(b_i, h_i, q_pos, kv_len));
+                    let mask_at = |kv_pos: usize| match (mask_row, &mask_info) {
+                        (Some(row), _) => slope * row[kv_pos],
+                        (None, Some(mask)) => slope * mask.value(b_i, h_i, q_pos, kv_pos),
+                        (None, None) => 0.0,
                     };
 
                     // The span of positions the mask leaves open (under a
@@ -731,30 +784,24 @@ where
                     // Scores, each summed exactly as `vec_dot_f32` sums it
                     // (eight partial sums over the dimensions, combined as a
                     // tree, then the tail), so they equal the single-query
-                    // kernel's bit for bit.
+                    // kernel's bit for bit. Positions go in blocks of
+                    // BLOCK, whose eight partial sums stay in registers
+                    // across the dimensions.
                     let q_base = b_i * qstride[0] + q_pos * qstride[1] + h_i * qstride[2];
                     let q_row = &q_data[q_base..q_base + d];
+                    q_f32.clear();
+                    q_f32.extend(q_row.iter().map(|q| q.to_f32()));
                     let k_t = &keys_t[b_i * k_h + h_i / rk2];
                     let n = hi - lo;
-                    partial.clear();
-                    partial.resize(LANES * n, 0.0);
                     let whole = d - d % LANES;
-                    for (j, q) in q_row[..whole].iter().enumerate() {
-                        let q = q.to_f32();
-                        let k_row = &k_t[j * kv_len + lo..j * kv_len + hi];
-                        let lane = &mut partial[(j % LANES) * n..(j % LANES + 1) * n];
-                        for (s, k) in lane.iter_mut().zip(k_row) {
-                            *s += q * k;
-                        }
-                    }
                     scores.clear();
-                    scores.extend((0..n).map(|t| {
-                        let a = |l: usize| partial[l * n + t];
-                        ((a(0) + a(4)) + (a(1) + a(5))) + ((a(2) + a(6)) + (a(3) + a(7)))
-                    }));
-                    for (j, q) in q_row.iter().enumerate().skip(whole) {
-                        let q = q.to_f32();
-                        let k_row = &k_t[j * kv_len + lo..j * kv_len + hi];
+                    scores.resize(n, 0.0);
+                    for (b0, block) in scores.chunks_mut(BLOCK).enumerate() {
+                        let all = partial_scores(q_f32, k_t, k_stride, lo + b0 * BLOCK, whole);
+                        block.copy_from_slice(&all[..block.len()]);
+                    }
+                    for (j, &q) in q_f32.iter().enumerate().skip(whole) {
+                        let k_row = &k_t[j * k_stride + lo..j * k_stride + hi];
                         for (s, k) in scores.iter_mut().zip(k_row) {
                             *s += q * k;
                         }
@@ -1060,7 +1107,9 @@ mod tests {
     /// query whose every position is masked gets zeros.
     #[test]
     fn full_q_matches_naive_and_the_single_query_kernel() -> CandleResult<()> {
-        let (b, q_len, h, k_h, d, cached) = (2, 13, 4, 2, 8, 16);
+        // 20 dimensions: two groups of eight and a tail; up to 29 positions:
+        // a full block of scores and a partial one.
+        let (b, q_len, h, k_h, d, cached) = (2, 13, 4, 2, 20, 16);
         let kv_len = cached + q_len;
         let gen = |n: usize, seed: usize| -> Vec<f32> {
             (0..n)
