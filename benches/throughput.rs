@@ -461,8 +461,9 @@ async fn main() {
     // tokens, the two servers taking turns. Each prompt starts with a new
     // line, so neither server's prompt cache can serve it.
     let (mut s_prefill, mut l_prefill) = ((0.0, 0.0), (0.0, 0.0));
+    let notes = long_notes();
     for i in 0..2 * reps {
-        let p = format!("Request {i}. Read these notes, then say which one is longest.\n{}", long_notes());
+        let p = format!("Request {i}. Read these notes, then say which one is longest.\n{notes}");
         let (u, ttft, _, _) = stream_chat(&http, &sprout_url, body(&p, 3)).await;
         let tokens = u["prompt_tokens"].as_f64().expect("usage in the stream");
         s_prefill = (s_prefill.0 + tokens, s_prefill.1 + ttft);

@@ -115,8 +115,9 @@ pub fn build_request(req: &GenRequest) -> (ToolCallMessages, Option<Arc<Mutex<sa
             Role::Tool => rb.add_tool_message(&m.content, m.tool_call_id.as_deref().unwrap_or_default()),
         };
     }
-    // The token is chosen by the logits processor (`sampler`), which leaves
-    // only it finite; the engine then only has to take it.
+    // The engine takes the largest logit: the greedy answer, or, where the
+    // request needs Sprout's logits processor (`sampler`, below), the one
+    // token the processor chose and left finite.
     let mut params = greedy_params();
     params.max_len = Some(req.max_tokens);
     if req.sampling.repetition_penalty != 1.0 {
