@@ -1,6 +1,6 @@
 use super::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K,
-    BlockQ8_0, BlockQ8_1, QK5_0, QK5_1, QK8_0, QK_K,
+    BlockQ8_0, BlockQ8_1, RowsPrep, RowsRef, QK5_0, QK5_1, QK8_0, QK_K,
 };
 use byteorder::{ByteOrder, LittleEndian};
 use half::f16;
@@ -83,37 +83,118 @@ pub(crate) fn vec_dot_q4_0_q8_0(n: usize, xs: &[BlockQ4_0], ys: &[BlockQ8_0]) ->
     }
 }
 
+/// Where the build target has AVX-512 VNNI, the Q5_0 and Q8_0 kernels
+/// multiply their weights as unsigned bytes (`vpdpbusd` takes unsigned times
+/// signed): Q5_0's `w + 16` (0..=31) and Q8_0's `w + 128` (0..=255, one XOR
+/// with 0x80). Each lane of `vpdpbusd` then sums four `(w + bias) * y`, which
+/// is `sum w * y + bias * sum y`, so the lane starts from `-bias * sum y`
+/// (the activation's byte sums, `prepare_q8_0_rows`) instead of zero and
+/// ends at `sum w * y`: the same integers as the sign trick (`|w|` times `y`
+/// with `w`'s sign, then `maddubs` + `madd`; exact because Q8_0's
+/// quantization never gives an activation byte of -128), without its
+/// `vpsignb`s (one per weight block and one per row).
+#[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
+const UNSIGNED_WEIGHTS: bool = true;
+#[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
+const UNSIGNED_WEIGHTS: bool = false;
+
+/// Q8_0 activation rows as the Q5_0 and Q8_0 kernels read them for every
+/// weight row, computed once per matmul rather than once per weight row:
+/// each block's scale as f32 and, with unsigned weights, `-bias` times the
+/// sums of each four of its bytes (one `[i32; 8]` per block, lane by lane as
+/// `vpdpbusd` sums them).
+pub(crate) fn prepare_q8_0_rows(ys: &[BlockQ8_0], bias: i32) -> RowsPrep {
+    let d = ys.iter().map(|y| f16::to_f32(y.d)).collect();
+    let sums = if UNSIGNED_WEIGHTS {
+        ys.iter().map(|y| unsafe { byte_sums_times(y, -bias) }).collect()
+    } else {
+        Vec::new()
+    };
+    RowsPrep { d, sums }
+}
+
+/// `factor` times the sums of each four bytes of `y.qs`, lane by lane.
+#[inline(always)]
+unsafe fn byte_sums_times(y: &BlockQ8_0, factor: i32) -> [i32; 8] {
+    let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+    let ones = _mm256_set1_epi8(1);
+    let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(ones, by), _mm256_set1_epi16(1));
+    let mut out = [0i32; 8];
+    _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, _mm256_mullo_epi32(sums, _mm256_set1_epi32(factor)));
+    out
+}
+
+/// One row of Q8_0 activations and what `prepare_q8_0_rows` computed for it.
+#[derive(Clone, Copy)]
+pub(crate) struct Q8Row<'a> {
+    pub(crate) blocks: &'a [BlockQ8_0],
+    pub(crate) prep: RowsRef<'a>,
+}
+
+impl Q8Row<'_> {
+    /// The first `len` blocks, with bounds checked once here rather than in
+    /// the kernels' loops.
+    #[inline(always)]
+    fn first(self, len: usize) -> Self {
+        let sums = if UNSIGNED_WEIGHTS { &self.prep.sums[..len] } else { self.prep.sums };
+        Q8Row { blocks: &self.blocks[..len], prep: RowsRef { d: &self.prep.d[..len], sums } }
+    }
+
+    /// Block `i`'s products with the weight bytes `w` (unsigned, or signed
+    /// for the sign trick: see `UNSIGNED_WEIGHTS`), summed in fours into
+    /// eight f32 lanes: exactly `sum w * y` per lane either way.
+    #[inline(always)]
+    unsafe fn block_dot(&self, i: usize, w: __m256i) -> __m256 {
+        let by = _mm256_loadu_si256(self.blocks[i].qs.as_ptr() as *const __m256i);
+        #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
+        {
+            let start = _mm256_loadu_si256(self.prep.sums[i].as_ptr() as *const __m256i);
+            _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, w, by))
+        }
+        #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
+        mul_sum_i8_pairs_float(w, by)
+    }
+}
+
+/// The one-row kernels' activations: one row, prepared for itself.
+fn with_one_q8_row<T>(ys: &[BlockQ8_0], bias: i32, kernel: impl FnOnce(Q8Row<'_>) -> T) -> T {
+    let prep = prepare_q8_0_rows(ys, bias);
+    kernel(Q8Row { blocks: ys, prep: prep.blocks(0..ys.len()) })
+}
+
+pub(crate) const Q8_0_BIAS: i32 = 128;
+pub(crate) const Q5_0_BIAS: i32 = 16;
+
 #[inline(always)]
 pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) -> f32 {
     debug_assert!(
         n.is_multiple_of(QK8_0),
         "vec_dot_q8_0_q8_0: {n} is not divisible by {QK8_0}"
     );
-    let [dot] = vec_dot_q8_0_q8_0_rows(xs, [ys]);
+    let [dot] = with_one_q8_row(ys, Q8_0_BIAS, |y| vec_dot_q8_0_q8_0_rows(xs, [y]));
     dot
 }
 
 /// One Q8_0 weight row against `R` Q8_0 activation rows: each weight block's
-/// bytes, their absolute values and its scale are loaded once for the `R`
-/// rows. `vec_dot_q8_0_q8_0` is this kernel with one row, so every result
-/// equals it exactly (the same operations per row, interleaved across rows).
+/// bytes and scale are loaded (and made unsigned, or given their absolute
+/// values) once for the `R` rows. `vec_dot_q8_0_q8_0` is this kernel with
+/// one row, so every result equals it exactly (the same operations per row,
+/// interleaved across rows).
 #[inline(always)]
 pub(crate) fn vec_dot_q8_0_q8_0_rows<const R: usize>(
     xs: &[BlockQ8_0],
-    ys: [&[BlockQ8_0]; R],
+    ys: [Q8Row<'_>; R],
 ) -> [f32; R] {
-    let ys = ys.map(|y| &y[..xs.len()]);
+    let ys = ys.map(|y| y.first(xs.len()));
     unsafe {
         let mut acc = [_mm256_setzero_ps(); R];
         for (i, x) in xs.iter().enumerate() {
             let dx = f16::to_f32(x.d);
             let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
-            for (acc, ys) in acc.iter_mut().zip(ys) {
-                let y = &ys[i];
-                let d = _mm256_set1_ps(dx * f16::to_f32(y.d));
-                let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-                let q = mul_sum_i8_pairs_float(bx, by);
-                *acc = _mm256_fmadd_ps(d, q, *acc);
+            let bx = if UNSIGNED_WEIGHTS { _mm256_xor_si256(bx, _mm256_set1_epi8(0x80u8 as i8)) } else { bx };
+            for (acc, y) in acc.iter_mut().zip(&ys) {
+                let d = _mm256_set1_ps(dx * y.prep.d[i]);
+                *acc = _mm256_fmadd_ps(d, y.block_dot(i, bx), *acc);
             }
         }
         acc.map(|acc| hsum_float_8(acc))
@@ -141,14 +222,16 @@ pub(crate) unsafe fn bytes_from_bits_32(bits: u32) -> __m256i {
 
 /// Q5_0 x Q8_0: each weight is (4 low bits | fifth bit << 4) - 16. Where the
 /// fifth bit is clear that is the nibble - 16, i.e. the nibble with the high
-/// four bits set in two's complement, so one OR gives signed bytes.
+/// four bits set in two's complement, so one OR gives signed bytes; with
+/// unsigned weights (`UNSIGNED_WEIGHTS`) the OR puts the fifth bit back
+/// instead, giving `w + 16`.
 #[inline(always)]
 pub(crate) fn vec_dot_q5_0_q8_0(n: usize, xs: &[BlockQ5_0], ys: &[BlockQ8_0]) -> f32 {
     debug_assert!(
         n.is_multiple_of(QK5_0),
         "vec_dot_q5_0_q8_0: {n} is not divisible by {QK5_0}"
     );
-    let [dot] = vec_dot_q5_0_q8_0_rows(xs, [ys]);
+    let [dot] = with_one_q8_row(ys, Q5_0_BIAS, |y| vec_dot_q5_0_q8_0_rows(xs, [y]));
     dot
 }
 
@@ -161,22 +244,25 @@ pub(crate) fn vec_dot_q5_0_q8_0(n: usize, xs: &[BlockQ5_0], ys: &[BlockQ8_0]) ->
 #[inline(always)]
 pub(crate) fn vec_dot_q5_0_q8_0_rows<const R: usize>(
     xs: &[BlockQ5_0],
-    ys: [&[BlockQ8_0]; R],
+    ys: [Q8Row<'_>; R],
 ) -> [f32; R] {
+    let ys = ys.map(|y| y.first(xs.len()));
     unsafe {
         let high_nibble = _mm256_set1_epi8(0xF0u8 as i8);
+        let bit4 = _mm256_set1_epi8(0x10);
         let mut acc = [_mm256_setzero_ps(); R];
         for (i, x) in xs.iter().enumerate() {
             let dx = f16::to_f32(x.d);
             let low = bytes_from_nibbles_32(x.qs.as_ptr());
             let fifth = bytes_from_bits_32(LittleEndian::read_u32(&x.qh));
-            let bx = _mm256_or_si256(low, _mm256_andnot_si256(fifth, high_nibble));
-            for (acc, ys) in acc.iter_mut().zip(ys) {
-                let y = &ys[i];
-                let d = _mm256_set1_ps(dx * f16::to_f32(y.d));
-                let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-                let q = mul_sum_i8_pairs_float(bx, by);
-                *acc = _mm256_fmadd_ps(d, q, *acc);
+            let bx = if UNSIGNED_WEIGHTS {
+                _mm256_or_si256(low, _mm256_and_si256(fifth, bit4))
+            } else {
+                _mm256_or_si256(low, _mm256_andnot_si256(fifth, high_nibble))
+            };
+            for (acc, y) in acc.iter_mut().zip(&ys) {
+                let d = _mm256_set1_ps(dx * y.prep.d[i]);
+                *acc = _mm256_fmadd_ps(d, y.block_dot(i, bx), *acc);
             }
         }
         acc.map(|acc| hsum_float_8(acc))
@@ -949,6 +1035,135 @@ mod vnni_tests {
                         let got = mul_sum_us8_pairs_float(w, y);
                         assert_eq!(lanes(got), lanes(want), "w {xa} step {xstep}, y {yb} step {ystep}");
                     }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_feature = "avx512vnni", target_feature = "avx512vl"))]
+mod unsigned_weight_tests {
+    use super::*;
+
+    /// The published crate's kernels (candle 0.10.2's Q8_0, patch 0001's
+    /// Q5_0): signed weights, the sign trick and `maddubs` + `madd`, each
+    /// block's scales converted from f16 there.
+    fn sign_trick(blocks: impl Iterator<Item = (f32, __m256i, __m256i)>) -> f32 {
+        unsafe {
+            let mut acc = _mm256_setzero_ps();
+            for (d, bx, by) in blocks {
+                let (ax, sy) = (_mm256_sign_epi8(bx, bx), _mm256_sign_epi8(by, bx));
+                let q = sum_i16_pairs_float(_mm256_maddubs_epi16(ax, sy));
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), q, acc);
+            }
+            hsum_float_8(acc)
+        }
+    }
+
+    fn old_q8_0(xs: &[BlockQ8_0], ys: &[BlockQ8_0]) -> f32 {
+        sign_trick(xs.iter().zip(ys).map(|(x, y)| unsafe {
+            (
+                f16::to_f32(x.d) * f16::to_f32(y.d),
+                _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i),
+                _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i),
+            )
+        }))
+    }
+
+    fn old_q5_0(xs: &[BlockQ5_0], ys: &[BlockQ8_0]) -> f32 {
+        sign_trick(xs.iter().zip(ys).map(|(x, y)| unsafe {
+            let low = bytes_from_nibbles_32(x.qs.as_ptr());
+            let fifth = bytes_from_bits_32(LittleEndian::read_u32(&x.qh));
+            let bx = _mm256_or_si256(low, _mm256_andnot_si256(fifth, _mm256_set1_epi8(0xF0u8 as i8)));
+            (
+                f16::to_f32(x.d) * f16::to_f32(y.d),
+                bx,
+                _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i),
+            )
+        }))
+    }
+
+    /// xorshift, so failures reproduce.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn scale(&mut self) -> f16 {
+            f16::from_f32((self.next() % 2000) as f32 / 1000.0 - 1.0)
+        }
+        /// Activation bytes as Q8_0's quantization makes them: -127..=127,
+        /// or only the extremes.
+        fn activations(&mut self, blocks: usize, extreme: bool) -> Vec<BlockQ8_0> {
+            (0..blocks)
+                .map(|_| BlockQ8_0 {
+                    d: self.scale(),
+                    qs: std::array::from_fn(|_| match extreme {
+                        true => [-127, 127][(self.next() % 2) as usize],
+                        false => ((self.next() % 255) as i16 - 127) as i8,
+                    }),
+                })
+                .collect()
+        }
+    }
+
+    /// With AVX-512 VNNI the Q5_0 and Q8_0 kernels multiply unsigned weights
+    /// and start each lane from the activations' byte sums: every result,
+    /// one row or four, equals the sign-trick kernel's bit for bit, on random
+    /// blocks and on the extremes (Q8_0 weights -128 and 127, Q5_0's fifth
+    /// bits all set or all clear, activations at -127 and 127).
+    #[test]
+    fn unsigned_weights_give_the_sign_tricks_results_bit_for_bit() {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        for case in 0..400 {
+            let blocks = [1usize, 2, 28, 152][case % 4];
+            let extreme = case % 5 == 0;
+            let q8: Vec<BlockQ8_0> = (0..blocks)
+                .map(|_| BlockQ8_0 {
+                    d: rng.scale(),
+                    qs: std::array::from_fn(|_| match extreme {
+                        true => [-128i8, 127][(rng.next() % 2) as usize],
+                        false => rng.next() as i8,
+                    }),
+                })
+                .collect();
+            let q5: Vec<BlockQ5_0> = (0..blocks)
+                .map(|_| BlockQ5_0 {
+                    d: rng.scale(),
+                    qh: match extreme {
+                        true => [[0xFF; 4], [0; 4]][(rng.next() % 2) as usize],
+                        false => (rng.next() as u32).to_le_bytes(),
+                    },
+                    qs: std::array::from_fn(|_| rng.next() as u8),
+                })
+                .collect();
+            let rows: Vec<Vec<BlockQ8_0>> = (0..4).map(|_| rng.activations(blocks, extreme)).collect();
+            let all: Vec<BlockQ8_0> = rows.concat();
+            for (bias, name) in [(Q8_0_BIAS, "Q8_0"), (Q5_0_BIAS, "Q5_0")] {
+                let prep = prepare_q8_0_rows(&all, bias);
+                let row = |r: usize| Q8Row {
+                    blocks: &rows[r],
+                    prep: prep.blocks(r * blocks..(r + 1) * blocks),
+                };
+                let (four, one, want): ([f32; 4], Vec<f32>, Vec<f32>) = if name == "Q8_0" {
+                    (
+                        vec_dot_q8_0_q8_0_rows(&q8, [row(0), row(1), row(2), row(3)]),
+                        rows.iter().map(|y| vec_dot_q8_0_q8_0(blocks * 32, &q8, y)).collect(),
+                        rows.iter().map(|y| old_q8_0(&q8, y)).collect(),
+                    )
+                } else {
+                    (
+                        vec_dot_q5_0_q8_0_rows(&q5, [row(0), row(1), row(2), row(3)]),
+                        rows.iter().map(|y| vec_dot_q5_0_q8_0(blocks * 32, &q5, y)).collect(),
+                        rows.iter().map(|y| old_q5_0(&q5, y)).collect(),
+                    )
+                };
+                for r in 0..4 {
+                    assert_eq!(four[r].to_bits(), want[r].to_bits(), "{name} case {case} row {r} of four");
+                    assert_eq!(one[r].to_bits(), want[r].to_bits(), "{name} case {case} row {r} alone");
                 }
             }
         }

@@ -53,12 +53,26 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
     /// Generic implementation of the dot product without simd optimizations.
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32;
 
+    /// What `vec_dot_rows` reads of a matmul's activation rows for every
+    /// weight row, computed once per matmul (see `RowsPrep`). By default
+    /// nothing.
+    fn prepare_rows(_ys: &[Self::VecDotType]) -> RowsPrep {
+        RowsPrep::default()
+    }
+
     /// The dot products of one weight row `xs` with each of `out.len()`
     /// activation rows, stored one after another in `ys` (`xs.len()` blocks
-    /// each): `out[r] = vec_dot(n, xs, row r)`, exactly. Types whose weight
+    /// each), with `prep` what `prepare_rows` gave for those blocks:
+    /// `out[r] = vec_dot(n, xs, row r)`, exactly. Types whose weight
     /// blocks are costly to unpack override it to unpack each block once for
     /// several rows (a quantized matmul over a batch or a prompt).
-    fn vec_dot_rows(n: usize, xs: &[Self], ys: &[Self::VecDotType], out: &mut [f32]) {
+    fn vec_dot_rows(
+        n: usize,
+        xs: &[Self],
+        ys: &[Self::VecDotType],
+        _prep: RowsRef<'_>,
+        out: &mut [f32],
+    ) {
         let k_blocks = xs.len();
         for (row, out) in ys.chunks_exact(k_blocks).zip(out.iter_mut()) {
             *out = Self::vec_dot(n, xs, row);
@@ -66,16 +80,50 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
     }
 }
 
+/// Per-block values of a matmul's activation rows that a type's kernel
+/// would otherwise recompute for every weight row: Q5_0 and Q8_0 keep each
+/// Q8_0 block's scale as f32 (`d`) and, with AVX-512 VNNI, a multiple of its
+/// byte sums (`sums`, see `avx::prepare_q8_0_rows`). Empty for other types.
+#[derive(Debug, Default, Clone)]
+pub struct RowsPrep {
+    pub(crate) d: Vec<f32>,
+    pub(crate) sums: Vec<[i32; 8]>,
+}
+
+/// The values of `RowsPrep` for a range of activation blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct RowsRef<'a> {
+    pub(crate) d: &'a [f32],
+    pub(crate) sums: &'a [[i32; 8]],
+}
+
+impl RowsPrep {
+    /// The values for `blocks` (none where this type prepared none).
+    pub fn blocks(&self, blocks: std::ops::Range<usize>) -> RowsRef<'_> {
+        RowsRef { d: &self.d, sums: &self.sums }.blocks(blocks)
+    }
+}
+
+impl<'a> RowsRef<'a> {
+    /// The values for `blocks` of these (none where there are none).
+    pub fn blocks(self, blocks: std::ops::Range<usize>) -> RowsRef<'a> {
+        RowsRef {
+            d: self.d.get(blocks.clone()).unwrap_or_default(),
+            sums: self.sums.get(blocks).unwrap_or_default(),
+        }
+    }
+}
+
 /// `GgmlType::vec_dot_rows` through a kernel that multiplies one weight row
-/// with `R` activation rows at once (`kernel::<R>(xs, [row; R]) -> [f32; R]`,
+/// with `R` activation rows at once (`kernel::<R>(xs, [row(r); R]) -> [f32; R]`,
 /// each result exactly that row's `vec_dot`): four rows at a time (a weight
 /// block and four accumulators stay in registers), then the one to three left.
+/// `row(r)` is what the kernel takes for activation row `r`.
 #[cfg(target_feature = "avx2")]
 macro_rules! vec_dot_rows_by_four {
-    ($kernel:path, $xs:expr, $ys:expr, $out:expr) => {{
-        let (xs, ys, out): (&[_], &[_], &mut [f32]) = ($xs, $ys, $out);
-        let k_blocks = xs.len();
-        let row = |r: usize| &ys[r * k_blocks..(r + 1) * k_blocks];
+    ($kernel:path, $xs:expr, $row:expr, $out:expr) => {{
+        let (xs, out): (&[_], &mut [f32]) = ($xs, $out);
+        let row = $row;
         let mut r = 0;
         while r + 4 <= out.len() {
             out[r..r + 4].copy_from_slice(&$kernel(xs, [row(r), row(r + 1), row(r + 2), row(r + 3)]));
@@ -88,6 +136,26 @@ macro_rules! vec_dot_rows_by_four {
             _ => {}
         }
     }};
+}
+
+/// A K-quant's activation row `r` for `vec_dot_rows_by_four!`.
+#[cfg(target_feature = "avx2")]
+fn k_row<'a, T>(ys: &'a [T], k_blocks: usize) -> impl Fn(usize) -> &'a [T] {
+    move |r| &ys[r * k_blocks..(r + 1) * k_blocks]
+}
+
+/// A Q8_0 activation row `r`, with its prepared values, for
+/// `vec_dot_rows_by_four!`.
+#[cfg(target_feature = "avx2")]
+fn q8_row<'a>(
+    ys: &'a [BlockQ8_0],
+    prep: RowsRef<'a>,
+    k_blocks: usize,
+) -> impl Fn(usize) -> super::avx::Q8Row<'a> {
+    move |r| {
+        let blocks = r * k_blocks..(r + 1) * k_blocks;
+        super::avx::Q8Row { blocks: &ys[blocks.clone()], prep: prep.blocks(blocks) }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -431,9 +499,20 @@ impl GgmlType for BlockQ5_0 {
     }
 
     #[cfg(target_feature = "avx2")]
-    fn vec_dot_rows(n: usize, xs: &[Self], ys: &[Self::VecDotType], out: &mut [f32]) {
+    fn prepare_rows(ys: &[Self::VecDotType]) -> RowsPrep {
+        super::avx::prepare_q8_0_rows(ys, super::avx::Q5_0_BIAS)
+    }
+
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_rows(
+        n: usize,
+        xs: &[Self],
+        ys: &[Self::VecDotType],
+        prep: RowsRef<'_>,
+        out: &mut [f32],
+    ) {
         debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
-        vec_dot_rows_by_four!(super::avx::vec_dot_q5_0_q8_0_rows, xs, ys, out);
+        vec_dot_rows_by_four!(super::avx::vec_dot_q5_0_q8_0_rows, xs, q8_row(ys, prep, xs.len()), out);
     }
 
     fn vec_dot_unopt(_n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -710,9 +789,20 @@ impl GgmlType for BlockQ8_0 {
     }
 
     #[cfg(target_feature = "avx2")]
-    fn vec_dot_rows(n: usize, xs: &[Self], ys: &[Self::VecDotType], out: &mut [f32]) {
+    fn prepare_rows(ys: &[Self::VecDotType]) -> RowsPrep {
+        super::avx::prepare_q8_0_rows(ys, super::avx::Q8_0_BIAS)
+    }
+
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_rows(
+        n: usize,
+        xs: &[Self],
+        ys: &[Self::VecDotType],
+        prep: RowsRef<'_>,
+        out: &mut [f32],
+    ) {
         debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
-        vec_dot_rows_by_four!(super::avx::vec_dot_q8_0_q8_0_rows, xs, ys, out);
+        vec_dot_rows_by_four!(super::avx::vec_dot_q8_0_q8_0_rows, xs, q8_row(ys, prep, xs.len()), out);
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -1426,9 +1516,15 @@ impl GgmlType for BlockQ4K {
     }
 
     #[cfg(target_feature = "avx2")]
-    fn vec_dot_rows(n: usize, xs: &[Self], ys: &[Self::VecDotType], out: &mut [f32]) {
+    fn vec_dot_rows(
+        n: usize,
+        xs: &[Self],
+        ys: &[Self::VecDotType],
+        _prep: RowsRef<'_>,
+        out: &mut [f32],
+    ) {
         debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
-        vec_dot_rows_by_four!(super::avx::vec_dot_q4k_q8k_rows, xs, ys, out);
+        vec_dot_rows_by_four!(super::avx::vec_dot_q4k_q8k_rows, xs, k_row(ys, xs.len()), out);
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -1990,9 +2086,15 @@ impl GgmlType for BlockQ6K {
     }
 
     #[cfg(target_feature = "avx2")]
-    fn vec_dot_rows(n: usize, xs: &[Self], ys: &[Self::VecDotType], out: &mut [f32]) {
+    fn vec_dot_rows(
+        n: usize,
+        xs: &[Self],
+        ys: &[Self::VecDotType],
+        _prep: RowsRef<'_>,
+        out: &mut [f32],
+    ) {
         debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
-        vec_dot_rows_by_four!(super::avx::vec_dot_q6k_q8k_rows, xs, ys, out);
+        vec_dot_rows_by_four!(super::avx::vec_dot_q6k_q8k_rows, xs, k_row(ys, xs.len()), out);
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -2376,9 +2478,12 @@ pub fn matmul<T: GgmlType>(
     const ROW_BLOCK: usize = 64;
     let min_cols = MIN_BLOCKS_PER_TASK.div_ceil(k_in_blocks * m).max(1);
     let lhs_b = lhs_b.as_slice();
+    // What the kernels read of the activation rows for every weight row,
+    // computed once here.
+    let prep = T::prepare_rows(lhs_b);
     let dot_col = |col_idx: usize, out: &mut [f32]| {
         let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
-        T::vec_dot_rows(k, rhs_col, lhs_b, out);
+        T::vec_dot_rows(k, rhs_col, lhs_b, prep.blocks(0..lhs_b.len()), out);
     };
     if m == 1 {
         dst.par_iter_mut()
@@ -2406,11 +2511,12 @@ pub fn matmul<T: GgmlType>(
             dst_t.par_chunks_mut(m * COLS_PER_TASK).enumerate().for_each(|(task, cols)| {
                 for r0 in (0..m).step_by(ROW_BLOCK) {
                     let r1 = (r0 + ROW_BLOCK).min(m);
-                    let rows = &lhs_b[r0 * k_in_blocks..r1 * k_in_blocks];
+                    let blocks = r0 * k_in_blocks..r1 * k_in_blocks;
+                    let (rows, rows_prep) = (&lhs_b[blocks.clone()], prep.blocks(blocks));
                     for (c, col) in cols.chunks_exact_mut(m).enumerate() {
                         let col_idx = task * COLS_PER_TASK + c;
                         let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
-                        T::vec_dot_rows(k, rhs_col, rows, &mut col[r0..r1]);
+                        T::vec_dot_rows(k, rhs_col, rows, rows_prep, &mut col[r0..r1]);
                     }
                 }
             });
