@@ -49,8 +49,12 @@ pub(crate) unsafe fn hsum_float_8(x: __m256) -> f32 {
 
 #[inline(always)]
 pub(crate) unsafe fn bytes_from_nibbles_32(rsi: *const u8) -> __m256i {
-    let tmp = _mm_loadu_si128(rsi as *const __m128i);
-    let bytes = _mm256_insertf128_si256::<1>(_mm256_castsi128_si256(tmp), _mm_srli_epi16(tmp, 4));
+    // The 16 bytes in both halves (one broadcast load, where inserting a
+    // shifted copy into the high half took a shuffle), the high half shifted
+    // down by a nibble; the mask drops what the shift brought in from the
+    // next byte.
+    let both = _mm256_broadcastsi128_si256(_mm_loadu_si128(rsi as *const __m128i));
+    let bytes = _mm256_srlv_epi64(both, _mm256_set_epi64x(4, 4, 0, 0));
     let low_mask = _mm256_set1_epi8(0xF);
     _mm256_and_si256(low_mask, bytes)
 }
@@ -203,7 +207,8 @@ pub(crate) fn vec_dot_q8_0_q8_0_rows<const R: usize>(
 
 /// Spreads the 32 bits of `bits` over 32 bytes: byte `i` is 0xFF where bit
 /// `i` is set and 0x00 where it is clear (the mask Q5 blocks need for their
-/// fifth bit).
+/// fifth bit without AVX-512).
+#[cfg_attr(all(target_feature = "avx512bw", target_feature = "avx512vl"), allow(dead_code))]
 #[inline(always)]
 pub(crate) unsafe fn bytes_from_bits_32(bits: u32) -> __m256i {
     // Byte i of the result first takes byte i / 8 of `bits` (shuffles work
@@ -220,11 +225,34 @@ pub(crate) unsafe fn bytes_from_bits_32(bits: u32) -> __m256i {
     _mm256_cmpeq_epi8(_mm256_and_si256(spread, which_bit), which_bit)
 }
 
-/// Q5_0 x Q8_0: each weight is (4 low bits | fifth bit << 4) - 16. Where the
-/// fifth bit is clear that is the nibble - 16, i.e. the nibble with the high
-/// four bits set in two's complement, so one OR gives signed bytes; with
-/// unsigned weights (`UNSIGNED_WEIGHTS`) the OR puts the fifth bit back
-/// instead, giving `w + 16`.
+/// A Q5 block's 32 weights as unsigned bytes, `nibble | fifth bit << 4`
+/// (0..=31). With AVX-512 BW, `qh` is the byte mask of one masked add; without
+/// it, `bytes_from_bits_32` spreads the bits first (four operations more).
+#[inline(always)]
+pub(crate) unsafe fn q5_unsigned_bytes(qs: *const u8, qh: u32) -> __m256i {
+    let low = bytes_from_nibbles_32(qs);
+    #[cfg(all(target_feature = "avx512bw", target_feature = "avx512vl"))]
+    return _mm256_mask_add_epi8(low, qh, low, _mm256_set1_epi8(0x10));
+    #[cfg(not(all(target_feature = "avx512bw", target_feature = "avx512vl")))]
+    _mm256_or_si256(low, _mm256_and_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0x10)))
+}
+
+/// A Q5_0 block's 32 weights as signed bytes, `(nibble | fifth bit << 4) -
+/// 16`: where the fifth bit is clear that is the nibble - 16, the nibble with
+/// the high four bits set in two's complement; where it is set, the nibble.
+#[cfg_attr(all(target_feature = "avx512vnni", target_feature = "avx512vl"), allow(dead_code))]
+#[inline(always)]
+pub(crate) unsafe fn q5_signed_bytes(qs: *const u8, qh: u32) -> __m256i {
+    let low = bytes_from_nibbles_32(qs);
+    #[cfg(all(target_feature = "avx512bw", target_feature = "avx512vl"))]
+    return _mm256_mask_add_epi8(low, !qh, low, _mm256_set1_epi8(0xF0u8 as i8));
+    #[cfg(not(all(target_feature = "avx512bw", target_feature = "avx512vl")))]
+    _mm256_or_si256(low, _mm256_andnot_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0xF0u8 as i8)))
+}
+
+/// Q5_0 x Q8_0: each weight is (4 low bits | fifth bit << 4) - 16, as signed
+/// bytes (`q5_signed_bytes`), or with unsigned weights (`UNSIGNED_WEIGHTS`)
+/// `w + 16` (`q5_unsigned_bytes`).
 #[inline(always)]
 pub(crate) fn vec_dot_q5_0_q8_0(n: usize, xs: &[BlockQ5_0], ys: &[BlockQ8_0]) -> f32 {
     debug_assert!(
@@ -248,17 +276,14 @@ pub(crate) fn vec_dot_q5_0_q8_0_rows<const R: usize>(
 ) -> [f32; R] {
     let ys = ys.map(|y| y.first(xs.len()));
     unsafe {
-        let high_nibble = _mm256_set1_epi8(0xF0u8 as i8);
-        let bit4 = _mm256_set1_epi8(0x10);
         let mut acc = [_mm256_setzero_ps(); R];
         for (i, x) in xs.iter().enumerate() {
             let dx = f16::to_f32(x.d);
-            let low = bytes_from_nibbles_32(x.qs.as_ptr());
-            let fifth = bytes_from_bits_32(LittleEndian::read_u32(&x.qh));
+            let qh = LittleEndian::read_u32(&x.qh);
             let bx = if UNSIGNED_WEIGHTS {
-                _mm256_or_si256(low, _mm256_and_si256(fifth, bit4))
+                q5_unsigned_bytes(x.qs.as_ptr(), qh)
             } else {
-                _mm256_or_si256(low, _mm256_andnot_si256(fifth, high_nibble))
+                q5_signed_bytes(x.qs.as_ptr(), qh)
             };
             for (acc, y) in acc.iter_mut().zip(&ys) {
                 let d = _mm256_set1_ps(dx * y.prep.d[i]);
@@ -279,15 +304,12 @@ pub(crate) fn vec_dot_q5_1_q8_1(n: usize, xs: &[BlockQ5_1], ys: &[BlockQ8_1]) ->
         "vec_dot_q5_1_q8_1: {n} is not divisible by {QK5_1}"
     );
     unsafe {
-        let bit4 = _mm256_set1_epi8(0x10);
         let mut acc = _mm256_setzero_ps();
         let mut offsets = 0f32;
         for (x, y) in xs.iter().zip(ys.iter()) {
             offsets += f16::to_f32(x.m) * f16::to_f32(y.s);
             let d = _mm256_set1_ps(f16::to_f32(x.d) * f16::to_f32(y.d));
-            let low = bytes_from_nibbles_32(x.qs.as_ptr());
-            let fifth = _mm256_and_si256(bytes_from_bits_32(LittleEndian::read_u32(&x.qh)), bit4);
-            let bx = _mm256_or_si256(low, fifth);
+            let bx = q5_unsigned_bytes(x.qs.as_ptr(), LittleEndian::read_u32(&x.qh));
             let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
             let q = mul_sum_us8_pairs_float(bx, by);
             acc = _mm256_fmadd_ps(d, q, acc);
@@ -955,6 +977,44 @@ mod q5_tests {
             let scalar = T::vec_dot_unopt(64, &xs, &ys);
             let fast = simd(64, &xs, &ys);
             assert!(close(fast, scalar, 128.0), "qh {bits:#x}: simd {fast} scalar {scalar}");
+        }
+    }
+
+    #[test]
+    fn bytes_from_nibbles_matches_each_nibble() {
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..100 {
+            let mut qs = [0u8; 16];
+            for b in qs.iter_mut() {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                *b = rng as u8;
+            }
+            let mut out = [0u8; 32];
+            unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, bytes_from_nibbles_32(qs.as_ptr())) };
+            for (i, byte) in out.iter().enumerate() {
+                let want = if i < 16 { qs[i] & 0xF } else { qs[i - 16] >> 4 };
+                assert_eq!(*byte, want, "byte {i} of {qs:x?}");
+            }
+        }
+    }
+
+    #[test]
+    fn q5_bytes_match_each_weight() {
+        for (qs_byte, qh) in [(0x00u8, 0u32), (0xFF, u32::MAX), (0x5A, 0xDEAD_BEEF), (0xC3, 0x8000_0001)] {
+            let qs = [qs_byte; 16];
+            let (mut unsigned, mut signed) = ([0u8; 32], [0u8; 32]);
+            unsafe {
+                _mm256_storeu_si256(unsigned.as_mut_ptr() as *mut __m256i, q5_unsigned_bytes(qs.as_ptr(), qh));
+                _mm256_storeu_si256(signed.as_mut_ptr() as *mut __m256i, q5_signed_bytes(qs.as_ptr(), qh));
+            }
+            for i in 0..32 {
+                let nibble = if i < 16 { qs_byte & 0xF } else { qs_byte >> 4 };
+                let w = nibble | ((qh >> i & 1) as u8) << 4;
+                assert_eq!(unsigned[i], w, "unsigned byte {i}, qh {qh:#x}");
+                assert_eq!(signed[i] as i8, w as i8 - 16, "signed byte {i}, qh {qh:#x}");
+            }
         }
     }
 
