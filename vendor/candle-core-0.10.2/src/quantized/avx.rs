@@ -264,33 +264,53 @@ pub(crate) fn vec_dot_q5_0_q8_0(n: usize, xs: &[BlockQ5_0], ys: &[BlockQ8_0]) ->
 }
 
 /// One Q5_0 weight row against `R` Q8_0 activation rows: each weight block
-/// is unpacked once (the costly part: spreading its fifth bits and merging
-/// them with the nibbles) and multiplied with the `R` rows' blocks while it
-/// is in a register. `vec_dot_q5_0_q8_0` is this kernel with one row, so
-/// every result equals it exactly: the same integer products, scales and f32
-/// additions in the same order, only interleaved across rows.
+/// is unpacked once (the costly part: merging its fifth bits with the
+/// nibbles) and multiplied with the `R` rows' blocks while it is in a
+/// register. `vec_dot_q5_0_q8_0` is this kernel with one row, so every result
+/// equals it exactly: the same integer products, scales and f32 additions in
+/// the same order, only interleaved across rows.
 #[inline(always)]
 pub(crate) fn vec_dot_q5_0_q8_0_rows<const R: usize>(
     xs: &[BlockQ5_0],
     ys: [Q8Row<'_>; R],
 ) -> [f32; R] {
-    let ys = ys.map(|y| y.first(xs.len()));
+    let [dots] = vec_dot_q5_0_q8_0_tile([xs], ys);
+    dots
+}
+
+/// `W` Q5_0 weight rows against `R` Q8_0 activation rows, the `W x R` sums
+/// kept in registers: each activation block is loaded once for the `W`
+/// weight rows, each weight block unpacked once for the `R` activation rows
+/// (a long prompt's matmuls). Every result equals `vec_dot_q5_0_q8_0`'s
+/// exactly, as in `vec_dot_q5_0_q8_0_rows`.
+#[inline(always)]
+pub(crate) fn vec_dot_q5_0_q8_0_tile<const W: usize, const R: usize>(
+    xs: [&[BlockQ5_0]; W],
+    ys: [Q8Row<'_>; R],
+) -> [[f32; R]; W] {
+    let n = xs[0].len();
+    let xs = xs.map(|x| &x[..n]);
+    let ys = ys.map(|y| y.first(n));
     unsafe {
-        let mut acc = [_mm256_setzero_ps(); R];
-        for (i, x) in xs.iter().enumerate() {
-            let dx = f16::to_f32(x.d);
-            let qh = LittleEndian::read_u32(&x.qh);
-            let bx = if UNSIGNED_WEIGHTS {
-                q5_unsigned_bytes(x.qs.as_ptr(), qh)
-            } else {
-                q5_signed_bytes(x.qs.as_ptr(), qh)
-            };
-            for (acc, y) in acc.iter_mut().zip(&ys) {
-                let d = _mm256_set1_ps(dx * y.prep.d[i]);
-                *acc = _mm256_fmadd_ps(d, y.block_dot(i, bx), *acc);
+        let mut acc = [[_mm256_setzero_ps(); R]; W];
+        for i in 0..n {
+            let bx = xs.map(|x| {
+                let qh = LittleEndian::read_u32(&x[i].qh);
+                if UNSIGNED_WEIGHTS {
+                    q5_unsigned_bytes(x[i].qs.as_ptr(), qh)
+                } else {
+                    q5_signed_bytes(x[i].qs.as_ptr(), qh)
+                }
+            });
+            let dx = xs.map(|x| f16::to_f32(x[i].d));
+            for (r, y) in ys.iter().enumerate() {
+                for w in 0..W {
+                    let d = _mm256_set1_ps(dx[w] * y.prep.d[i]);
+                    acc[w][r] = _mm256_fmadd_ps(d, y.block_dot(i, bx[w]), acc[w][r]);
+                }
             }
         }
-        acc.map(|acc| hsum_float_8(acc))
+        acc.map(|acc| acc.map(|acc| hsum_float_8(acc)))
     }
 }
 

@@ -78,6 +78,22 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
             *out = Self::vec_dot(n, xs, row);
         }
     }
+
+    /// `vec_dot_rows` for two weight rows at once, into `out[0]` and
+    /// `out[1]`: exactly its results. Types whose kernel keeps a tile of
+    /// sums in registers override it to load each activation block once for
+    /// both weight rows.
+    fn vec_dot_rows_2(
+        n: usize,
+        xs: [&[Self]; 2],
+        ys: &[Self::VecDotType],
+        prep: RowsRef<'_>,
+        out: [&mut [f32]; 2],
+    ) {
+        let [out0, out1] = out;
+        Self::vec_dot_rows(n, xs[0], ys, prep, out0);
+        Self::vec_dot_rows(n, xs[1], ys, prep, out1);
+    }
 }
 
 /// Per-block values of a matmul's activation rows that a type's kernel
@@ -513,6 +529,37 @@ impl GgmlType for BlockQ5_0 {
     ) {
         debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
         vec_dot_rows_by_four!(super::avx::vec_dot_q5_0_q8_0_rows, xs, q8_row(ys, prep, xs.len()), out);
+    }
+
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_rows_2(
+        n: usize,
+        xs: [&[Self]; 2],
+        ys: &[Self::VecDotType],
+        prep: RowsRef<'_>,
+        out: [&mut [f32]; 2],
+    ) {
+        use super::avx::vec_dot_q5_0_q8_0_tile as tile;
+        debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
+        let row = q8_row(ys, prep, xs[0].len());
+        let [out0, out1] = out;
+        let len = out0.len();
+        let mut r = 0;
+        let mut put = |r: usize, dots: &[&[f32]; 2]| {
+            out0[r..r + dots[0].len()].copy_from_slice(dots[0]);
+            out1[r..r + dots[1].len()].copy_from_slice(dots[1]);
+        };
+        while r + 4 <= len {
+            let [a, b] = tile(xs, [row(r), row(r + 1), row(r + 2), row(r + 3)]);
+            put(r, &[&a, &b]);
+            r += 4;
+        }
+        match len - r {
+            3 => { let [a, b] = tile(xs, [row(r), row(r + 1), row(r + 2)]); put(r, &[&a, &b]) }
+            2 => { let [a, b] = tile(xs, [row(r), row(r + 1)]); put(r, &[&a, &b]) }
+            1 => { let [a, b] = tile(xs, [row(r)]); put(r, &[&a, &b]) }
+            _ => {}
+        }
     }
 
     fn vec_dot_unopt(_n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -2513,10 +2560,24 @@ pub fn matmul<T: GgmlType>(
                     let r1 = (r0 + ROW_BLOCK).min(m);
                     let blocks = r0 * k_in_blocks..r1 * k_in_blocks;
                     let (rows, rows_prep) = (&lhs_b[blocks.clone()], prep.blocks(blocks));
-                    for (c, col) in cols.chunks_exact_mut(m).enumerate() {
+                    let rhs_col = |c: usize| {
                         let col_idx = task * COLS_PER_TASK + c;
-                        let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
-                        T::vec_dot_rows(k, rhs_col, rows, rows_prep, &mut col[r0..r1]);
+                        &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks]
+                    };
+                    for (pair, two) in cols.chunks_mut(2 * m).enumerate() {
+                        let c = 2 * pair;
+                        if two.len() == 2 * m {
+                            let (col0, col1) = two.split_at_mut(m);
+                            T::vec_dot_rows_2(
+                                k,
+                                [rhs_col(c), rhs_col(c + 1)],
+                                rows,
+                                rows_prep,
+                                [&mut col0[r0..r1], &mut col1[r0..r1]],
+                            );
+                        } else {
+                            T::vec_dot_rows(k, rhs_col(c), rows, rows_prep, &mut two[r0..r1]);
+                        }
                     }
                 }
             });
@@ -2539,12 +2600,13 @@ mod matmul_tests {
     /// also where a type multiplies one weight block with four, three or two
     /// activation rows at once (m = 17 is four groups of four and one left),
     /// and where a long prompt's rows go in blocks (m = 150: two blocks of
-    /// 64 and one of 22, with 300 weight rows in pieces of 16 and one of 12).
+    /// 64 and one of 22, with 301 weight rows in pieces of 16 and one of 13,
+    /// taken in pairs by `vec_dot_rows_2`, the last one alone).
     /// And the one-row kernel, which the multi-row ones are built from,
     /// agrees with the scalar code (the same integer products per block; only
     /// the order of the f32 additions differs).
     fn check_matmul<T: GgmlType>() {
-        let (k, n) = (512, 300);
+        let (k, n) = (512, 301);
         let k_blocks = k / T::BLCK_SIZE;
         let weights: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         let mut rhs_t = vec![T::zeros(); n * k_blocks];
