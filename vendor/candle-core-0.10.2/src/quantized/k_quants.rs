@@ -539,25 +539,31 @@ impl GgmlType for BlockQ5_0 {
         prep: RowsRef<'_>,
         out: [&mut [f32]; 2],
     ) {
-        use super::avx::vec_dot_q5_0_q8_0_tile as tile;
+        /// Rows `r..r + R` of both weight rows, through one tile.
+        #[inline(always)]
+        fn tile<'a, const R: usize>(
+            xs: [&[BlockQ5_0]; 2],
+            row: &impl Fn(usize) -> super::avx::Q8Row<'a>,
+            r: usize,
+            [out0, out1]: [&mut [f32]; 2],
+        ) {
+            let [a, b] = super::avx::vec_dot_q5_0_q8_0_tile(xs, std::array::from_fn::<_, R, _>(|i| row(r + i)));
+            out0[r..r + R].copy_from_slice(&a);
+            out1[r..r + R].copy_from_slice(&b);
+        }
         debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
         let row = q8_row(ys, prep, xs[0].len());
         let [out0, out1] = out;
         let len = out0.len();
         let mut r = 0;
-        let mut put = |r: usize, dots: &[&[f32]; 2]| {
-            out0[r..r + dots[0].len()].copy_from_slice(dots[0]);
-            out1[r..r + dots[1].len()].copy_from_slice(dots[1]);
-        };
         while r + 4 <= len {
-            let [a, b] = tile(xs, [row(r), row(r + 1), row(r + 2), row(r + 3)]);
-            put(r, &[&a, &b]);
+            tile::<4>(xs, &row, r, [&mut *out0, &mut *out1]);
             r += 4;
         }
         match len - r {
-            3 => { let [a, b] = tile(xs, [row(r), row(r + 1), row(r + 2)]); put(r, &[&a, &b]) }
-            2 => { let [a, b] = tile(xs, [row(r), row(r + 1)]); put(r, &[&a, &b]) }
-            1 => { let [a, b] = tile(xs, [row(r)]); put(r, &[&a, &b]) }
+            3 => tile::<3>(xs, &row, r, [out0, out1]),
+            2 => tile::<2>(xs, &row, r, [out0, out1]),
+            1 => tile::<1>(xs, &row, r, [out0, out1]),
             _ => {}
         }
     }
