@@ -108,13 +108,19 @@ const UNSIGNED_WEIGHTS: bool = false;
 /// sums of each four of its bytes (one `[i32; 8]` per block, lane by lane as
 /// `vpdpbusd` sums them).
 pub(crate) fn prepare_q8_0_rows(ys: &[BlockQ8_0], bias: i32) -> RowsPrep {
-    let d = ys.iter().map(|y| f16::to_f32(y.d)).collect();
-    let sums = if UNSIGNED_WEIGHTS {
-        ys.iter().map(|y| unsafe { byte_sums_times(y, -bias) }).collect()
-    } else {
-        Vec::new()
-    };
-    RowsPrep { d, sums }
+    let mut prep = RowsPrep::default();
+    prepare_q8_0_rows_into(ys, bias, &mut prep);
+    prep
+}
+
+/// `prepare_q8_0_rows` into `prep`, reusing its allocations.
+fn prepare_q8_0_rows_into(ys: &[BlockQ8_0], bias: i32, prep: &mut RowsPrep) {
+    prep.d.clear();
+    prep.d.extend(ys.iter().map(|y| f16::to_f32(y.d)));
+    prep.sums.clear();
+    if UNSIGNED_WEIGHTS {
+        prep.sums.extend(ys.iter().map(|y| unsafe { byte_sums_times(y, -bias) }));
+    }
 }
 
 /// `factor` times the sums of each four bytes of `y.qs`, lane by lane.
@@ -160,10 +166,18 @@ impl Q8Row<'_> {
     }
 }
 
-/// The one-row kernels' activations: one row, prepared for itself.
+/// The one-row kernels' activations: one row, prepared for itself in a
+/// buffer each thread keeps, so that a `vec_dot` call (e.g. from
+/// `matmul_f16`, once per output) allocates nothing.
 fn with_one_q8_row<T>(ys: &[BlockQ8_0], bias: i32, kernel: impl FnOnce(Q8Row<'_>) -> T) -> T {
-    let prep = prepare_q8_0_rows(ys, bias);
-    kernel(Q8Row { blocks: ys, prep: prep.blocks(0..ys.len()) })
+    thread_local! {
+        static ONE_ROW: std::cell::RefCell<RowsPrep> = std::cell::RefCell::default();
+    }
+    ONE_ROW.with(|prep| {
+        let mut prep = prep.borrow_mut();
+        prepare_q8_0_rows_into(ys, bias, &mut prep);
+        kernel(Q8Row { blocks: ys, prep: prep.blocks(0..ys.len()) })
+    })
 }
 
 pub(crate) const Q8_0_BIAS: i32 = 128;
