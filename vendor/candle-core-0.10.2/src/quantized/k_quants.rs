@@ -160,8 +160,79 @@ fn k_row<'a, T>(ys: &'a [T], k_blocks: usize) -> impl Fn(usize) -> &'a [T] {
     move |r| &ys[r * k_blocks..(r + 1) * k_blocks]
 }
 
+/// The weight types whose kernel multiplies a tile of `W` weight rows by `R`
+/// Q8_0 activation rows at once (`W` up to 2, `R` up to 4), each result
+/// exactly that pair of rows' `vec_dot`.
+#[cfg(target_feature = "avx2")]
+trait Q8Tile: Sized {
+    fn tile<const W: usize, const R: usize>(
+        xs: [&[Self]; W],
+        ys: [super::avx::Q8Row<'_>; R],
+    ) -> [[f32; R]; W];
+}
+
+/// `vec_dot_rows` (`W` = 1) and `vec_dot_rows_2` (`W` = 2) through a
+/// `Q8Tile` kernel: the activation rows four at a time, then the 3, 2 or 1
+/// left.
+#[cfg(target_feature = "avx2")]
+#[inline(always)]
+fn q8_tile_rows<T: Q8Tile, const W: usize>(
+    xs: [&[T]; W],
+    ys: &[BlockQ8_0],
+    prep: RowsRef<'_>,
+    mut out: [&mut [f32]; W],
+) {
+    #[inline(always)]
+    fn step<'a, T: Q8Tile, const W: usize, const R: usize>(
+        xs: [&[T]; W],
+        row: &impl Fn(usize) -> super::avx::Q8Row<'a>,
+        r: usize,
+        out: &mut [&mut [f32]; W],
+    ) {
+        let sums = T::tile::<W, R>(xs, std::array::from_fn(|i| row(r + i)));
+        for (out, sums) in out.iter_mut().zip(&sums) {
+            out[r..r + R].copy_from_slice(sums);
+        }
+    }
+    let row = q8_row(ys, prep, xs[0].len());
+    let len = out[0].len();
+    let mut r = 0;
+    while r + 4 <= len {
+        step::<T, W, 4>(xs, &row, r, &mut out);
+        r += 4;
+    }
+    match len - r {
+        3 => step::<T, W, 3>(xs, &row, r, &mut out),
+        2 => step::<T, W, 2>(xs, &row, r, &mut out),
+        1 => step::<T, W, 1>(xs, &row, r, &mut out),
+        _ => {}
+    }
+}
+
+#[cfg(target_feature = "avx2")]
+impl Q8Tile for BlockQ5_0 {
+    #[inline(always)]
+    fn tile<const W: usize, const R: usize>(
+        xs: [&[Self]; W],
+        ys: [super::avx::Q8Row<'_>; R],
+    ) -> [[f32; R]; W] {
+        super::avx::vec_dot_q5_0_q8_0_tile(xs, ys)
+    }
+}
+
+#[cfg(target_feature = "avx2")]
+impl Q8Tile for BlockQ8_0 {
+    #[inline(always)]
+    fn tile<const W: usize, const R: usize>(
+        xs: [&[Self]; W],
+        ys: [super::avx::Q8Row<'_>; R],
+    ) -> [[f32; R]; W] {
+        super::avx::vec_dot_q8_0_q8_0_tile(xs, ys)
+    }
+}
+
 /// A Q8_0 activation row `r`, with its prepared values, for
-/// `vec_dot_rows_by_four!`.
+/// `q8_tile_rows`.
 #[cfg(target_feature = "avx2")]
 fn q8_row<'a>(
     ys: &'a [BlockQ8_0],
@@ -528,7 +599,7 @@ impl GgmlType for BlockQ5_0 {
         out: &mut [f32],
     ) {
         debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
-        vec_dot_rows_by_four!(super::avx::vec_dot_q5_0_q8_0_rows, xs, q8_row(ys, prep, xs.len()), out);
+        q8_tile_rows::<Self, 1>([xs], ys, prep, [out]);
     }
 
     #[cfg(target_feature = "avx2")]
@@ -539,33 +610,8 @@ impl GgmlType for BlockQ5_0 {
         prep: RowsRef<'_>,
         out: [&mut [f32]; 2],
     ) {
-        /// Rows `r..r + R` of both weight rows, through one tile.
-        #[inline(always)]
-        fn tile<'a, const R: usize>(
-            xs: [&[BlockQ5_0]; 2],
-            row: &impl Fn(usize) -> super::avx::Q8Row<'a>,
-            r: usize,
-            [out0, out1]: [&mut [f32]; 2],
-        ) {
-            let [a, b] = super::avx::vec_dot_q5_0_q8_0_tile(xs, std::array::from_fn::<_, R, _>(|i| row(r + i)));
-            out0[r..r + R].copy_from_slice(&a);
-            out1[r..r + R].copy_from_slice(&b);
-        }
         debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
-        let row = q8_row(ys, prep, xs[0].len());
-        let [out0, out1] = out;
-        let len = out0.len();
-        let mut r = 0;
-        while r + 4 <= len {
-            tile::<4>(xs, &row, r, [&mut *out0, &mut *out1]);
-            r += 4;
-        }
-        match len - r {
-            3 => tile::<3>(xs, &row, r, [out0, out1]),
-            2 => tile::<2>(xs, &row, r, [out0, out1]),
-            1 => tile::<1>(xs, &row, r, [out0, out1]),
-            _ => {}
-        }
+        q8_tile_rows(xs, ys, prep, out);
     }
 
     fn vec_dot_unopt(_n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -855,7 +901,19 @@ impl GgmlType for BlockQ8_0 {
         out: &mut [f32],
     ) {
         debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
-        vec_dot_rows_by_four!(super::avx::vec_dot_q8_0_q8_0_rows, xs, q8_row(ys, prep, xs.len()), out);
+        q8_tile_rows::<Self, 1>([xs], ys, prep, [out]);
+    }
+
+    #[cfg(target_feature = "avx2")]
+    fn vec_dot_rows_2(
+        n: usize,
+        xs: [&[Self]; 2],
+        ys: &[Self::VecDotType],
+        prep: RowsRef<'_>,
+        out: [&mut [f32]; 2],
+    ) {
+        debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
+        q8_tile_rows(xs, ys, prep, out);
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -2534,24 +2592,39 @@ pub fn matmul<T: GgmlType>(
     // What the kernels read of the activation rows for every weight row,
     // computed once here.
     let prep = T::prepare_rows(lhs_b);
-    let dot_col = |col_idx: usize, out: &mut [f32]| {
-        let rhs_col = &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
-        T::vec_dot_rows(k, rhs_col, lhs_b, prep.blocks(0..lhs_b.len()), out);
-    };
+    let rhs_col = |col_idx: usize| &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
+    let all_rows = prep.blocks(0..lhs_b.len());
     if m == 1 {
+        // One activation row, one weight row at a time (column-major is
+        // dst's own layout). Pairs of weight rows, as below, were slower
+        // here: 1.15-1.7x the time (`cargo bench --bench kernels`), the two
+        // rows' interleaved streams apparently worse for the prefetchers
+        // than one, with too little arithmetic per byte to hide it.
         dst.par_iter_mut()
             .enumerate()
             .with_min_len(min_cols)
-            .for_each(|(col_idx, dst)| dot_col(col_idx, std::slice::from_mut(dst)));
+            .for_each(|(col_idx, dst)| {
+                T::vec_dot_rows(k, rhs_col(col_idx), lhs_b, all_rows, std::slice::from_mut(dst))
+            });
     } else {
         // Computed column-major, then transposed into dst (m x n, row-major).
         let mut dst_t = vec![0f32; n * m];
         if m <= ROW_BLOCK {
-            dst_t
-                .par_chunks_mut(m)
-                .enumerate()
-                .with_min_len(min_cols)
-                .for_each(|(col_idx, col)| dot_col(col_idx, col));
+            // Weight rows in pairs (the last one alone where n is odd): a
+            // type with a two-row tile (Q5_0, Q8_0) loads each activation
+            // block once for both. 0.85-0.97 of the time of one weight row
+            // at a time for 4 and 8 rows.
+            dst_t.par_chunks_mut(2 * m).enumerate().with_min_len(min_cols.div_ceil(2)).for_each(
+                |(pair, cols)| {
+                    if cols.len() == 2 * m {
+                        let (col0, col1) = cols.split_at_mut(m);
+                        let xs = [rhs_col(2 * pair), rhs_col(2 * pair + 1)];
+                        T::vec_dot_rows_2(k, xs, lhs_b, all_rows, [col0, col1]);
+                    } else {
+                        T::vec_dot_rows(k, rhs_col(2 * pair), lhs_b, all_rows, cols);
+                    }
+                },
+            );
         } else {
             // A prompt's activation rows are more than the cache holds (a
             // 1,000-token prompt's are over a megabyte), and every weight
@@ -2566,10 +2639,7 @@ pub fn matmul<T: GgmlType>(
                     let r1 = (r0 + ROW_BLOCK).min(m);
                     let blocks = r0 * k_in_blocks..r1 * k_in_blocks;
                     let (rows, rows_prep) = (&lhs_b[blocks.clone()], prep.blocks(blocks));
-                    let rhs_col = |c: usize| {
-                        let col_idx = task * COLS_PER_TASK + c;
-                        &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks]
-                    };
+                    let rhs_col = |c: usize| rhs_col(task * COLS_PER_TASK + c);
                     for (pair, two) in cols.chunks_mut(2 * m).enumerate() {
                         let c = 2 * pair;
                         if two.len() == 2 * m {
