@@ -264,18 +264,60 @@ pub(crate) fn vec_dot_q8_0_q8_0_rows<const R: usize>(
     xs: &[BlockQ8_0],
     ys: [Q8Row<'_>; R],
 ) -> [f32; R] {
-    let [dots] = vec_dot_q8_0_q8_0_tile([xs], ys);
+    let [dots] = vec_dot_q8_tile([xs], ys);
     dots
 }
 
-/// `W` Q8_0 weight rows against `R` Q8_0 activation rows, the `W x R` sums
-/// kept in registers: each activation block is loaded once for the `W`
-/// weight rows, each weight block once for the `R` activation rows. Every
-/// result equals `vec_dot_q8_0_q8_0`'s exactly, as in
-/// `vec_dot_q8_0_q8_0_rows`.
+/// Weight blocks the Q8_0-activation kernels multiply (Q5_0, Q8_0): a
+/// scale, and 32 weight bytes as `block_dot` takes them (unsigned with
+/// `UNSIGNED_WEIGHTS`, signed for the sign trick otherwise).
+pub(crate) trait Q8Weights: Sized {
+    fn scale(&self) -> f16;
+    /// The block's weights as bytes: for Q5_0 the costly part, merging the
+    /// fifth bits with the nibbles, done once per block for a whole tile.
+    unsafe fn bytes(&self) -> __m256i;
+}
+
+impl Q8Weights for BlockQ8_0 {
+    #[inline(always)]
+    fn scale(&self) -> f16 {
+        self.d
+    }
+
+    #[inline(always)]
+    unsafe fn bytes(&self) -> __m256i {
+        let bx = _mm256_loadu_si256(self.qs.as_ptr() as *const __m256i);
+        if UNSIGNED_WEIGHTS { _mm256_xor_si256(bx, _mm256_set1_epi8(0x80u8 as i8)) } else { bx }
+    }
+}
+
+impl Q8Weights for BlockQ5_0 {
+    #[inline(always)]
+    fn scale(&self) -> f16 {
+        self.d
+    }
+
+    #[inline(always)]
+    unsafe fn bytes(&self) -> __m256i {
+        let qh = LittleEndian::read_u32(&self.qh);
+        if UNSIGNED_WEIGHTS {
+            q5_unsigned_bytes(self.qs.as_ptr(), qh)
+        } else {
+            q5_signed_bytes(self.qs.as_ptr(), qh)
+        }
+    }
+}
+
+/// `W` weight rows (Q5_0 or Q8_0) against `R` Q8_0 activation rows, the
+/// `W x R` sums kept in registers: each activation block is loaded once for
+/// the `W` weight rows, each weight block made into bytes once for the `R`
+/// activation rows. `vec_dot_q5_0_q8_0` and `vec_dot_q8_0_q8_0` are this
+/// kernel with one row of each, so every result equals theirs exactly: the
+/// same integer products, scales and f32 additions in the same order, only
+/// interleaved across rows.
 #[inline(always)]
-pub(crate) fn vec_dot_q8_0_q8_0_tile<const W: usize, const R: usize>(
-    xs: [&[BlockQ8_0]; W],
+pub(crate) fn vec_dot_q8_tile<B: Q8Weights, const W: usize, const R: usize>(
+    xs: [&[B]; W],
     ys: [Q8Row<'_>; R],
 ) -> [[f32; R]; W] {
     let n = xs[0].len();
@@ -288,11 +330,8 @@ pub(crate) fn vec_dot_q8_0_q8_0_tile<const W: usize, const R: usize>(
             // Every row of `xs` has `n` blocks (sliced above).
             let x = xs.map(|x| x.get_unchecked(i));
             prefetch_ahead(x, ahead);
-            let bx = x.map(|x| {
-                let bx = _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i);
-                if UNSIGNED_WEIGHTS { _mm256_xor_si256(bx, _mm256_set1_epi8(0x80u8 as i8)) } else { bx }
-            });
-            let dx = x.map(|x| scale_f32(x.d));
+            let bx = x.map(|x| x.bytes());
+            let dx = x.map(|x| scale_f32(x.scale()));
             for (r, y) in ys.iter().enumerate() {
                 for w in 0..W {
                     let d = _mm256_set1_ps(dx[w] * y.d(i));
@@ -373,48 +412,8 @@ pub(crate) fn vec_dot_q5_0_q8_0_rows<const R: usize>(
     xs: &[BlockQ5_0],
     ys: [Q8Row<'_>; R],
 ) -> [f32; R] {
-    let [dots] = vec_dot_q5_0_q8_0_tile([xs], ys);
+    let [dots] = vec_dot_q8_tile([xs], ys);
     dots
-}
-
-/// `W` Q5_0 weight rows against `R` Q8_0 activation rows, the `W x R` sums
-/// kept in registers: each activation block is loaded once for the `W`
-/// weight rows, each weight block unpacked once for the `R` activation rows
-/// (a long prompt's matmuls). Every result equals `vec_dot_q5_0_q8_0`'s
-/// exactly, as in `vec_dot_q5_0_q8_0_rows`.
-#[inline(always)]
-pub(crate) fn vec_dot_q5_0_q8_0_tile<const W: usize, const R: usize>(
-    xs: [&[BlockQ5_0]; W],
-    ys: [Q8Row<'_>; R],
-) -> [[f32; R]; W] {
-    let n = xs[0].len();
-    let xs = xs.map(|x| &x[..n]);
-    let ys = ys.map(|y| y.first(n));
-    let ahead = PREFETCH_TILES * W * std::mem::size_of_val(xs[0]);
-    unsafe {
-        let mut acc = [[_mm256_setzero_ps(); R]; W];
-        for i in 0..n {
-            // Every row of `xs` has `n` blocks (sliced above).
-            let x = xs.map(|x| x.get_unchecked(i));
-            prefetch_ahead(x, ahead);
-            let bx = x.map(|x| {
-                let qh = LittleEndian::read_u32(&x.qh);
-                if UNSIGNED_WEIGHTS {
-                    q5_unsigned_bytes(x.qs.as_ptr(), qh)
-                } else {
-                    q5_signed_bytes(x.qs.as_ptr(), qh)
-                }
-            });
-            let dx = x.map(|x| scale_f32(x.d));
-            for (r, y) in ys.iter().enumerate() {
-                for w in 0..W {
-                    let d = _mm256_set1_ps(dx[w] * y.d(i));
-                    acc[w][r] = _mm256_fmadd_ps(d, y.block_dot(i, bx[w]), acc[w][r]);
-                }
-            }
-        }
-        acc.map(|acc| acc.map(|acc| hsum_float_8(acc)))
-    }
 }
 
 /// Q5_1 x Q8_1: each weight is d * (4 low bits | fifth bit << 4) + m, unsigned

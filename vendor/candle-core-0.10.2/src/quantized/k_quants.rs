@@ -160,36 +160,25 @@ fn k_row<'a, T>(ys: &'a [T], k_blocks: usize) -> impl Fn(usize) -> &'a [T] {
     move |r| &ys[r * k_blocks..(r + 1) * k_blocks]
 }
 
-/// The weight types whose kernel multiplies a tile of `W` weight rows by `R`
-/// Q8_0 activation rows at once (`W` up to 2, `R` up to 4), each result
-/// exactly that pair of rows' `vec_dot`.
-#[cfg(target_feature = "avx2")]
-trait Q8Tile: Sized {
-    fn tile<const W: usize, const R: usize>(
-        xs: [&[Self]; W],
-        ys: [super::avx::Q8Row<'_>; R],
-    ) -> [[f32; R]; W];
-}
-
-/// `vec_dot_rows` (`W` = 1) and `vec_dot_rows_2` (`W` = 2) through a
-/// `Q8Tile` kernel: the activation rows four at a time, then the 3, 2 or 1
-/// left.
+/// `vec_dot_rows` (`W` = 1) and `vec_dot_rows_2` (`W` = 2) of Q5_0 and Q8_0
+/// through their tile kernel (`avx::vec_dot_q8_tile`): the activation rows
+/// four at a time, then the 3, 2 or 1 left.
 #[cfg(target_feature = "avx2")]
 #[inline(always)]
-fn q8_tile_rows<T: Q8Tile, const W: usize>(
+fn q8_tile_rows<T: super::avx::Q8Weights, const W: usize>(
     xs: [&[T]; W],
     ys: &[BlockQ8_0],
     prep: RowsRef<'_>,
     mut out: [&mut [f32]; W],
 ) {
     #[inline(always)]
-    fn step<'a, T: Q8Tile, const W: usize, const R: usize>(
+    fn step<'a, T: super::avx::Q8Weights, const W: usize, const R: usize>(
         xs: [&[T]; W],
         row: &impl Fn(usize) -> super::avx::Q8Row<'a>,
         r: usize,
         out: &mut [&mut [f32]; W],
     ) {
-        let sums = T::tile::<W, R>(xs, std::array::from_fn(|i| row(r + i)));
+        let sums = super::avx::vec_dot_q8_tile::<T, W, R>(xs, std::array::from_fn(|i| row(r + i)));
         for (out, sums) in out.iter_mut().zip(&sums) {
             out[r..r + R].copy_from_slice(sums);
         }
@@ -206,28 +195,6 @@ fn q8_tile_rows<T: Q8Tile, const W: usize>(
         2 => step::<T, W, 2>(xs, &row, r, &mut out),
         1 => step::<T, W, 1>(xs, &row, r, &mut out),
         _ => {}
-    }
-}
-
-#[cfg(target_feature = "avx2")]
-impl Q8Tile for BlockQ5_0 {
-    #[inline(always)]
-    fn tile<const W: usize, const R: usize>(
-        xs: [&[Self]; W],
-        ys: [super::avx::Q8Row<'_>; R],
-    ) -> [[f32; R]; W] {
-        super::avx::vec_dot_q5_0_q8_0_tile(xs, ys)
-    }
-}
-
-#[cfg(target_feature = "avx2")]
-impl Q8Tile for BlockQ8_0 {
-    #[inline(always)]
-    fn tile<const W: usize, const R: usize>(
-        xs: [&[Self]; W],
-        ys: [super::avx::Q8Row<'_>; R],
-    ) -> [[f32; R]; W] {
-        super::avx::vec_dot_q8_0_q8_0_tile(xs, ys)
     }
 }
 
@@ -2594,6 +2561,24 @@ pub fn matmul<T: GgmlType>(
     let prep = T::prepare_rows(lhs_b);
     let rhs_col = |col_idx: usize| &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
     let all_rows = prep.blocks(0..lhs_b.len());
+    // Weight rows `c` and `c + 1` against the activation rows `rows`, into
+    // entries `r` of `cols[..m]` and `cols[m..]` (column-major), or weight
+    // row `c` alone when `cols` holds one column (the last where n is odd):
+    // a type with a two-row tile (Q5_0, Q8_0) loads each activation block
+    // once for both.
+    let dot_pair = |c: usize,
+                    rows: &[T::VecDotType],
+                    rows_prep: RowsRef<'_>,
+                    cols: &mut [f32],
+                    r: std::ops::Range<usize>| {
+        if cols.len() == 2 * m {
+            let (col0, col1) = cols.split_at_mut(m);
+            let outs = [&mut col0[r.clone()], &mut col1[r]];
+            T::vec_dot_rows_2(k, [rhs_col(c), rhs_col(c + 1)], rows, rows_prep, outs);
+        } else {
+            T::vec_dot_rows(k, rhs_col(c), rows, rows_prep, &mut cols[r]);
+        }
+    };
     if m == 1 {
         // One activation row, one weight row at a time (column-major is
         // dst's own layout). Pairs of weight rows, as below, were slower
@@ -2610,21 +2595,13 @@ pub fn matmul<T: GgmlType>(
         // Computed column-major, then transposed into dst (m x n, row-major).
         let mut dst_t = vec![0f32; n * m];
         if m <= ROW_BLOCK {
-            // Weight rows in pairs (the last one alone where n is odd): a
-            // type with a two-row tile (Q5_0, Q8_0) loads each activation
-            // block once for both. 0.85-0.97 of the time of one weight row
+            // Weight rows in pairs: 0.85-0.97 of the time of one weight row
             // at a time for 4 and 8 rows.
-            dst_t.par_chunks_mut(2 * m).enumerate().with_min_len(min_cols.div_ceil(2)).for_each(
-                |(pair, cols)| {
-                    if cols.len() == 2 * m {
-                        let (col0, col1) = cols.split_at_mut(m);
-                        let xs = [rhs_col(2 * pair), rhs_col(2 * pair + 1)];
-                        T::vec_dot_rows_2(k, xs, lhs_b, all_rows, [col0, col1]);
-                    } else {
-                        T::vec_dot_rows(k, rhs_col(2 * pair), lhs_b, all_rows, cols);
-                    }
-                },
-            );
+            dst_t
+                .par_chunks_mut(2 * m)
+                .enumerate()
+                .with_min_len(min_cols.div_ceil(2))
+                .for_each(|(pair, cols)| dot_pair(2 * pair, lhs_b, all_rows, cols, 0..m));
         } else {
             // A prompt's activation rows are more than the cache holds (a
             // 1,000-token prompt's are over a megabyte), and every weight
@@ -2639,21 +2616,8 @@ pub fn matmul<T: GgmlType>(
                     let r1 = (r0 + ROW_BLOCK).min(m);
                     let blocks = r0 * k_in_blocks..r1 * k_in_blocks;
                     let (rows, rows_prep) = (&lhs_b[blocks.clone()], prep.blocks(blocks));
-                    let rhs_col = |c: usize| rhs_col(task * COLS_PER_TASK + c);
                     for (pair, two) in cols.chunks_mut(2 * m).enumerate() {
-                        let c = 2 * pair;
-                        if two.len() == 2 * m {
-                            let (col0, col1) = two.split_at_mut(m);
-                            T::vec_dot_rows_2(
-                                k,
-                                [rhs_col(c), rhs_col(c + 1)],
-                                rows,
-                                rows_prep,
-                                [&mut col0[r0..r1], &mut col1[r0..r1]],
-                            );
-                        } else {
-                            T::vec_dot_rows(k, rhs_col(c), rows, rows_prep, &mut two[r0..r1]);
-                        }
+                        dot_pair(task * COLS_PER_TASK + 2 * pair, rows, rows_prep, two, r0..r1);
                     }
                 }
             });
