@@ -13,6 +13,8 @@
 //! MMLU, the first option letter named equals the key; NQ, any reference
 //! alias appears in the answer (case- and punctuation-insensitive).
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -99,8 +101,8 @@ fn datasets(n: usize) -> Vec<(&'static str, Vec<Item>)> {
 
 #[tokio::main]
 async fn main() {
-    let n: usize = std::env::var("SPROUT_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
-    let max_tokens: usize = std::env::var("SPROUT_BENCH_MAX_TOKENS").ok().and_then(|s| s.parse().ok()).unwrap_or(512);
+    let n = common::env_count("SPROUT_BENCH_N", 10);
+    let max_tokens = common::env_count("SPROUT_BENCH_MAX_TOKENS", 512);
     let mut config = Config::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config.toml")).expect("config.toml");
     for (i, var) in [(1, "SPROUT_L1_TEXT"), (2, "SPROUT_L2_TEXT")] {
         if let Ok(t) = std::env::var(var) {

@@ -12,7 +12,10 @@
 //!   SPROUT_BENCH_ONLY=Q8_0 SPROUT_BENCH_ROWS=1,4,8 cargo bench --bench kernels
 //!
 //! Weights are random (the speed does not depend on their values); each
-//! matmul and each read runs `REPS` times in turns and the median is kept.
+//! matmul and each read runs SPROUT_BENCH_REPS times in turns and the median
+//! is kept.
+
+mod common;
 
 use std::time::Instant;
 
@@ -51,15 +54,23 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-/// One shape: `n` weight rows of `k` values as `T`, times `m` activation rows.
-/// Decoding streams every layer's weights from memory (the model is larger
-/// than the caches), so each repetition runs through enough copies of the
-/// weights (about 256 MB) that none is still cached when its turn comes again;
-/// the figures are per copy.
-fn shape<T: GgmlType>(name: &str, k: usize, n: usize, reps: usize) {
-    if std::env::var("SPROUT_BENCH_ONLY").is_ok_and(|only| !name.contains(&only)) {
+/// What `main` reads from the environment once for every shape.
+struct Settings {
+    reps: usize,
+    rows: Vec<usize>,
+    only: Option<String>,
+}
+
+/// One shape: `n` weight rows of `k` values as `T`, times each of
+/// `settings.rows` activation rows. Decoding streams every layer's weights
+/// from memory (the model is larger than the caches), so each repetition
+/// runs through enough copies of the weights (about 256 MB) that none is
+/// still cached when its turn comes again; the figures are per copy.
+fn shape<T: GgmlType>(name: &str, k: usize, n: usize, settings: &Settings) {
+    if settings.only.as_ref().is_some_and(|only| !name.contains(only.as_str())) {
         return;
     }
+    let reps = settings.reps;
     let mut one = vec![T::zeros(); n * k / T::BLCK_SIZE];
     T::from_float(&values(n * k, 7), &mut one);
     let size = std::mem::size_of_val(one.as_slice());
@@ -67,11 +78,7 @@ fn shape<T: GgmlType>(name: &str, k: usize, n: usize, reps: usize) {
     let weights: Vec<Vec<T>> = (0..copies).map(|_| one.clone()).collect();
     let bytes = |w: &[T]| unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, size) };
     let gb = size as f64 / 1e9;
-    let rows: Vec<usize> = match std::env::var("SPROUT_BENCH_ROWS") {
-        Ok(v) => v.split(',').map(|m| m.trim().parse().expect("SPROUT_BENCH_ROWS: a list like 1,4")).collect(),
-        Err(_) => vec![1, 4],
-    };
-    for m in rows {
+    for &m in &settings.rows {
         let lhs = values(m * k, 11);
         let mut dst = vec![0f32; m * n];
         let (mut kernel, mut read) = (Vec::new(), Vec::new());
@@ -116,15 +123,35 @@ fn shape<T: GgmlType>(name: &str, k: usize, n: usize, reps: usize) {
     }
 }
 
+/// Stops the benchmark with one line about a setting.
+fn bad_setting(line: String) -> ! {
+    eprintln!("{line}");
+    std::process::exit(2)
+}
+
 fn main() {
-    let threads = std::env::var("SPROUT_BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
-    let reps = std::env::var("SPROUT_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let threads = common::env_count("SPROUT_BENCH_THREADS", 2);
+    let reps = common::env_count("SPROUT_BENCH_REPS", 5);
+    if reps == 0 {
+        bad_setting("SPROUT_BENCH_REPS: at least 1 (each figure is a median)".into());
+    }
+    let rows = match std::env::var("SPROUT_BENCH_ROWS") {
+        Err(_) => vec![1, 4],
+        Ok(v) => v
+            .split(',')
+            .map(|m| match m.trim().parse() {
+                Ok(m) if m > 0 => m,
+                _ => bad_setting(format!("SPROUT_BENCH_ROWS: {v:?} is not a list of counts like 1,4")),
+            })
+            .collect(),
+    };
+    let settings = Settings { reps, rows, only: std::env::var("SPROUT_BENCH_ONLY").ok() };
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().unwrap();
     println!("quantized matmul against a plain read of its weights, {threads} threads, median of {reps}");
     // The default model's projections (hidden 896, ffn 4864, vocabulary 151936).
-    shape::<BlockQ5_0>("Q5_0 attn q/o 896x896", 896, 896, reps);
-    shape::<BlockQ5_0>("Q5_0 ffn gate/up 896x4864", 896, 4864, reps);
-    shape::<BlockQ6K>("Q6_K ffn down 4864x896", 4864, 896, reps);
-    shape::<BlockQ4K>("Q4_K ffn down 4864x896", 4864, 896, reps);
-    shape::<BlockQ8_0>("Q8_0 output 896x151936", 896, 151936, reps);
+    shape::<BlockQ5_0>("Q5_0 attn q/o 896x896", 896, 896, &settings);
+    shape::<BlockQ5_0>("Q5_0 ffn gate/up 896x4864", 896, 4864, &settings);
+    shape::<BlockQ6K>("Q6_K ffn down 4864x896", 4864, 896, &settings);
+    shape::<BlockQ4K>("Q4_K ffn down 4864x896", 4864, 896, &settings);
+    shape::<BlockQ8_0>("Q8_0 output 896x151936", 896, 151936, &settings);
 }

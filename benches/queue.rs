@@ -6,6 +6,8 @@
 //!   cargo bench --bench queue
 //!   SPROUT_BENCH_JOBS=100000 SPROUT_BENCH_SECS=10 SPROUT_BENCH_CLIENTS=64 cargo bench --bench queue
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,10 +17,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sprout::job::Origin;
 use sprout::store::{NewJob, Store};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
-}
 
 fn config(dir: &Path) -> std::path::PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -64,9 +62,9 @@ fn free_port() -> u16 {
 
 #[tokio::main]
 async fn main() {
-    let secs = env("SPROUT_BENCH_SECS", 10);
-    let clients = env("SPROUT_BENCH_CLIENTS", 64);
-    let jobs = env("SPROUT_BENCH_JOBS", 100_000);
+    let secs = common::env_count("SPROUT_BENCH_SECS", 10);
+    let clients = common::env_count("SPROUT_BENCH_CLIENTS", 64);
+    let jobs = common::env_count("SPROUT_BENCH_JOBS", 100_000);
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path());
 

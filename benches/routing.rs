@@ -10,6 +10,8 @@
 //!   cargo bench --bench routing
 //!   SPROUT_BENCH_SECS=10 SPROUT_BENCH_CLIENTS=32 cargo bench --bench routing
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -18,10 +20,6 @@ use std::time::{Duration, Instant};
 use sprout::backends::Backends;
 use sprout::carbon::Carbon;
 use sprout::config::Config;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
-}
 
 const OFF: [(&str, &str); 3] = [
     ("enabled = true\n# \"best\"", "enabled = false\n# \"best\""),
@@ -126,7 +124,8 @@ async fn main() {
     println!("routing decision over 8 backends (choose + free the slot): {:.2} µs ({:.0} decisions/s on one core)", per * 1e6, 1.0 / per);
 
     // 2. Over HTTP, side by side.
-    let (secs, clients) = (env("SPROUT_BENCH_SECS", 10) as u64, env("SPROUT_BENCH_CLIENTS", 32));
+    let secs = common::env_count("SPROUT_BENCH_SECS", 10) as u64;
+    let clients = common::env_count("SPROUT_BENCH_CLIENTS", 32);
     let (pa, pb, pf) = (port(), port(), port());
     let echo = "kind = \"echo\"\necho_token_delay_ms = 0";
     let mut a = spawn(dir.path(), "a", &config_text(echo, ""), pa);

@@ -25,6 +25,8 @@
 //! runs with the evaluator off and logs to `sproutd-throughput.log` in the
 //! system's temp folder.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -307,8 +309,8 @@ fn free_port() -> u16 {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let reps: usize = std::env::var("SPROUT_BENCH_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
-    let threads: usize = std::env::var("SPROUT_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let reps = common::env_count("SPROUT_BENCH_REPS", 2);
+    let threads = common::env_count("SPROUT_BENCH_THREADS", 2);
     let llama_dir = std::env::var("LLAMA_DIR").map(PathBuf::from).unwrap_or_else(|_| {
         PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sprout/llama.cpp")
     });
