@@ -1,6 +1,6 @@
 use super::k_quants::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ5_1, BlockQ6K, BlockQ8K,
-    BlockQ8_0, BlockQ8_1, RowsPrep, RowsRef, QK5_0, QK5_1, QK8_0, QK_K,
+    BlockQ8_0, BlockQ8_1, PreparedQ8, RowsPrep, QK5_0, QK5_1, QK8_0, QK_K,
 };
 use byteorder::{ByteOrder, LittleEndian};
 use half::f16;
@@ -130,24 +130,23 @@ const UNSIGNED_WEIGHTS: bool = true;
 const UNSIGNED_WEIGHTS: bool = false;
 
 /// Q8_0 activation rows as the Q5_0 and Q8_0 kernels read them for every
-/// weight row, computed once per matmul rather than once per weight row:
-/// each block's scale as f32 and, with unsigned weights, `-bias` times the
-/// sums of each four of its bytes (one `[i32; 8]` per block, lane by lane as
-/// `vpdpbusd` sums them).
+/// weight row (`PreparedQ8`), computed once per matmul rather than once per
+/// weight row: each block's bytes, its scale as f32 and, with unsigned
+/// weights, `-bias` times the sums of each four of its bytes.
 pub(crate) fn prepare_q8_0_rows(ys: &[BlockQ8_0], bias: i32) -> RowsPrep {
     let mut prep = RowsPrep::default();
     prepare_q8_0_rows_into(ys, bias, &mut prep);
     prep
 }
 
-/// `prepare_q8_0_rows` into `prep`, reusing its allocations.
+/// `prepare_q8_0_rows` into `prep`, reusing its allocation.
 fn prepare_q8_0_rows_into(ys: &[BlockQ8_0], bias: i32, prep: &mut RowsPrep) {
-    prep.d.clear();
-    prep.d.extend(ys.iter().map(|y| f16::to_f32(y.d)));
-    prep.sums.clear();
-    if UNSIGNED_WEIGHTS {
-        prep.sums.extend(ys.iter().map(|y| unsafe { byte_sums_times(y, -bias) }));
-    }
+    prep.blocks.clear();
+    prep.blocks.extend(ys.iter().map(|y| PreparedQ8 {
+        qs: y.qs,
+        sums: if UNSIGNED_WEIGHTS { unsafe { byte_sums_times(y, -bias) } } else { [0; 8] },
+        d: [f16::to_f32(y.d); 8],
+    }));
 }
 
 /// `factor` times the sums of each four bytes of `y.qs`, lane by lane.
@@ -161,11 +160,10 @@ unsafe fn byte_sums_times(y: &BlockQ8_0, factor: i32) -> [i32; 8] {
     out
 }
 
-/// One row of Q8_0 activations and what `prepare_q8_0_rows` computed for it.
+/// One row of Q8_0 activations, as `prepare_q8_0_rows` prepared them.
 #[derive(Clone, Copy)]
 pub(crate) struct Q8Row<'a> {
-    pub(crate) blocks: &'a [BlockQ8_0],
-    pub(crate) prep: RowsRef<'a>,
+    pub(crate) blocks: &'a [PreparedQ8],
 }
 
 impl Q8Row<'_> {
@@ -173,20 +171,25 @@ impl Q8Row<'_> {
     /// the kernels' loops.
     #[inline(always)]
     fn first(self, len: usize) -> Self {
-        let sums = if UNSIGNED_WEIGHTS { &self.prep.sums[..len] } else { self.prep.sums };
-        Q8Row { blocks: &self.blocks[..len], prep: RowsRef { d: &self.prep.d[..len], sums } }
+        Q8Row { blocks: &self.blocks[..len] }
     }
 
-    /// Block `i`'s scale, as f32.
+    /// Block `i`.
     ///
-    /// Safety (here and in `block_dot`): `i` is below the length `first`
-    /// gave. The kernels' loops run over exactly that many blocks; left to
-    /// the compiler, the checks stayed in the loops, three per activation
-    /// row per block, a fifth of a four-row loop's instructions.
+    /// Safety (here and in `d`, `block_dot`): `i` is below the length
+    /// `first` gave. The kernels' loops run over exactly that many blocks;
+    /// left to the compiler, the checks stayed in the loops, three per
+    /// activation row per block, a fifth of a four-row loop's instructions.
     #[inline(always)]
-    unsafe fn d(&self, i: usize) -> f32 {
-        debug_assert!(i < self.prep.d.len());
-        *self.prep.d.get_unchecked(i)
+    unsafe fn block(&self, i: usize) -> &PreparedQ8 {
+        debug_assert!(i < self.blocks.len());
+        self.blocks.get_unchecked(i)
+    }
+
+    /// Block `i`'s scale as f32, in all eight lanes.
+    #[inline(always)]
+    unsafe fn d(&self, i: usize) -> __m256 {
+        _mm256_load_ps(self.block(i).d.as_ptr())
     }
 
     /// Block `i`'s products with the weight bytes `w` (unsigned, or signed
@@ -194,12 +197,11 @@ impl Q8Row<'_> {
     /// eight f32 lanes: exactly `sum w * y` per lane either way.
     #[inline(always)]
     unsafe fn block_dot(&self, i: usize, w: __m256i) -> __m256 {
-        debug_assert!(i < self.blocks.len());
-        let by = _mm256_loadu_si256(self.blocks.get_unchecked(i).qs.as_ptr() as *const __m256i);
+        let y = self.block(i);
+        let by = _mm256_load_si256(y.qs.as_ptr() as *const __m256i);
         #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
         {
-            debug_assert!(i < self.prep.sums.len());
-            let start = _mm256_loadu_si256(self.prep.sums.get_unchecked(i).as_ptr() as *const __m256i);
+            let start = _mm256_load_si256(y.sums.as_ptr() as *const __m256i);
             _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, w, by))
         }
         #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
@@ -217,7 +219,7 @@ fn with_one_q8_row<T>(ys: &[BlockQ8_0], bias: i32, kernel: impl FnOnce(Q8Row<'_>
     ONE_ROW.with(|prep| {
         let mut prep = prep.borrow_mut();
         prepare_q8_0_rows_into(ys, bias, &mut prep);
-        kernel(Q8Row { blocks: ys, prep: prep.blocks(0..ys.len()) })
+        kernel(Q8Row { blocks: &prep.blocks })
     })
 }
 
@@ -331,15 +333,24 @@ pub(crate) fn vec_dot_q8_tile<B: Q8Weights, const W: usize, const R: usize>(
             let x = xs.map(|x| x.get_unchecked(i));
             prefetch_ahead(x, ahead);
             let bx = x.map(|x| x.bytes());
-            let dx = x.map(|x| scale_f32(x.scale()));
+            let dx = x.map(|x| _mm256_set1_ps(scale_f32(x.scale())));
             for (r, y) in ys.iter().enumerate() {
+                let dy = y.d(i);
                 for w in 0..W {
-                    let d = _mm256_set1_ps(dx[w] * y.d(i));
+                    let d = _mm256_mul_ps(dx[w], dy);
                     acc[w][r] = _mm256_fmadd_ps(d, y.block_dot(i, bx[w]), acc[w][r]);
                 }
             }
         }
-        acc.map(|acc| acc.map(|acc| hsum_float_8(acc)))
+        // Loops rather than `acc.map(..)`: the closures were compiled to a
+        // separate function (`array::try_map`), 3% of a batch's matmul.
+        let mut sums = [[0f32; R]; W];
+        for w in 0..W {
+            for r in 0..R {
+                sums[w][r] = hsum_float_8(acc[w][r]);
+            }
+        }
+        sums
     }
 }
 
@@ -1341,10 +1352,7 @@ mod unsigned_weight_tests {
             let all: Vec<BlockQ8_0> = rows.concat();
             for (bias, name) in [(Q8_0_BIAS, "Q8_0"), (Q5_0_BIAS, "Q5_0")] {
                 let prep = prepare_q8_0_rows(&all, bias);
-                let row = |r: usize| Q8Row {
-                    blocks: &rows[r],
-                    prep: prep.blocks(r * blocks..(r + 1) * blocks),
-                };
+                let row = |r: usize| Q8Row { blocks: &prep.blocks[r * blocks..(r + 1) * blocks] };
                 let (four, one, want): ([f32; 4], Vec<f32>, Vec<f32>) = if name == "Q8_0" {
                     (
                         vec_dot_q8_0_q8_0_rows(&q8, [row(0), row(1), row(2), row(3)]),

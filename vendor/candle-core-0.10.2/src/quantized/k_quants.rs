@@ -98,35 +98,45 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
 
 /// Per-block values of a matmul's activation rows that a type's kernel
 /// would otherwise recompute for every weight row: Q5_0 and Q8_0 keep each
-/// Q8_0 block's scale as f32 (`d`) and, with AVX-512 VNNI, a multiple of its
-/// byte sums (`sums`, see `avx::prepare_q8_0_rows`). Empty for other types.
+/// Q8_0 block as a `PreparedQ8` (see `avx::prepare_q8_0_rows`). Empty for
+/// other types.
 #[derive(Debug, Default, Clone)]
 pub struct RowsPrep {
-    pub(crate) d: Vec<f32>,
-    pub(crate) sums: Vec<[i32; 8]>,
+    pub(crate) blocks: Vec<PreparedQ8>,
+}
+
+/// A Q8_0 activation block as the Q5_0 and Q8_0 kernels read it, all in one
+/// aligned record so that a kernel follows one pointer per activation row:
+/// its bytes, with AVX-512 VNNI `-bias` times the sums of each four of them
+/// (lane by lane as `vpdpbusd` sums them; zero otherwise), and its scale as
+/// f32 in all eight lanes, so that the kernels multiply it with a weight
+/// block's scale as vectors, one instruction with the load folded in, where
+/// the scalar product and its broadcast took two.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
+pub struct PreparedQ8 {
+    pub(crate) qs: [i8; QK8_0],
+    pub(crate) sums: [i32; 8],
+    pub(crate) d: [f32; 8],
 }
 
 /// The values of `RowsPrep` for a range of activation blocks.
 #[derive(Debug, Clone, Copy)]
 pub struct RowsRef<'a> {
-    pub(crate) d: &'a [f32],
-    pub(crate) sums: &'a [[i32; 8]],
+    pub(crate) blocks: &'a [PreparedQ8],
 }
 
 impl RowsPrep {
     /// The values for `blocks` (none where this type prepared none).
     pub fn blocks(&self, blocks: std::ops::Range<usize>) -> RowsRef<'_> {
-        RowsRef { d: &self.d, sums: &self.sums }.blocks(blocks)
+        RowsRef { blocks: &self.blocks }.blocks(blocks)
     }
 }
 
 impl<'a> RowsRef<'a> {
     /// The values for `blocks` of these (none where there are none).
     pub fn blocks(self, blocks: std::ops::Range<usize>) -> RowsRef<'a> {
-        RowsRef {
-            d: self.d.get(blocks.clone()).unwrap_or_default(),
-            sums: self.sums.get(blocks).unwrap_or_default(),
-        }
+        RowsRef { blocks: self.blocks.get(blocks).unwrap_or_default() }
     }
 }
 
@@ -183,7 +193,8 @@ fn q8_tile_rows<T: super::avx::Q8Weights, const W: usize>(
             out[r..r + R].copy_from_slice(sums);
         }
     }
-    let row = q8_row(ys, prep, xs[0].len());
+    debug_assert_eq!(ys.len(), prep.blocks.len());
+    let row = q8_row(prep, xs[0].len());
     let len = out[0].len();
     let mut r = 0;
     while r + 4 <= len {
@@ -198,18 +209,10 @@ fn q8_tile_rows<T: super::avx::Q8Weights, const W: usize>(
     }
 }
 
-/// A Q8_0 activation row `r`, with its prepared values, for
-/// `q8_tile_rows`.
+/// A Q8_0 activation row `r`, as prepared, for `q8_tile_rows`.
 #[cfg(target_feature = "avx2")]
-fn q8_row<'a>(
-    ys: &'a [BlockQ8_0],
-    prep: RowsRef<'a>,
-    k_blocks: usize,
-) -> impl Fn(usize) -> super::avx::Q8Row<'a> {
-    move |r| {
-        let blocks = r * k_blocks..(r + 1) * k_blocks;
-        super::avx::Q8Row { blocks: &ys[blocks.clone()], prep: prep.blocks(blocks) }
-    }
+fn q8_row<'a>(prep: RowsRef<'a>, k_blocks: usize) -> impl Fn(usize) -> super::avx::Q8Row<'a> {
+    move |r| super::avx::Q8Row { blocks: &prep.blocks[r * k_blocks..(r + 1) * k_blocks] }
 }
 
 #[derive(Debug, Clone, PartialEq)]
