@@ -568,7 +568,13 @@ pub(crate) fn vec_dot_q6k_q8k_rows<const R: usize>(
                 *acc = _mm256_fmadd_ps(_mm256_broadcast_ss(&d), _mm256_cvtepi32_ps(sumi), *acc);
             }
         }
-        acc.map(|acc| hsum_float_8(acc))
+        // A loop rather than `acc.map(..)`, which was compiled to a function
+        // of its own (`array::try_map`), as in `vec_dot_q8_tile`.
+        let mut sums = [0f32; R];
+        for (sum, acc) in sums.iter_mut().zip(acc) {
+            *sum = hsum_float_8(acc);
+        }
+        sums
     }
 }
 
