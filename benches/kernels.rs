@@ -123,17 +123,11 @@ fn shape<T: GgmlType>(name: &str, k: usize, n: usize, settings: &Settings) {
     }
 }
 
-/// Stops the benchmark with one line about a setting.
-fn bad_setting(line: String) -> ! {
-    eprintln!("{line}");
-    std::process::exit(2)
-}
-
 fn main() {
     let threads = common::env_count("SPROUT_BENCH_THREADS", 2);
     let reps = common::env_count("SPROUT_BENCH_REPS", 5);
     if reps == 0 {
-        bad_setting("SPROUT_BENCH_REPS: at least 1 (each figure is a median)".into());
+        common::bad_setting("SPROUT_BENCH_REPS: at least 1 (each figure is a median)".into());
     }
     let rows = match std::env::var("SPROUT_BENCH_ROWS") {
         Err(_) => vec![1, 4],
@@ -141,7 +135,7 @@ fn main() {
             .split(',')
             .map(|m| match m.trim().parse() {
                 Ok(m) if m > 0 => m,
-                _ => bad_setting(format!("SPROUT_BENCH_ROWS: {v:?} is not a list of counts like 1,4")),
+                _ => common::bad_setting(format!("SPROUT_BENCH_ROWS: {v:?} is not a list of counts like 1,4")),
             })
             .collect(),
     };

@@ -6,9 +6,15 @@
 pub fn env_count(name: &str, default: usize) -> usize {
     match std::env::var(name) {
         Err(_) => default,
-        Ok(value) => value.trim().parse().unwrap_or_else(|_| {
-            eprintln!("{name}: {value:?} is not a count");
-            std::process::exit(2)
-        }),
+        Ok(value) => value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| bad_setting(format!("{name}: {value:?} is not a count"))),
     }
+}
+
+/// Stops the benchmark with one line about a setting.
+pub fn bad_setting(line: String) -> ! {
+    eprintln!("{line}");
+    std::process::exit(2)
 }
