@@ -19,9 +19,11 @@ mod common;
 
 use std::time::Instant;
 
-use candle_core::quantized::k_quants::{
-    matmul, BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, GgmlType,
-};
+use std::borrow::Cow;
+
+use candle_core::quantized::k_quants::{BlockQ4K, BlockQ5_0, BlockQ6K, BlockQ8_0, GgmlType};
+use candle_core::quantized::{QMatMul, QStorage, QTensor};
+use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
 
 /// A deterministic xorshift stream of values in [-1, 1).
@@ -62,10 +64,12 @@ struct Settings {
 }
 
 /// One shape: `n` weight rows of `k` values as `T`, times each of
-/// `settings.rows` activation rows. Decoding streams every layer's weights
-/// from memory (the model is larger than the caches), so each repetition
-/// runs through enough copies of the weights (about 256 MB) that none is
-/// still cached when its turn comes again; the figures are per copy.
+/// `settings.rows` activation rows, through `QMatMul` as the model runs it
+/// (Q5_0 and Q8_0 weights then interleaved eight rows at a time). Decoding
+/// streams every layer's weights from memory (the model is larger than the
+/// caches), so each repetition runs through enough copies of the weights
+/// (about 256 MB) that none is still cached when its turn comes again; the
+/// figures are per copy.
 fn shape<T: GgmlType>(name: &str, k: usize, n: usize, settings: &Settings) {
     if settings.only.as_ref().is_some_and(|only| !name.contains(only.as_str())) {
         return;
@@ -77,16 +81,22 @@ fn shape<T: GgmlType>(name: &str, k: usize, n: usize, settings: &Settings) {
     let copies = (256_000_000 / size).max(1);
     let weights: Vec<Vec<T>> = (0..copies).map(|_| one.clone()).collect();
     let bytes = |w: &[T]| unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, size) };
+    let mats: Vec<QMatMul> = weights
+        .iter()
+        .map(|w| {
+            let storage = QStorage::from_data(Cow::Borrowed(bytes(w)), &Device::Cpu, T::DTYPE).unwrap();
+            QMatMul::from_qtensor(QTensor::new(storage, (n, k)).unwrap()).unwrap()
+        })
+        .collect();
     let gb = size as f64 / 1e9;
     for &m in &settings.rows {
-        let lhs = values(m * k, 11);
-        let mut dst = vec![0f32; m * n];
+        let lhs = Tensor::from_vec(values(m * k, 11), (m, k), &Device::Cpu).unwrap();
         let (mut kernel, mut read) = (Vec::new(), Vec::new());
         // The first round warms up (pages the copies in, starts the pool).
         for round in 0..=reps {
             let t = Instant::now();
-            for w in &weights {
-                matmul((m, k, n), &lhs, w, &mut dst).unwrap();
+            for mat in &mats {
+                std::hint::black_box(mat.forward(&lhs).unwrap());
             }
             let matmul_s = t.elapsed().as_secs_f64() / copies as f64;
             let t = Instant::now();
@@ -105,7 +115,7 @@ fn shape<T: GgmlType>(name: &str, k: usize, n: usize, settings: &Settings) {
         for _ in 0..reps {
             let t = Instant::now();
             for _ in 0..copies {
-                matmul((m, k, n), &lhs, &weights[0], &mut dst).unwrap();
+                std::hint::black_box(mats[0].forward(&lhs).unwrap());
             }
             hot.push(t.elapsed().as_secs_f64() / copies as f64);
         }

@@ -37,7 +37,7 @@ bash scripts/vendor.sh --check
 # candle's, so this and the next command share one build of the engine
 # (sprout's own unit tests are filtered out here and run below).
 cargo test --release --locked -p sprout -p candle-core -p mistralrs-core --lib -- \
-    q5_tests matmul_tests vnni_tests unsigned_weight_tests single_q_batched_matches_naive_per_sequence never_runs_more_than_max_num_seqs \
+    q5_tests matmul_tests vnni_tests block_sum_tests interleaved::tests single_q_batched_matches_naive_per_sequence never_runs_more_than_max_num_seqs \
     batch_capacity_tests a_grammar_that_has_ended_is_ended_by_its_end_token \
     a_prompt_the_cache_holds_whole_reuses_all_but_its_last_token \
     full_q_matches_naive_and_the_single_query_kernel runs_on_a_pool_worker_and_returns_its_result \

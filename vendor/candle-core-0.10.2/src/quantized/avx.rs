@@ -117,13 +117,12 @@ pub(crate) fn vec_dot_q4_0_q8_0(n: usize, xs: &[BlockQ4_0], ys: &[BlockQ8_0]) ->
 /// Where the build target has AVX-512 VNNI, the Q5_0 and Q8_0 kernels
 /// multiply their weights as unsigned bytes (`vpdpbusd` takes unsigned times
 /// signed): Q5_0's `w + 16` (0..=31) and Q8_0's `w + 128` (0..=255, one XOR
-/// with 0x80). Each lane of `vpdpbusd` then sums four `(w + bias) * y`, which
-/// is `sum w * y + bias * sum y`, so the lane starts from `-bias * sum y`
-/// (the activation's byte sums, `prepare_q8_0_rows`) instead of zero and
-/// ends at `sum w * y`: the same integers as the sign trick (`|w|` times `y`
-/// with `w`'s sign, then `maddubs` + `madd`; exact because Q8_0's
-/// quantization never gives an activation byte of -128), without its
-/// `vpsignb`s (one per weight block and one per row).
+/// with 0x80). `vpdpbusd` then sums `(w + bias) * y`, which is `sum w * y +
+/// bias * sum y`, so each block's sum starts from `-bias * sum y`
+/// (`PreparedQ8::start`) instead of zero and ends at `sum w * y`: the same
+/// integer as the sign trick (`|w|` times `y` with `w`'s sign, then
+/// `maddubs` + `madd`; exact because Q8_0's quantization never gives an
+/// activation byte of -128), without its `vpsignb`s.
 #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
 const UNSIGNED_WEIGHTS: bool = true;
 #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
@@ -132,7 +131,7 @@ const UNSIGNED_WEIGHTS: bool = false;
 /// Q8_0 activation rows as the Q5_0 and Q8_0 kernels read them for every
 /// weight row (`PreparedQ8`), computed once per matmul rather than once per
 /// weight row: each block's bytes, its scale as f32 and, with unsigned
-/// weights, `-bias` times the sums of each four of its bytes.
+/// weights, `-bias` times the sum of its bytes.
 pub(crate) fn prepare_q8_0_rows(ys: &[BlockQ8_0], bias: i32) -> RowsPrep {
     let mut prep = RowsPrep::default();
     prepare_q8_0_rows_into(ys, bias, &mut prep);
@@ -144,20 +143,9 @@ fn prepare_q8_0_rows_into(ys: &[BlockQ8_0], bias: i32, prep: &mut RowsPrep) {
     prep.blocks.clear();
     prep.blocks.extend(ys.iter().map(|y| PreparedQ8 {
         qs: y.qs,
-        sums: if UNSIGNED_WEIGHTS { unsafe { byte_sums_times(y, -bias) } } else { [0; 8] },
-        d: [f16::to_f32(y.d); 8],
+        start: -bias * y.qs.iter().map(|&q| q as i32).sum::<i32>(),
+        d: f16::to_f32(y.d),
     }));
-}
-
-/// `factor` times the sums of each four bytes of `y.qs`, lane by lane.
-#[inline(always)]
-unsafe fn byte_sums_times(y: &BlockQ8_0, factor: i32) -> [i32; 8] {
-    let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
-    let ones = _mm256_set1_epi8(1);
-    let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(ones, by), _mm256_set1_epi16(1));
-    let mut out = [0i32; 8];
-    _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, _mm256_mullo_epi32(sums, _mm256_set1_epi32(factor)));
-    out
 }
 
 /// One row of Q8_0 activations, as `prepare_q8_0_rows` prepared them.
@@ -176,40 +164,17 @@ impl Q8Row<'_> {
 
     /// Block `i`.
     ///
-    /// Safety (here and in `d`, `block_dot`): `i` is below the length
-    /// `first` gave. The kernels' loops run over exactly that many blocks;
-    /// left to the compiler, the checks stayed in the loops, three per
-    /// activation row per block, a fifth of a four-row loop's instructions.
+    /// Safety: `i` is below the length `first` gave. The kernels' loops run
+    /// over exactly that many blocks; left to the compiler, the checks stayed
+    /// in the loops.
     #[inline(always)]
     unsafe fn block(&self, i: usize) -> &PreparedQ8 {
         debug_assert!(i < self.blocks.len());
         self.blocks.get_unchecked(i)
     }
-
-    /// Block `i`'s scale as f32, in all eight lanes.
-    #[inline(always)]
-    unsafe fn d(&self, i: usize) -> __m256 {
-        _mm256_load_ps(self.block(i).d.as_ptr())
-    }
-
-    /// Block `i`'s products with the weight bytes `w` (unsigned, or signed
-    /// for the sign trick: see `UNSIGNED_WEIGHTS`), summed in fours into
-    /// eight f32 lanes: exactly `sum w * y` per lane either way.
-    #[inline(always)]
-    unsafe fn block_dot(&self, i: usize, w: __m256i) -> __m256 {
-        let y = self.block(i);
-        let by = _mm256_load_si256(y.qs.as_ptr() as *const __m256i);
-        #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
-        {
-            let start = _mm256_load_si256(y.sums.as_ptr() as *const __m256i);
-            _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(start, w, by))
-        }
-        #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
-        mul_sum_i8_pairs_float(w, by)
-    }
 }
 
-/// The one-row kernels' activations: one row, prepared for itself in a
+/// The one-row kernel's activations: one row, prepared for itself in a
 /// buffer each thread keeps, so that a `vec_dot` call (e.g. from
 /// `matmul_f16`, once per output) allocates nothing.
 fn with_one_q8_row<T>(ys: &[BlockQ8_0], bias: i32, kernel: impl FnOnce(Q8Row<'_>) -> T) -> T {
@@ -223,7 +188,11 @@ fn with_one_q8_row<T>(ys: &[BlockQ8_0], bias: i32, kernel: impl FnOnce(Q8Row<'_>
     })
 }
 
-pub(crate) const Q8_0_BIAS: i32 = 128;
+/// The offsets of the weights as the kernels multiply them (`Q8Weights::bytes`),
+/// which each block's sum starts from times `-sum y` (`PreparedQ8::start`):
+/// Q8_0's `w + 128` with `UNSIGNED_WEIGHTS` (its signed bytes otherwise),
+/// and Q5_0's `w + 16` (0..=31) always (`maddubs` takes them unsigned too).
+pub(crate) const Q8_0_BIAS: i32 = if UNSIGNED_WEIGHTS { 128 } else { 0 };
 pub(crate) const Q5_0_BIAS: i32 = 16;
 
 #[inline(always)]
@@ -232,23 +201,21 @@ pub(crate) fn vec_dot_q8_0_q8_0(n: usize, xs: &[BlockQ8_0], ys: &[BlockQ8_0]) ->
         n.is_multiple_of(QK8_0),
         "vec_dot_q8_0_q8_0: {n} is not divisible by {QK8_0}"
     );
-    let [dot] = with_one_q8_row(ys, Q8_0_BIAS, |y| vec_dot_q8_0_q8_0_rows(xs, [y]));
-    dot
+    with_one_q8_row(ys, Q8_0_BIAS, |y| vec_dot_q8_one(xs, y))
 }
 
-/// How far ahead the Q5_0 and Q8_0 kernels ask for weights, in tiles (a
-/// matmul's next tiles are the next weight rows in memory). A weight row is
-/// 600 to 1,000 bytes and its blocks take a few cycles each, too short a
-/// stream for the hardware prefetcher to run ahead of: with the scales'
-/// false dependency gone (`scale_f32`) the one-row kernels waited on memory.
-/// Measured with `cargo bench --bench kernels`, against no prefetch in the
-/// same process: one activation row 0.89-0.93 of the time, four 0.61-0.85;
-/// one tile ahead was 4-8% slower than two, four the same.
+/// How far ahead the Q5_0 and Q8_0 kernels ask for weights, in tiles of
+/// eight weight rows (a matmul's next tiles are the next weight rows in
+/// memory). A weight row is 600 to 1,000 bytes and its blocks take a few
+/// cycles each, too short a stream for the hardware prefetcher to run ahead
+/// of. Measured with `cargo bench --bench kernels` (patch 0011, one or two
+/// plain weight rows per tile then), against no prefetch in the same
+/// process: one activation row 0.89-0.93 of the time, four 0.61-0.85.
 const PREFETCH_TILES: usize = 2;
 
-/// Asks for the weights `ahead` bytes past each of `x` (a weight block of
-/// each row of a tile) to be brought into L1. A prefetch never faults, so
-/// past the end of the weights it is harmless.
+/// Asks for the weights `ahead` bytes past each of `x` to be brought into
+/// L1. A prefetch never faults, so past the end of the weights it is
+/// harmless.
 #[inline(always)]
 unsafe fn prefetch_ahead<B, const W: usize>(x: [&B; W], ahead: usize) {
     for x in x {
@@ -256,27 +223,13 @@ unsafe fn prefetch_ahead<B, const W: usize>(x: [&B; W], ahead: usize) {
     }
 }
 
-/// One Q8_0 weight row against `R` Q8_0 activation rows: each weight block's
-/// bytes and scale are loaded (and made unsigned, or given their absolute
-/// values) once for the `R` rows. `vec_dot_q8_0_q8_0` is this kernel with
-/// one row, so every result equals it exactly (the same operations per row,
-/// interleaved across rows).
-#[inline(always)]
-pub(crate) fn vec_dot_q8_0_q8_0_rows<const R: usize>(
-    xs: &[BlockQ8_0],
-    ys: [Q8Row<'_>; R],
-) -> [f32; R] {
-    let [dots] = vec_dot_q8_tile([xs], ys);
-    dots
-}
-
 /// Weight blocks the Q8_0-activation kernels multiply (Q5_0, Q8_0): a
-/// scale, and 32 weight bytes as `block_dot` takes them (unsigned with
-/// `UNSIGNED_WEIGHTS`, signed for the sign trick otherwise).
+/// scale, and 32 weight bytes plus the type's offset (`Q8_0_BIAS`,
+/// `Q5_0_BIAS`).
 pub(crate) trait Q8Weights: Sized {
     fn scale(&self) -> f16;
-    /// The block's weights as bytes: for Q5_0 the costly part, merging the
-    /// fifth bits with the nibbles, done once per block for a whole tile.
+    /// The block's weights as bytes (for Q5_0, its nibbles merged with its
+    /// fifth bits).
     unsafe fn bytes(&self) -> __m256i;
 }
 
@@ -301,56 +254,196 @@ impl Q8Weights for BlockQ5_0 {
 
     #[inline(always)]
     unsafe fn bytes(&self) -> __m256i {
-        let qh = LittleEndian::read_u32(&self.qh);
-        if UNSIGNED_WEIGHTS {
-            q5_unsigned_bytes(self.qs.as_ptr(), qh)
-        } else {
-            q5_signed_bytes(self.qs.as_ptr(), qh)
-        }
+        q5_unsigned_bytes(self.qs.as_ptr(), LittleEndian::read_u32(&self.qh))
     }
 }
 
-/// `W` weight rows (Q5_0 or Q8_0) against `R` Q8_0 activation rows, the
-/// `W x R` sums kept in registers: each activation block is loaded once for
-/// the `W` weight rows, each weight block made into bytes once for the `R`
-/// activation rows. `vec_dot_q5_0_q8_0` and `vec_dot_q8_0_q8_0` are this
-/// kernel with one row of each, so every result equals theirs exactly: the
-/// same integer products, scales and f32 additions in the same order, only
-/// interleaved across rows.
+/// The products of four weight bytes `w` (as `Q8Weights::bytes` gives them)
+/// with four activation bytes `y` in each lane, summed into `acc`'s lane:
+/// exactly `sum w * y`. With AVX-512 VNNI one `vpdpbusd` (`w` unsigned);
+/// otherwise the sign trick, `|w|` times `y` with `w`'s sign through
+/// `maddubs` + `madd`, which is right for signed and unsigned weights alike.
 #[inline(always)]
-pub(crate) fn vec_dot_q8_tile<B: Q8Weights, const W: usize, const R: usize>(
-    xs: [&[B]; W],
+unsafe fn add_products_of_fours(acc: __m256i, w: __m256i, y: __m256i) -> __m256i {
+    #[cfg(all(target_feature = "avx512vnni", target_feature = "avx512vl"))]
+    return _mm256_dpbusd_epi32(acc, w, y);
+    #[cfg(not(all(target_feature = "avx512vnni", target_feature = "avx512vl")))]
+    {
+        let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(y, w));
+        _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+    }
+}
+
+/// The eight lanes of `v` summed (exact: the kernels' sums fit in i32).
+#[inline(always)]
+unsafe fn hsum_i32_8(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+/// Eight weight rows (Q5_0 or Q8_0) interleaved block by block (`X8Weights`,
+/// see `interleaved`) against `R` Q8_0 activation rows: `out[r][w]` is
+/// weight row `w` times activation row `r`.
+///
+/// Lane `w` of every vector belongs to weight row `w`, so each activation
+/// row takes eight `vpdpbusd`s per block (its bytes four at a time,
+/// broadcast; two chains of four, for latency), one conversion, one
+/// multiply and one FMA for all eight weight rows, where one weight row at a
+/// time took the conversion, multiply and FMA for every row, and a
+/// horizontal sum at the end. The eight rows' block `i` is one contiguous
+/// record, so the weights stream from memory as one sequence.
+///
+/// Every block's integer sum is exact, so every result is, bit for bit,
+/// `acc = fma(block sum as f32, d_w * d_y, acc)` over the blocks in order,
+/// from 0: the same for every `R`, every lane, and `vec_dot_q8_one` (which
+/// `vec_dot` and weights that are not interleaved use). A sequence's answers
+/// in a batch are then those it gets alone.
+#[inline(always)]
+pub(crate) fn vec_dot_x8<X: X8Weights, const R: usize>(
+    xs: &[X],
     ys: [Q8Row<'_>; R],
-) -> [[f32; R]; W] {
-    let n = xs[0].len();
-    let xs = xs.map(|x| &x[..n]);
+) -> [[f32; 8]; R] {
+    let n = xs.len();
     let ys = ys.map(|y| y.first(n));
-    let ahead = PREFETCH_TILES * W * std::mem::size_of_val(xs[0]);
+    let ahead = PREFETCH_TILES * std::mem::size_of_val(xs);
     unsafe {
-        let mut acc = [[_mm256_setzero_ps(); R]; W];
-        for i in 0..n {
-            // Every row of `xs` has `n` blocks (sliced above).
-            let x = xs.map(|x| x.get_unchecked(i));
-            prefetch_ahead(x, ahead);
-            let bx = x.map(|x| x.bytes());
-            let dx = x.map(|x| _mm256_set1_ps(scale_f32(x.scale())));
+        let mut acc = [_mm256_setzero_ps(); R];
+        for (i, x) in xs.iter().enumerate() {
+            // Two cache lines of the record two tiles ahead (a record is
+            // 176 or 272 bytes); kept from the earlier kernels, which took
+            // 0.61-0.93 of the time with it (`PREFETCH_TILES`), and not
+            // re-measured for this layout, whose eight rows are one stream.
+            prefetch_ahead([x], ahead);
+            prefetch_ahead([x], ahead + 64);
+            let t = x.bytes();
+            let dx = x.scales();
             for (r, y) in ys.iter().enumerate() {
-                let dy = y.d(i);
-                for w in 0..W {
-                    let d = _mm256_mul_ps(dx[w], dy);
-                    acc[w][r] = _mm256_fmadd_ps(d, y.block_dot(i, bx[w]), acc[w][r]);
+                let y = y.block(i);
+                let four = |g: usize| {
+                    _mm256_set1_epi32(std::ptr::read_unaligned(y.qs.as_ptr().add(4 * g) as *const i32))
+                };
+                let mut lo = _mm256_set1_epi32(y.start);
+                let mut hi = _mm256_setzero_si256();
+                for g in 0..4 {
+                    lo = add_products_of_fours(lo, t[g], four(g));
+                    hi = add_products_of_fours(hi, t[g + 4], four(g + 4));
                 }
+                let sums = _mm256_add_epi32(lo, hi);
+                let d = _mm256_mul_ps(dx, _mm256_set1_ps(y.d));
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), d, acc[r]);
             }
         }
-        // Loops rather than `acc.map(..)`: the closures were compiled to a
-        // separate function (`array::try_map`), 3% of a batch's matmul.
-        let mut sums = [[0f32; R]; W];
-        for w in 0..W {
-            for r in 0..R {
-                sums[w][r] = hsum_float_8(acc[w][r]);
-            }
+        // Loops rather than `acc.map(..)`: closures in the kernels were
+        // compiled to a separate function (`array::try_map`).
+        let mut out = [[0f32; 8]; R];
+        for r in 0..R {
+            _mm256_storeu_ps(out[r].as_mut_ptr(), acc[r]);
         }
-        sums
+        out
+    }
+}
+
+/// Eight weight rows' block, interleaved (`interleaved::BlockQ5_0x8`,
+/// `BlockQ8_0x8`), as `vec_dot_x8` reads it.
+pub(crate) trait X8Weights {
+    /// Lane `w` of vector `g` holds weight row `w`'s weights `4g..4g + 4` as
+    /// bytes, unsigned or signed as `Q8Weights::bytes` gives them.
+    unsafe fn bytes(&self) -> [__m256i; 8];
+    /// Lane `w` holds weight row `w`'s scale.
+    unsafe fn scales(&self) -> __m256;
+}
+
+/// Eight f16 scales as f32.
+#[inline(always)]
+unsafe fn scales_f16x8(d: &[f16; 8]) -> __m256 {
+    #[cfg(target_feature = "f16c")]
+    return _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr() as *const __m128i));
+    #[cfg(not(target_feature = "f16c"))]
+    {
+        let d = d.map(f16::to_f32);
+        _mm256_loadu_ps(d.as_ptr())
+    }
+}
+
+impl X8Weights for super::interleaved::BlockQ8_0x8 {
+    #[inline(always)]
+    unsafe fn bytes(&self) -> [__m256i; 8] {
+        std::array::from_fn(|g| {
+            let bx = _mm256_loadu_si256(self.qs.as_ptr().add(32 * g) as *const __m256i);
+            if UNSIGNED_WEIGHTS { _mm256_xor_si256(bx, _mm256_set1_epi8(0x80u8 as i8)) } else { bx }
+        })
+    }
+
+    #[inline(always)]
+    unsafe fn scales(&self) -> __m256 {
+        scales_f16x8(&self.d)
+    }
+}
+
+impl X8Weights for super::interleaved::BlockQ5_0x8 {
+    /// Weights `4g..4g + 4` are the low nibbles of `qs` vector `g` for
+    /// `g < 4` and its high nibbles as weights `16 + 4(g - 4)..` for
+    /// `g >= 4`; their fifth bits are bit `g` of each byte of `qh`, moved to
+    /// bit 4 by one shift of the 32-bit lanes (a bit shifted in from the
+    /// next byte is masked off).
+    #[inline(always)]
+    unsafe fn bytes(&self) -> [__m256i; 8] {
+        let qh = _mm256_loadu_si256(self.qh.as_ptr() as *const __m256i);
+        let low = _mm256_set1_epi8(0x0F);
+        let bit4 = _mm256_set1_epi8(0x10);
+        let fifth = |g: usize| -> __m256i {
+            match g {
+                0 => _mm256_slli_epi32(qh, 4),
+                1 => _mm256_slli_epi32(qh, 3),
+                2 => _mm256_slli_epi32(qh, 2),
+                3 => _mm256_slli_epi32(qh, 1),
+                4 => qh,
+                5 => _mm256_srli_epi32(qh, 1),
+                6 => _mm256_srli_epi32(qh, 2),
+                _ => _mm256_srli_epi32(qh, 3),
+            }
+        };
+        // nibbles | (fifth & 0x10): one `vpternlogd` with AVX-512.
+        let merge = |nibbles: __m256i, fifth: __m256i| -> __m256i {
+            #[cfg(all(target_feature = "avx512f", target_feature = "avx512vl"))]
+            return _mm256_ternarylogic_epi32::<0xF8>(nibbles, fifth, bit4);
+            #[cfg(not(all(target_feature = "avx512f", target_feature = "avx512vl")))]
+            _mm256_or_si256(nibbles, _mm256_and_si256(fifth, bit4))
+        };
+        let mut t = [_mm256_setzero_si256(); 8];
+        for k in 0..4 {
+            let q = _mm256_loadu_si256(self.qs.as_ptr().add(32 * k) as *const __m256i);
+            t[k] = merge(_mm256_and_si256(q, low), fifth(k));
+            t[k + 4] = merge(_mm256_and_si256(_mm256_srli_epi16(q, 4), low), fifth(k + 4));
+        }
+        t
+    }
+
+    #[inline(always)]
+    unsafe fn scales(&self) -> __m256 {
+        scales_f16x8(&self.d)
+    }
+}
+
+/// One weight row (Q5_0 or Q8_0) against one prepared Q8_0 row, block by
+/// block as `vec_dot_q8_x8` computes it: its results bit for bit, with the
+/// block's sum reduced across lanes each block. For `vec_dot` and the weight
+/// rows left over after a matmul's eights.
+#[inline(always)]
+pub(crate) fn vec_dot_q8_one<B: Q8Weights>(xs: &[B], y: Q8Row<'_>) -> f32 {
+    let y = y.first(xs.len());
+    unsafe {
+        let mut acc = 0f32;
+        for (i, x) in xs.iter().enumerate() {
+            let y = y.block(i);
+            let by = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
+            let lanes = add_products_of_fours(_mm256_setzero_si256(), x.bytes(), by);
+            let sum = hsum_i32_8(lanes) + y.start;
+            acc = (sum as f32).mul_add(scale_f32(x.scale()) * y.d, acc);
+        }
+        acc
     }
 }
 
@@ -386,45 +479,15 @@ pub(crate) unsafe fn q5_unsigned_bytes(qs: *const u8, qh: u32) -> __m256i {
     _mm256_or_si256(low, _mm256_and_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0x10)))
 }
 
-/// A Q5_0 block's 32 weights as signed bytes, `(nibble | fifth bit << 4) -
-/// 16`: where the fifth bit is clear that is the nibble - 16, the nibble with
-/// the high four bits set in two's complement; where it is set, the nibble.
-#[cfg_attr(all(target_feature = "avx512vnni", target_feature = "avx512vl"), allow(dead_code))]
-#[inline(always)]
-pub(crate) unsafe fn q5_signed_bytes(qs: *const u8, qh: u32) -> __m256i {
-    let low = bytes_from_nibbles_32(qs);
-    #[cfg(all(target_feature = "avx512bw", target_feature = "avx512vl"))]
-    return _mm256_mask_add_epi8(low, !qh, low, _mm256_set1_epi8(0xF0u8 as i8));
-    #[cfg(not(all(target_feature = "avx512bw", target_feature = "avx512vl")))]
-    _mm256_or_si256(low, _mm256_andnot_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0xF0u8 as i8)))
-}
-
-/// Q5_0 x Q8_0: each weight is (4 low bits | fifth bit << 4) - 16, as signed
-/// bytes (`q5_signed_bytes`), or with unsigned weights (`UNSIGNED_WEIGHTS`)
-/// `w + 16` (`q5_unsigned_bytes`).
+/// Q5_0 x Q8_0: each weight is (4 low bits | fifth bit << 4) - 16, multiplied
+/// as `w + 16` (`q5_unsigned_bytes`, `Q5_0_BIAS`).
 #[inline(always)]
 pub(crate) fn vec_dot_q5_0_q8_0(n: usize, xs: &[BlockQ5_0], ys: &[BlockQ8_0]) -> f32 {
     debug_assert!(
         n.is_multiple_of(QK5_0),
         "vec_dot_q5_0_q8_0: {n} is not divisible by {QK5_0}"
     );
-    let [dot] = with_one_q8_row(ys, Q5_0_BIAS, |y| vec_dot_q5_0_q8_0_rows(xs, [y]));
-    dot
-}
-
-/// One Q5_0 weight row against `R` Q8_0 activation rows: each weight block
-/// is unpacked once (the costly part: merging its fifth bits with the
-/// nibbles) and multiplied with the `R` rows' blocks while it is in a
-/// register. `vec_dot_q5_0_q8_0` is this kernel with one row, so every result
-/// equals it exactly: the same integer products, scales and f32 additions in
-/// the same order, only interleaved across rows.
-#[inline(always)]
-pub(crate) fn vec_dot_q5_0_q8_0_rows<const R: usize>(
-    xs: &[BlockQ5_0],
-    ys: [Q8Row<'_>; R],
-) -> [f32; R] {
-    let [dots] = vec_dot_q8_tile([xs], ys);
-    dots
+    with_one_q8_row(ys, Q5_0_BIAS, |y| vec_dot_q8_one(xs, y))
 }
 
 /// Q5_1 x Q8_1: each weight is d * (4 low bits | fifth bit << 4) + m, unsigned
@@ -569,7 +632,7 @@ pub(crate) fn vec_dot_q6k_q8k_rows<const R: usize>(
             }
         }
         // A loop rather than `acc.map(..)`, which was compiled to a function
-        // of its own (`array::try_map`), as in `vec_dot_q8_tile`.
+        // of its own (`array::try_map`), as in the Q5_0/Q8_0 kernels (0012).
         let mut sums = [0f32; R];
         for (sum, acc) in sums.iter_mut().zip(acc) {
             *sum = hsum_float_8(acc);
@@ -1158,16 +1221,14 @@ mod q5_tests {
     fn q5_bytes_match_each_weight() {
         for (qs_byte, qh) in [(0x00u8, 0u32), (0xFF, u32::MAX), (0x5A, 0xDEAD_BEEF), (0xC3, 0x8000_0001)] {
             let qs = [qs_byte; 16];
-            let (mut unsigned, mut signed) = ([0u8; 32], [0u8; 32]);
+            let mut unsigned = [0u8; 32];
             unsafe {
                 _mm256_storeu_si256(unsigned.as_mut_ptr() as *mut __m256i, q5_unsigned_bytes(qs.as_ptr(), qh));
-                _mm256_storeu_si256(signed.as_mut_ptr() as *mut __m256i, q5_signed_bytes(qs.as_ptr(), qh));
             }
             for i in 0..32 {
                 let nibble = if i < 16 { qs_byte & 0xF } else { qs_byte >> 4 };
                 let w = nibble | ((qh >> i & 1) as u8) << 4;
                 assert_eq!(unsigned[i], w, "unsigned byte {i}, qh {qh:#x}");
-                assert_eq!(signed[i] as i8, w as i8 - 16, "signed byte {i}, qh {qh:#x}");
             }
         }
     }
@@ -1255,46 +1316,31 @@ mod vnni_tests {
     }
 }
 
-#[cfg(all(test, target_feature = "avx512vnni", target_feature = "avx512vl"))]
-mod unsigned_weight_tests {
+#[cfg(test)]
+mod block_sum_tests {
+    use super::super::interleaved::Interleave;
     use super::*;
 
-    /// The published crate's kernels (candle 0.10.2's Q8_0, patch 0001's
-    /// Q5_0): signed weights, the sign trick and `maddubs` + `madd`, each
-    /// block's scales converted from f16 there.
-    fn sign_trick(blocks: impl Iterator<Item = (f32, __m256i, __m256i)>) -> f32 {
-        unsafe {
-            let mut acc = _mm256_setzero_ps();
-            for (d, bx, by) in blocks {
-                let (ax, sy) = (_mm256_sign_epi8(bx, bx), _mm256_sign_epi8(by, bx));
-                let q = sum_i16_pairs_float(_mm256_maddubs_epi16(ax, sy));
-                acc = _mm256_fmadd_ps(_mm256_set1_ps(d), q, acc);
-            }
-            hsum_float_8(acc)
+    /// What the Q5_0 and Q8_0 kernels compute, in plain scalar code: each
+    /// block's integer sum of weight times activation, then
+    /// `acc = fma(sum, d_w * d_y, acc)` over the blocks in order.
+    fn reference(weights: &[[i32; 32]], scales: &[f16], ys: &[BlockQ8_0]) -> f32 {
+        let mut acc = 0f32;
+        for ((w, dw), y) in weights.iter().zip(scales).zip(ys) {
+            let sum: i32 = w.iter().zip(&y.qs).map(|(w, y)| w * *y as i32).sum();
+            acc = (sum as f32).mul_add(dw.to_f32() * y.d.to_f32(), acc);
         }
+        acc
     }
 
-    fn old_q8_0(xs: &[BlockQ8_0], ys: &[BlockQ8_0]) -> f32 {
-        sign_trick(xs.iter().zip(ys).map(|(x, y)| unsafe {
-            (
-                f16::to_f32(x.d) * f16::to_f32(y.d),
-                _mm256_loadu_si256(x.qs.as_ptr() as *const __m256i),
-                _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i),
-            )
-        }))
-    }
-
-    fn old_q5_0(xs: &[BlockQ5_0], ys: &[BlockQ8_0]) -> f32 {
-        sign_trick(xs.iter().zip(ys).map(|(x, y)| unsafe {
-            let low = bytes_from_nibbles_32(x.qs.as_ptr());
-            let fifth = bytes_from_bits_32(LittleEndian::read_u32(&x.qh));
-            let bx = _mm256_or_si256(low, _mm256_andnot_si256(fifth, _mm256_set1_epi8(0xF0u8 as i8)));
-            (
-                f16::to_f32(x.d) * f16::to_f32(y.d),
-                bx,
-                _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i),
-            )
-        }))
+    /// Q5_0's weights: (nibble | fifth bit << 4) - 16, the low nibbles
+    /// first.
+    fn q5_0_weights(x: &BlockQ5_0) -> [i32; 32] {
+        let qh = u32::from_le_bytes(x.qh);
+        std::array::from_fn(|j| {
+            let nibble = if j < 16 { x.qs[j] & 0xF } else { x.qs[j - 16] >> 4 };
+            (nibble as i32 | ((qh >> j & 1) as i32) << 4) - 16
+        })
     }
 
     /// xorshift, so failures reproduce.
@@ -1324,59 +1370,96 @@ mod unsigned_weight_tests {
         }
     }
 
-    /// With AVX-512 VNNI the Q5_0 and Q8_0 kernels multiply unsigned weights
-    /// and start each lane from the activations' byte sums: every result,
-    /// one row or four, equals the sign-trick kernel's bit for bit, on random
-    /// blocks and on the extremes (Q8_0 weights -128 and 127, Q5_0's fifth
-    /// bits all set or all clear, activations at -127 and 127).
+    /// Q8_0 weight rows: random bytes, or only the extremes -128 and 127.
+    fn q8_0_rows(rng: &mut Rng, len: usize, extreme: bool) -> Vec<BlockQ8_0> {
+        (0..len)
+            .map(|_| BlockQ8_0 {
+                d: rng.scale(),
+                qs: std::array::from_fn(|_| match extreme {
+                    true => [-128i8, 127][(rng.next() % 2) as usize],
+                    false => rng.next() as i8,
+                }),
+            })
+            .collect()
+    }
+
+    /// Q5_0 rows: random, or with the fifth bits all set or all clear.
+    fn q5_0_rows(rng: &mut Rng, len: usize, extreme: bool) -> Vec<BlockQ5_0> {
+        (0..len)
+            .map(|_| BlockQ5_0 {
+                d: rng.scale(),
+                qh: match extreme {
+                    true => [[0xFF; 4], [0; 4]][(rng.next() % 2) as usize],
+                    false => (rng.next() as u32).to_le_bytes(),
+                },
+                qs: std::array::from_fn(|_| rng.next() as u8),
+            })
+            .collect()
+    }
+
+    /// Eight weight rows (`blocks` each) against four activation rows, as
+    /// `vec_dot_x8` takes them interleaved four, three, two or one at a time,
+    /// through `vec_dot_q8_one`, and through the type's `vec_dot`: every
+    /// result equals the scalar definition bit for bit.
+    fn check<B: Q8Weights + Interleave>(
+        name: &str,
+        case: usize,
+        bias: i32,
+        xs: &[B],
+        weights: impl Fn(&B) -> [i32; 32],
+        vec_dot: fn(usize, &[B], &[BlockQ8_0]) -> f32,
+        rows: &[Vec<BlockQ8_0>],
+    ) {
+        let blocks = xs.len() / 8;
+        let tile: Vec<B::X8> =
+            (0..blocks).map(|i| B::interleave(std::array::from_fn(|w| &xs[w * blocks + i]))).collect();
+        let all: Vec<BlockQ8_0> = rows.concat();
+        let prep = prepare_q8_0_rows(&all, bias);
+        let row = |r: usize| Q8Row { blocks: &prep.blocks[r * blocks..(r + 1) * blocks] };
+        let four = vec_dot_x8(&tile, [row(0), row(1), row(2), row(3)]);
+        let three = vec_dot_x8(&tile, [row(1), row(2), row(3)]);
+        let two = vec_dot_x8(&tile, [row(2), row(3)]);
+        let one = vec_dot_x8(&tile, [row(3)]);
+        for w in 0..8 {
+            let x = &xs[w * blocks..(w + 1) * blocks];
+            let ws: Vec<[i32; 32]> = x.iter().map(&weights).collect();
+            let scales: Vec<f16> = x.iter().map(|x| x.scale()).collect();
+            for (r, y) in rows.iter().enumerate() {
+                let want = reference(&ws, &scales, y).to_bits();
+                let at = |got: f32, how: &str| {
+                    assert_eq!(got.to_bits(), want, "{name} case {case}: weight row {w}, activation row {r}, {how}")
+                };
+                at(four[r][w], "four rows");
+                if r >= 1 {
+                    at(three[r - 1][w], "three rows");
+                }
+                if r >= 2 {
+                    at(two[r - 2][w], "two rows");
+                }
+                if r == 3 {
+                    at(one[0][w], "one row of eight");
+                }
+                at(vec_dot_q8_one(x, row(r)), "one by one");
+                at(vec_dot(blocks * 32, x, y), "vec_dot");
+            }
+        }
+    }
+
+    /// On random blocks and on the extremes (Q8_0 weights -128 and 127,
+    /// Q5_0's fifth bits all set or all clear, activations at -127 and 127),
+    /// with 1, 2, 28 and 152 blocks per row.
     #[test]
-    fn unsigned_weights_give_the_sign_tricks_results_bit_for_bit() {
+    fn kernels_equal_the_exact_block_sums_bit_for_bit() {
         let mut rng = Rng(0x2545_F491_4F6C_DD1D);
-        for case in 0..400 {
+        for case in 0..200 {
             let blocks = [1usize, 2, 28, 152][case % 4];
             let extreme = case % 5 == 0;
-            let q8: Vec<BlockQ8_0> = (0..blocks)
-                .map(|_| BlockQ8_0 {
-                    d: rng.scale(),
-                    qs: std::array::from_fn(|_| match extreme {
-                        true => [-128i8, 127][(rng.next() % 2) as usize],
-                        false => rng.next() as i8,
-                    }),
-                })
-                .collect();
-            let q5: Vec<BlockQ5_0> = (0..blocks)
-                .map(|_| BlockQ5_0 {
-                    d: rng.scale(),
-                    qh: match extreme {
-                        true => [[0xFF; 4], [0; 4]][(rng.next() % 2) as usize],
-                        false => (rng.next() as u32).to_le_bytes(),
-                    },
-                    qs: std::array::from_fn(|_| rng.next() as u8),
-                })
-                .collect();
+            let q8 = q8_0_rows(&mut rng, 8 * blocks, extreme);
+            let q5 = q5_0_rows(&mut rng, 8 * blocks, extreme);
             let rows: Vec<Vec<BlockQ8_0>> = (0..4).map(|_| rng.activations(blocks, extreme)).collect();
-            let all: Vec<BlockQ8_0> = rows.concat();
-            for (bias, name) in [(Q8_0_BIAS, "Q8_0"), (Q5_0_BIAS, "Q5_0")] {
-                let prep = prepare_q8_0_rows(&all, bias);
-                let row = |r: usize| Q8Row { blocks: &prep.blocks[r * blocks..(r + 1) * blocks] };
-                let (four, one, want): ([f32; 4], Vec<f32>, Vec<f32>) = if name == "Q8_0" {
-                    (
-                        vec_dot_q8_0_q8_0_rows(&q8, [row(0), row(1), row(2), row(3)]),
-                        rows.iter().map(|y| vec_dot_q8_0_q8_0(blocks * 32, &q8, y)).collect(),
-                        rows.iter().map(|y| old_q8_0(&q8, y)).collect(),
-                    )
-                } else {
-                    (
-                        vec_dot_q5_0_q8_0_rows(&q5, [row(0), row(1), row(2), row(3)]),
-                        rows.iter().map(|y| vec_dot_q5_0_q8_0(blocks * 32, &q5, y)).collect(),
-                        rows.iter().map(|y| old_q5_0(&q5, y)).collect(),
-                    )
-                };
-                for r in 0..4 {
-                    assert_eq!(four[r].to_bits(), want[r].to_bits(), "{name} case {case} row {r} of four");
-                    assert_eq!(one[r].to_bits(), want[r].to_bits(), "{name} case {case} row {r} alone");
-                }
-            }
+            let q8_weights = |x: &BlockQ8_0| x.qs.map(|q| q as i32);
+            check("Q8_0", case, Q8_0_BIAS, &q8, q8_weights, vec_dot_q8_0_q8_0, &rows);
+            check("Q5_0", case, Q5_0_BIAS, &q5, q5_0_weights, vec_dot_q5_0_q8_0, &rows);
         }
     }
 }

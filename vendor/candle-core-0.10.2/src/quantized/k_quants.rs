@@ -78,22 +78,6 @@ pub trait GgmlType: Sized + Clone + Send + Sync {
             *out = Self::vec_dot(n, xs, row);
         }
     }
-
-    /// `vec_dot_rows` for two weight rows at once, into `out[0]` and
-    /// `out[1]`: exactly its results. Types whose kernel keeps a tile of
-    /// sums in registers override it to load each activation block once for
-    /// both weight rows.
-    fn vec_dot_rows_2(
-        n: usize,
-        xs: [&[Self]; 2],
-        ys: &[Self::VecDotType],
-        prep: RowsRef<'_>,
-        out: [&mut [f32]; 2],
-    ) {
-        let [out0, out1] = out;
-        Self::vec_dot_rows(n, xs[0], ys, prep, out0);
-        Self::vec_dot_rows(n, xs[1], ys, prep, out1);
-    }
 }
 
 /// Per-block values of a matmul's activation rows that a type's kernel
@@ -105,19 +89,16 @@ pub struct RowsPrep {
     pub(crate) blocks: Vec<PreparedQ8>,
 }
 
-/// A Q8_0 activation block as the Q5_0 and Q8_0 kernels read it, all in one
-/// aligned record so that a kernel follows one pointer per activation row:
-/// its bytes, with AVX-512 VNNI `-bias` times the sums of each four of them
-/// (lane by lane as `vpdpbusd` sums them; zero otherwise), and its scale as
-/// f32 in all eight lanes, so that the kernels multiply it with a weight
-/// block's scale as vectors, one instruction with the load folded in, where
-/// the scalar product and its broadcast took two.
+/// A Q8_0 activation block as the Q5_0 and Q8_0 kernels read it: its
+/// bytes, the integer its block sum starts from (`-bias` times the sum of its
+/// bytes, `bias` the offset of the weights as the kernels multiply them:
+/// `avx::Q8_0_BIAS`, `avx::Q5_0_BIAS`) and its scale as f32.
 #[derive(Debug, Clone, Copy)]
-#[repr(C, align(32))]
+#[repr(C)]
 pub struct PreparedQ8 {
     pub(crate) qs: [i8; QK8_0],
-    pub(crate) sums: [i32; 8],
-    pub(crate) d: [f32; 8],
+    pub(crate) start: i32,
+    pub(crate) d: f32,
 }
 
 /// The values of `RowsPrep` for a range of activation blocks.
@@ -170,48 +151,22 @@ fn k_row<'a, T>(ys: &'a [T], k_blocks: usize) -> impl Fn(usize) -> &'a [T] {
     move |r| &ys[r * k_blocks..(r + 1) * k_blocks]
 }
 
-/// `vec_dot_rows` (`W` = 1) and `vec_dot_rows_2` (`W` = 2) of Q5_0 and Q8_0
-/// through their tile kernel (`avx::vec_dot_q8_tile`): the activation rows
-/// four at a time, then the 3, 2 or 1 left.
+/// `vec_dot_rows` of Q5_0 and Q8_0 weights that are not interleaved
+/// (`interleaved`): one activation row at a time through
+/// `avx::vec_dot_q8_one`, the interleaved kernel's results bit for bit.
 #[cfg(target_feature = "avx2")]
 #[inline(always)]
-fn q8_tile_rows<T: super::avx::Q8Weights, const W: usize>(
-    xs: [&[T]; W],
-    ys: &[BlockQ8_0],
-    prep: RowsRef<'_>,
-    mut out: [&mut [f32]; W],
-) {
-    #[inline(always)]
-    fn step<'a, T: super::avx::Q8Weights, const W: usize, const R: usize>(
-        xs: [&[T]; W],
-        row: &impl Fn(usize) -> super::avx::Q8Row<'a>,
-        r: usize,
-        out: &mut [&mut [f32]; W],
-    ) {
-        let sums = super::avx::vec_dot_q8_tile::<T, W, R>(xs, std::array::from_fn(|i| row(r + i)));
-        for (out, sums) in out.iter_mut().zip(&sums) {
-            out[r..r + R].copy_from_slice(sums);
-        }
-    }
+fn q8_rows<T: super::avx::Q8Weights>(xs: &[T], ys: &[BlockQ8_0], prep: RowsRef<'_>, out: &mut [f32]) {
     debug_assert_eq!(ys.len(), prep.blocks.len());
-    let row = q8_row(prep, xs[0].len());
-    let len = out[0].len();
-    let mut r = 0;
-    while r + 4 <= len {
-        step::<T, W, 4>(xs, &row, r, &mut out);
-        r += 4;
-    }
-    match len - r {
-        3 => step::<T, W, 3>(xs, &row, r, &mut out),
-        2 => step::<T, W, 2>(xs, &row, r, &mut out),
-        1 => step::<T, W, 1>(xs, &row, r, &mut out),
-        _ => {}
+    let row = q8_row(prep, xs.len());
+    for (r, out) in out.iter_mut().enumerate() {
+        *out = super::avx::vec_dot_q8_one(xs, row(r));
     }
 }
 
-/// A Q8_0 activation row `r`, as prepared, for `q8_tile_rows`.
+/// A Q8_0 activation row `r`, as prepared, for the Q5_0 and Q8_0 kernels.
 #[cfg(target_feature = "avx2")]
-fn q8_row<'a>(prep: RowsRef<'a>, k_blocks: usize) -> impl Fn(usize) -> super::avx::Q8Row<'a> {
+pub(crate) fn q8_row<'a>(prep: RowsRef<'a>, k_blocks: usize) -> impl Fn(usize) -> super::avx::Q8Row<'a> {
     move |r| super::avx::Q8Row { blocks: &prep.blocks[r * k_blocks..(r + 1) * k_blocks] }
 }
 
@@ -569,19 +524,7 @@ impl GgmlType for BlockQ5_0 {
         out: &mut [f32],
     ) {
         debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
-        q8_tile_rows::<Self, 1>([xs], ys, prep, [out]);
-    }
-
-    #[cfg(target_feature = "avx2")]
-    fn vec_dot_rows_2(
-        n: usize,
-        xs: [&[Self]; 2],
-        ys: &[Self::VecDotType],
-        prep: RowsRef<'_>,
-        out: [&mut [f32]; 2],
-    ) {
-        debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
-        q8_tile_rows(xs, ys, prep, out);
+        q8_rows(xs, ys, prep, out);
     }
 
     fn vec_dot_unopt(_n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -871,19 +814,7 @@ impl GgmlType for BlockQ8_0 {
         out: &mut [f32],
     ) {
         debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
-        q8_tile_rows::<Self, 1>([xs], ys, prep, [out]);
-    }
-
-    #[cfg(target_feature = "avx2")]
-    fn vec_dot_rows_2(
-        n: usize,
-        xs: [&[Self]; 2],
-        ys: &[Self::VecDotType],
-        prep: RowsRef<'_>,
-        out: [&mut [f32]; 2],
-    ) {
-        debug_assert!(n.is_multiple_of(Self::BLCK_SIZE));
-        q8_tile_rows(xs, ys, prep, out);
+        q8_rows(xs, ys, prep, out);
     }
 
     fn vec_dot_unopt(n: usize, xs: &[Self], ys: &[Self::VecDotType]) -> f32 {
@@ -2522,6 +2453,27 @@ pub fn matmul<T: GgmlType>(
     rhs_t: &[T],
     dst: &mut [f32],
 ) -> Result<()> {
+    let k_in_blocks = k.div_ceil(T::BLCK_SIZE);
+    matmul_cols::<T>((m, k, n), lhs, dst, 1, |c, rows, rows_prep, out, _stride| {
+        let xs = &rhs_t[c * k_in_blocks..(c + 1) * k_in_blocks];
+        T::vec_dot_rows(k, xs, rows, rows_prep, &mut out[..rows.len() / k_in_blocks])
+    })
+}
+
+/// A quantized matmul, `dst = lhs x rhs^T` (`lhs` m x k, `dst` m x n), with
+/// the weights' side left to `dot`: `dot(c, rows, prep, out, stride)`
+/// multiplies the `cols` weight rows from `c` on (fewer for the last, where
+/// `n` is not a multiple of `cols`) with the quantized activation rows
+/// `rows` (`prep`: what `T::prepare_rows` gave for them), weight row `c + j`
+/// times row `r` into `out[j * stride + r]`. Plain weights take one row at a
+/// time (`matmul`); interleaved ones eight (`interleaved`).
+pub(crate) fn matmul_cols<T: GgmlType>(
+    (m, k, n): (usize, usize, usize),
+    lhs: &[f32],
+    dst: &mut [f32],
+    cols: usize,
+    dot: impl Fn(usize, &[T::VecDotType], RowsRef<'_>, &mut [f32], usize) + Sync,
+) -> Result<()> {
     debug_assert_eq!(
         T::BLCK_SIZE,
         T::VecDotType::BLCK_SIZE,
@@ -2562,65 +2514,39 @@ pub fn matmul<T: GgmlType>(
     // What the kernels read of the activation rows for every weight row,
     // computed once here.
     let prep = T::prepare_rows(lhs_b);
-    let rhs_col = |col_idx: usize| &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
     let all_rows = prep.blocks(0..lhs_b.len());
-    // Weight rows `c` and `c + 1` against the activation rows `rows`, into
-    // entries `r` of `cols[..m]` and `cols[m..]` (column-major), or weight
-    // row `c` alone when `cols` holds one column (the last where n is odd):
-    // a type with a two-row tile (Q5_0, Q8_0) loads each activation block
-    // once for both.
-    let dot_pair = |c: usize,
-                    rows: &[T::VecDotType],
-                    rows_prep: RowsRef<'_>,
-                    cols: &mut [f32],
-                    r: std::ops::Range<usize>| {
-        if cols.len() == 2 * m {
-            let (col0, col1) = cols.split_at_mut(m);
-            let outs = [&mut col0[r.clone()], &mut col1[r]];
-            T::vec_dot_rows_2(k, [rhs_col(c), rhs_col(c + 1)], rows, rows_prep, outs);
-        } else {
-            T::vec_dot_rows(k, rhs_col(c), rows, rows_prep, &mut cols[r]);
-        }
-    };
     if m == 1 {
-        // One activation row, one weight row at a time (column-major is
-        // dst's own layout). Pairs of weight rows, as below, were slower
-        // here: 1.15-1.7x the time (`cargo bench --bench kernels`), the two
-        // rows' interleaved streams apparently worse for the prefetchers
-        // than one, with too little arithmetic per byte to hide it.
-        dst.par_iter_mut()
+        // One activation row: dst's own layout is column-major.
+        dst.par_chunks_mut(cols)
             .enumerate()
-            .with_min_len(min_cols)
-            .for_each(|(col_idx, dst)| {
-                T::vec_dot_rows(k, rhs_col(col_idx), lhs_b, all_rows, std::slice::from_mut(dst))
-            });
+            .with_min_len(min_cols.div_ceil(cols))
+            .for_each(|(tile, out)| dot(tile * cols, lhs_b, all_rows, out, 1));
     } else {
         // Computed column-major, then transposed into dst (m x n, row-major).
         let mut dst_t = vec![0f32; n * m];
         if m <= ROW_BLOCK {
-            // Weight rows in pairs: 0.85-0.97 of the time of one weight row
-            // at a time for 4 and 8 rows.
             dst_t
-                .par_chunks_mut(2 * m)
+                .par_chunks_mut(cols * m)
                 .enumerate()
-                .with_min_len(min_cols.div_ceil(2))
-                .for_each(|(pair, cols)| dot_pair(2 * pair, lhs_b, all_rows, cols, 0..m));
+                .with_min_len(min_cols.div_ceil(cols))
+                .for_each(|(tile, out)| dot(tile * cols, lhs_b, all_rows, out, m));
         } else {
             // A prompt's activation rows are more than the cache holds (a
             // 1,000-token prompt's are over a megabyte), and every weight
             // row would stream all of them again. So each task takes
             // COLS_PER_TASK weight rows and multiplies them with ROW_BLOCK
             // activation rows at a time, both pieces staying in cache.
-            // ROW_BLOCK is a multiple of four, so `vec_dot_rows` groups the
-            // rows as it does in one call.
+            // ROW_BLOCK is a multiple of four, so the kernels group the
+            // rows as they do in one call.
             const COLS_PER_TASK: usize = 16;
-            dst_t.par_chunks_mut(m * COLS_PER_TASK).enumerate().for_each(|(task, cols)| {
+            debug_assert!(COLS_PER_TASK.is_multiple_of(cols));
+            dst_t.par_chunks_mut(m * COLS_PER_TASK).enumerate().for_each(|(task, out)| {
                 for r0 in (0..m).step_by(ROW_BLOCK) {
                     let r1 = (r0 + ROW_BLOCK).min(m);
                     let blocks = r0 * k_in_blocks..r1 * k_in_blocks;
                     let (rows, rows_prep) = (&lhs_b[blocks.clone()], prep.blocks(blocks));
-                    for (pair, two) in cols.chunks_mut(2 * m).enumerate() {
-                        dot_pair(task * COLS_PER_TASK + 2 * pair, rows, rows_prep, two, r0..r1);
+                    for (tile, out) in out.chunks_mut(cols * m).enumerate() {
+                        dot(task * COLS_PER_TASK + tile * cols, rows, rows_prep, &mut out[r0..], m);
                     }
                 }
             });
@@ -2643,8 +2569,7 @@ mod matmul_tests {
     /// also where a type multiplies one weight block with four, three or two
     /// activation rows at once (m = 17 is four groups of four and one left),
     /// and where a long prompt's rows go in blocks (m = 150: two blocks of
-    /// 64 and one of 22, with 301 weight rows in pieces of 16 and one of 13,
-    /// taken in pairs by `vec_dot_rows_2`, the last one alone).
+    /// 64 and one of 22, with 301 weight rows in pieces of 16 and one of 13).
     /// And the one-row kernel, which the multi-row ones are built from,
     /// agrees with the scalar code (the same integer products per block; only
     /// the order of the f32 additions differs).

@@ -6,6 +6,8 @@ use std::borrow::Cow;
 
 #[cfg(target_feature = "avx2")]
 pub mod avx;
+#[cfg(target_feature = "avx2")]
+mod interleaved;
 mod dummy_cuda;
 mod dummy_metal;
 pub mod ggml_file;
@@ -231,12 +233,7 @@ impl QStorage {
 
     fn data(&self) -> Result<Cow<'_, [u8]>> {
         match self {
-            QStorage::Cpu(storage) => {
-                let data_ptr = storage.as_ptr();
-                let size_in_bytes = storage.storage_size_in_bytes();
-                let data = unsafe { std::slice::from_raw_parts(data_ptr, size_in_bytes) };
-                Ok(Cow::from(data))
-            }
+            QStorage::Cpu(storage) => Ok(storage.data()),
             QStorage::Cuda(storage) => Ok(Cow::from(storage.data()?)),
             QStorage::Metal(storage) => Ok(Cow::from(storage.data()?)),
         }
@@ -402,7 +399,14 @@ pub trait QuantizedType: Send + Sync {
     fn matmul_t_f16(&self, mkn: (usize, usize, usize), lhs: &[f16], dst: &mut [f16]) -> Result<()>;
     fn dequantize(&self, elem_count: usize) -> Result<CpuStorage>;
     fn storage_size_in_bytes(&self) -> usize;
+    /// The storage's own bytes (`storage_size_in_bytes` of them), in its own
+    /// layout.
     fn as_ptr(&self) -> *const u8;
+    /// The tensor's bytes in the GGML layout of its dtype: `as_ptr`'s,
+    /// unless the storage keeps another layout (`interleaved`).
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(unsafe { std::slice::from_raw_parts(self.as_ptr(), self.storage_size_in_bytes()) })
+    }
     fn block_size(&self) -> usize;
     #[allow(clippy::wrong_self_convention)]
     fn from_float(&mut self, xs: &[f32]);
@@ -478,6 +482,10 @@ impl QTensor {
     pub fn new<S: Into<Shape>>(storage: QStorage, shape: S) -> Result<Self> {
         let shape = shape.into();
         check_shape(&shape, storage.block_size())?;
+        // Q5_0 and Q8_0 weight matrices on the CPU, eight rows at a time
+        // for the AVX2 kernels.
+        #[cfg(target_feature = "avx2")]
+        let storage = interleaved::for_cpu(storage, &shape);
         Ok(Self { storage, shape })
     }
 
