@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Greedy answers of a running sproutd to labelled prompts, to compare engines.
 
-    scripts/answers.py dump URL OUT.jsonl [N]   # first N (10) of GSM8K, MMLU, NQ at L0, one at a time
+    scripts/answers.py dump URL OUT.jsonl [N] [FROM] [MAX_TOKENS] [DATASETS]
+        # N (10) items from item FROM (0) of each of DATASETS (gsm8k,mmlu,nq)
+        # at L0, greedy, MAX_TOKENS (256) new tokens, one at a time
     scripts/answers.py compare A.jsonl B.jsonl  # how many answers changed; accuracy of each
 
 Used to check that a patched engine answers as the old one did (README,
@@ -38,26 +40,26 @@ def mmlu_letter(s: str):
     return None
 
 
-def items(n: int):
+def items(n: int, start: int = 0, datasets=("gsm8k", "mmlu", "nq")):
     def first(path):
         with open(DATA / path) as f:
-            return [json.loads(line) for _, line in zip(range(n), f)]
+            return [json.loads(line) for _, line in zip(range(start + n), f)][start:]
 
-    for v in first("gsm8k/test.jsonl"):
+    for v in first("gsm8k/test.jsonl") if "gsm8k" in datasets else []:
         gold = float(v["answer"].rsplit("####", 1)[1].strip().replace(",", ""))
         yield "gsm8k", v["question"], lambda a, g=gold: (x := last_number(a)) is not None and abs(x - g) < 1e-6
-    for v in first("mmlu/test_first35_per_subject.jsonl"):
+    for v in first("mmlu/test_first35_per_subject.jsonl") if "mmlu" in datasets else []:
         prompt = v["question"] + "".join(f"\n({chr(65 + i)}): {c}" for i, c in enumerate(v["choices"]))
         yield "mmlu", prompt, lambda a, k=v["answer"][0]: mmlu_letter(a) == k
-    for v in first("natural_questions/nq_open_dev_first2000.jsonl"):
+    for v in first("natural_questions/nq_open_dev_first2000.jsonl") if "nq" in datasets else []:
         golds = [normalize(a) for a in v["answer"]]
         yield "nq", v["question"], lambda a, gs=golds: any(g in normalize(a) for g in gs)
 
 
-def dump(url: str, out: str, n: int) -> None:
+def dump(url: str, out: str, n: int, start: int, max_tokens: int, datasets) -> None:
     with open(out, "w") as f:
-        for dataset, prompt, check in items(n):
-            body = {"messages": [{"role": "user", "content": prompt}], "directive": "L0", "temperature": 0, "max_tokens": 256}
+        for dataset, prompt, check in items(n, start, datasets):
+            body = {"messages": [{"role": "user", "content": prompt}], "directive": "L0", "temperature": 0, "max_tokens": max_tokens}
             req = urllib.request.Request(
                 f"{url}/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
             )
@@ -87,8 +89,9 @@ def compare(a_path: str, b_path: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 4 and sys.argv[1] == "dump":
-        dump(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 10)
+    if 4 <= len(sys.argv) <= 8 and sys.argv[1] == "dump":
+        arg = lambda i, default: sys.argv[i] if len(sys.argv) > i else default
+        dump(sys.argv[2], sys.argv[3], int(arg(4, 10)), int(arg(5, 0)), int(arg(6, 256)), arg(7, "gsm8k,mmlu,nq").split(","))
     elif len(sys.argv) == 4 and sys.argv[1] == "compare":
         compare(sys.argv[2], sys.argv[3])
     else:

@@ -386,4 +386,29 @@ mod tests {
             assert_eq!(got, want, "{shape:?}");
         }
     }
+
+    /// `QTensor::quantize` (in-situ quantization) interleaves too, and its
+    /// matmul equals the plain storage's bit for bit.
+    #[test]
+    fn quantize_interleaves() {
+        let (n, k) = (16, 64);
+        let mut state = 13u64;
+        let w: Vec<f32> = (0..n * k).map(|_| (rng(&mut state) % 2001) as f32 / 1000.0 - 1.0).collect();
+        let x: Vec<f32> = (0..4 * k).map(|_| (rng(&mut state) % 1999) as f32 / 999.0 - 1.0).collect();
+        for dtype in [GgmlDType::Q5_0, GgmlDType::Q8_0] {
+            let src = crate::Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap();
+            let t = QTensor::quantize(&src, dtype).unwrap();
+            let QStorage::Cpu(s) = &t.storage else { unreachable!() };
+            let own = unsafe { std::slice::from_raw_parts(s.as_ptr(), s.storage_size_in_bytes()) };
+            let plain = t.data().unwrap().into_owned();
+            assert_ne!(own, plain.as_slice(), "{dtype:?} not interleaved");
+            let plain = QStorage::from_data(Cow::Borrowed(&plain), &Device::Cpu, dtype).unwrap();
+            let QStorage::Cpu(plain) = &plain else { unreachable!() };
+            let (mut want, mut got) = (vec![0f32; 4 * n], vec![0f32; 4 * n]);
+            plain.matmul_t((4, k, n), &x, &mut want).unwrap();
+            s.matmul_t((4, k, n), &x, &mut got).unwrap();
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&want), bits(&got), "{dtype:?}");
+        }
+    }
 }

@@ -483,7 +483,8 @@ impl QTensor {
         let shape = shape.into();
         check_shape(&shape, storage.block_size())?;
         // Q5_0 and Q8_0 weight matrices on the CPU, eight rows at a time
-        // for the AVX2 kernels.
+        // for the AVX2 kernels (also those `quantize` and its variants
+        // make, which end here).
         #[cfg(target_feature = "avx2")]
         let storage = interleaved::for_cpu(storage, &shape);
         Ok(Self { storage, shape })
@@ -503,10 +504,7 @@ impl QTensor {
         }
         let mut storage = src.device().qzeros(elem_count, dtype)?;
         storage.quantize(&src.storage())?;
-        Ok(Self {
-            storage,
-            shape: shape.clone(),
-        })
+        Self::new(storage, shape.clone())
     }
 
     pub fn quantize_imatrix(
@@ -538,10 +536,7 @@ impl QTensor {
         }
         let mut storage = src.device().qzeros(elem_count, dtype)?;
         storage.quantize_imatrix(&src.storage(), imatrix_weights, n_per_row)?;
-        Ok(Self {
-            storage,
-            shape: shape.clone(),
-        })
+        Self::new(storage, shape.clone())
     }
 
     /// Quantize `src` (currently on the CPU) to a QTensor on `dev`
@@ -581,10 +576,7 @@ impl QTensor {
         // storage is on the `dev`, src is on `cpu`
         let mut storage = dev.qzeros(elem_count, dtype)?;
         storage.quantize_imatrix_onto(&src.storage(), imatrix_weights, n_per_row)?;
-        Ok(Self {
-            storage,
-            shape: shape.clone(),
-        })
+        Self::new(storage, shape.clone())
     }
 
     /// Quantize `src` (currently on the CPU) to a QTensor on `dev`
@@ -609,10 +601,7 @@ impl QTensor {
         // storage is on the `dev`, src is on `cpu`
         let mut storage = dev.qzeros(elem_count, dtype)?;
         storage.quantize_onto(&src.storage())?;
-        Ok(Self {
-            storage,
-            shape: shape.clone(),
-        })
+        Self::new(storage, shape.clone())
     }
 
     pub fn dtype(&self) -> GgmlDType {
