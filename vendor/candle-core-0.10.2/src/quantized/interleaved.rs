@@ -284,6 +284,8 @@ pub(crate) fn for_cpu(storage: QStorage, shape: &Shape) -> QStorage {
     })
 }
 
+// `X8Weights::bytes` of `BlockQ5_0x8` gives the weights as `w + 16`
+// (0..=31), which the prepared activations offset with `Q5_0_BIAS`.
 const _: () = assert!(Q5_0_BIAS == 16);
 
 #[cfg(test)]
